@@ -1,0 +1,610 @@
+//! icp-gate configuration: the TOML file users write (`schema`), turned into the validated
+//! `Settings` the gate runs from. Validation always runs, and reports every problem it finds
+//! with the key path it belongs to, so one `icp-gate -t` run shows everything to fix.
+
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use icp_gate_registry::{BlockReason, Requirement, SnapshotSource};
+use serde::de::DeserializeOwned;
+
+use schema::*;
+
+/// Listening behaviour of one listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Block what may not pass.
+    Enforce,
+    /// Forward everything; count what would have been blocked as `monitored`.
+    Monitor,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    pub address: SocketAddr,
+    pub name: String,
+    pub require: Requirement,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub servers: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keepalive_pool_size: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    pub source: SnapshotSource,
+    pub refresh_interval: Duration,
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+    pub access_log_sample: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BlockPageSettings {
+    /// Template text per `BlockReason::index()`, already read from disk.
+    pub templates: [Option<String>; 6],
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+/// Everything the gate needs, checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listeners: Vec<ListenerSettings>,
+    pub upstream: UpstreamSettings,
+    pub registry: RegistrySettings,
+    pub admin: Option<SocketAddr>,
+    pub log: LogSettings,
+    pub block_page: BlockPageSettings,
+    pub server: ServerSettings,
+}
+
+/// One problem with the configuration: where and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub errors: Vec<KeyError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} error{} in the configuration",
+            self.origin,
+            self.errors.len(),
+            if self.errors.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates a configuration file.
+pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        errors: vec![KeyError {
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).map_err(|errors| ConfigError { origin, errors })
+}
+
+/// Validates configuration text. Relative template paths are taken from `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
+    let mut v = Validator::default();
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            let message = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            return Err(vec![KeyError {
+                key: String::new(),
+                message: format!("not valid TOML{at}: {message}"),
+            }]);
+        }
+    };
+    for key in table.keys() {
+        if ![
+            "listener",
+            "upstream",
+            "registry",
+            "admin",
+            "log",
+            "block_page",
+            "server",
+        ]
+        .contains(&key.as_str())
+        {
+            v.error(
+                key,
+                "unknown section (expected listener, upstream, registry, admin, log, block_page or server)",
+            );
+        }
+    }
+
+    let listeners: Vec<ListenerFile> = match table.get("listener") {
+        None => {
+            v.error("listener", "at least one [[listener]] is required");
+            Vec::new()
+        }
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| v.section(&format!("listener[{i}]"), item))
+            .collect(),
+        Some(_) => {
+            v.error("listener", "must be an array of tables: write [[listener]]");
+            Vec::new()
+        }
+    };
+    let upstream: Option<UpstreamFile> = v.required(&table, "upstream");
+    let registry: Option<RegistryFile> = v.required(&table, "registry");
+    let admin: Option<AdminFile> = v.optional(&table, "admin");
+    let log: LogFile = v.optional(&table, "log").unwrap_or_default();
+    let block_page: BlockPageFile = v.optional(&table, "block_page").unwrap_or_default();
+    let server: ServerFile = v.optional(&table, "server").unwrap_or_default();
+
+    let listeners = v.listeners(&listeners);
+    let upstream = upstream.and_then(|u| v.upstream(&u));
+    let registry = registry.and_then(|r| v.registry(&r));
+    let admin = admin.and_then(|a| v.socket_addr("admin.address", &a.address));
+    if let Some(admin) = admin {
+        if listeners.iter().any(|l| l.address == admin) {
+            v.error(
+                "admin.address",
+                format!("`{admin}` is also a listener address"),
+            );
+        }
+    }
+    let log = v.log(&log);
+    let block_page = v.block_page(&block_page, base);
+    let server = v.server(&server);
+
+    if !v.errors.is_empty() {
+        return Err(v.errors);
+    }
+    Ok(Settings {
+        listeners,
+        upstream: upstream.expect("checked above"),
+        registry: registry.expect("checked above"),
+        admin,
+        log,
+        block_page,
+        server,
+    })
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<KeyError>,
+}
+
+impl Validator {
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(KeyError {
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one section, recording the error with its full key path.
+    fn section<T: DeserializeOwned>(&mut self, key: &str, value: &toml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize(value.clone()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." || inner.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{inner}")
+                };
+                self.error(&path, e.into_inner().to_string().trim_end().to_owned());
+                None
+            }
+        }
+    }
+
+    fn required<T: DeserializeOwned>(&mut self, table: &toml::Table, key: &str) -> Option<T> {
+        match table.get(key) {
+            Some(value) => self.section(key, value),
+            None => {
+                self.error(key, format!("the [{key}] section is required"));
+                None
+            }
+        }
+    }
+
+    fn optional<T: DeserializeOwned>(&mut self, table: &toml::Table, key: &str) -> Option<T> {
+        table.get(key).and_then(|value| self.section(key, value))
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    key,
+                    format!("`{value}` is not an IP:port address (e.g. 127.0.0.1:8080 or [::]:80)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, seconds: f64, min: f64) -> Duration {
+        if !(seconds.is_finite() && seconds >= min && seconds <= 86_400.0) {
+            self.error(
+                key,
+                format!("{seconds} is out of range ({min} to 86400 seconds)"),
+            );
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(seconds)
+    }
+
+    fn listeners(&mut self, files: &[ListenerFile]) -> Vec<ListenerSettings> {
+        let mut out: Vec<ListenerSettings> = Vec::new();
+        for (i, l) in files.iter().enumerate() {
+            let key = format!("listener[{i}].address");
+            let Some(address) = self.socket_addr(&key, &l.address) else {
+                continue;
+            };
+            if out.iter().any(|o| o.address == address) {
+                self.error(&key, format!("`{address}` is used by another listener"));
+                continue;
+            }
+            let name = l.name.clone().unwrap_or_else(|| address.to_string());
+            if name.is_empty() || name.len() > 64 {
+                self.error(&format!("listener[{i}].name"), "must be 1 to 64 characters");
+            }
+            out.push(ListenerSettings {
+                address,
+                name,
+                require: match l.require {
+                    RequireFile::Connected => Requirement::Connected,
+                    RequireFile::Filed => Requirement::Filed,
+                },
+                mode: match l.mode {
+                    ModeFile::Enforce => Mode::Enforce,
+                    ModeFile::Monitor => Mode::Monitor,
+                },
+            });
+        }
+        out
+    }
+
+    fn upstream(&mut self, u: &UpstreamFile) -> Option<UpstreamSettings> {
+        if u.servers.is_empty() {
+            self.error("upstream.servers", "at least one server is required");
+        }
+        let servers: Vec<SocketAddr> = u
+            .servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.socket_addr(&format!("upstream.servers[{i}]"), s))
+            .collect();
+        if u.keepalive_pool_size > 1_000_000 {
+            self.error("upstream.keepalive_pool_size", "must be at most 1000000");
+        }
+        Some(UpstreamSettings {
+            servers,
+            connect_timeout: self.duration(
+                "upstream.connect_timeout_seconds",
+                u.connect_timeout_seconds,
+                0.001,
+            ),
+            read_timeout: self.duration(
+                "upstream.read_timeout_seconds",
+                u.read_timeout_seconds,
+                0.001,
+            ),
+            idle_timeout: self.duration(
+                "upstream.idle_timeout_seconds",
+                u.idle_timeout_seconds,
+                0.0,
+            ),
+            keepalive_pool_size: u.keepalive_pool_size,
+        })
+    }
+
+    fn registry(&mut self, r: &RegistryFile) -> Option<RegistrySettings> {
+        let source = match SnapshotSource::parse(&r.source) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.error("registry.source", e);
+                None
+            }
+        };
+        if r.refresh_interval_seconds == 0 || r.refresh_interval_seconds > 86_400 {
+            self.error(
+                "registry.refresh_interval_seconds",
+                format!(
+                    "{} is out of range (1 to 86400)",
+                    r.refresh_interval_seconds
+                ),
+            );
+        }
+        let state_dir = r.state_dir.as_ref().map(PathBuf::from);
+        if let Some(dir) = &state_dir {
+            if !dir.is_absolute() {
+                self.error(
+                    "registry.state_dir",
+                    format!("`{}` must be an absolute path", dir.display()),
+                );
+            }
+        }
+        Some(RegistrySettings {
+            source: source?,
+            refresh_interval: Duration::from_secs(r.refresh_interval_seconds),
+            state_dir,
+        })
+    }
+
+    fn log(&mut self, l: &LogFile) -> LogSettings {
+        if !["error", "warn", "info", "debug", "trace"].contains(&l.level.as_str()) {
+            self.error(
+                "log.level",
+                format!(
+                    "`{}` is not one of error, warn, info, debug, trace",
+                    l.level
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&l.access_log_sample) {
+            self.error(
+                "log.access_log_sample",
+                format!("{} is not a fraction from 0.0 to 1.0", l.access_log_sample),
+            );
+        }
+        LogSettings {
+            level: l.level.clone(),
+            format: match l.format {
+                LogFormatFile::Text => LogFormat::Text,
+                LogFormatFile::Json => LogFormat::Json,
+            },
+            access_log: l.access_log,
+            access_log_sample: l.access_log_sample,
+        }
+    }
+
+    fn block_page(&mut self, b: &BlockPageFile, base: &Path) -> BlockPageSettings {
+        let mut out = BlockPageSettings::default();
+        let mut read: BTreeMap<&str, String> = BTreeMap::new();
+        for (reason, path) in &b.templates {
+            let key = format!("block_page.templates.{reason}");
+            if reason != "default" && BlockReason::parse(reason).is_none() {
+                self.error(
+                    &key,
+                    "unknown reason (expected default, unfiled, unconnected, revoked, denied, ip_unfiled or invalid_host)",
+                );
+                continue;
+            }
+            let full = base.join(path);
+            match std::fs::read_to_string(&full) {
+                Ok(text) => {
+                    read.insert(reason, text);
+                }
+                Err(e) => self.error(&key, format!("cannot read `{}`: {e}", full.display())),
+            }
+        }
+        for reason in BlockReason::ALL {
+            out.templates[reason.index()] = read
+                .get(reason.as_str())
+                .or_else(|| read.get("default"))
+                .cloned();
+        }
+        out
+    }
+
+    fn server(&mut self, s: &ServerFile) -> ServerSettings {
+        let threads = s.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if threads == 0 || threads > 1024 {
+            self.error(
+                "server.threads",
+                format!("{threads} is out of range (1 to 1024)"),
+            );
+        }
+        ServerSettings {
+            threads,
+            grace_period: Duration::from_secs(s.grace_period_seconds),
+            shutdown_timeout: Duration::from_secs(s.shutdown_timeout_seconds),
+            pid_file: s.pid_file.clone(),
+            upgrade_sock: s.upgrade_sock.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listener]]
+address = "127.0.0.1:8080"
+
+[upstream]
+servers = ["127.0.0.1:8081"]
+
+[registry]
+source = "file:///var/lib/icp-gate/registry.tsv"
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        parse(text, Path::new("/"))
+            .expect_err("must be invalid")
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = parse(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(s.listeners[0].require, Requirement::Connected);
+        assert_eq!(s.listeners[0].mode, Mode::Enforce);
+        assert_eq!(s.listeners[0].name, "127.0.0.1:8080");
+        assert_eq!(s.registry.refresh_interval, Duration::from_secs(30));
+        assert!(s.admin.is_none());
+        assert!(s.log.access_log);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:8080"
+require = "conected"
+
+[[listener]]
+address = "localhost"
+mode = "enforce"
+colour = "blue"
+
+[upstream]
+servers = []
+
+[registry]
+source = "ftp://example.com/registry.tsv"
+refresh_interval_seconds = 0
+
+[admin]
+address = "127.0.0.1:8080"
+
+[log]
+access_log_sample = 2.0
+
+[block_page.templates]
+nonsense = "x.html"
+
+[extra]
+"#;
+        let errs = errors(text);
+        let has = |key: &str| errs.iter().any(|e| e.starts_with(key));
+        assert!(
+            has("listener[0].require: unknown variant `conected`"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("listener[1].colour: unknown field `colour`"),
+            "{errs:#?}"
+        );
+        assert!(has("upstream.servers: at least one"), "{errs:#?}");
+        assert!(has("registry.source: `ftp://"), "{errs:#?}");
+        assert!(
+            has("registry.refresh_interval_seconds: 0 is out of range"),
+            "{errs:#?}"
+        );
+        assert!(has("log.access_log_sample: 2"), "{errs:#?}");
+        assert!(
+            has("block_page.templates.nonsense: unknown reason"),
+            "{errs:#?}"
+        );
+        assert!(has("extra: unknown section"), "{errs:#?}");
+        assert_eq!(errs.len(), 8, "{errs:#?}");
+    }
+
+    #[test]
+    fn admin_clash_and_bad_addresses() {
+        let text = MINIMAL.replace(
+            "[registry]",
+            "[admin]\naddress = \"127.0.0.1:8080\"\n[registry]",
+        );
+        assert_eq!(
+            errors(&text),
+            ["admin.address: `127.0.0.1:8080` is also a listener address"]
+        );
+        let text = MINIMAL.replace("127.0.0.1:8081", "origin:80");
+        assert_eq!(errors(&text).len(), 1);
+        assert!(errors(&text)[0].starts_with("upstream.servers[0]: `origin:80`"));
+    }
+
+    #[test]
+    fn missing_sections_and_bad_toml() {
+        let errs = errors("");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        let errs = errors("[[listener]\naddress = 1");
+        assert!(errs[0].contains("not valid TOML (line 1)"), "{errs:#?}");
+    }
+
+    #[test]
+    fn templates_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("page.html"), "<p>{{host}}</p>").unwrap();
+        let text = format!("{MINIMAL}\n[block_page.templates]\ndefault = \"page.html\"\n");
+        let s = parse(&text, dir.path()).unwrap();
+        assert!(s
+            .block_page
+            .templates
+            .iter()
+            .all(|t| t.as_deref() == Some("<p>{{host}}</p>")));
+        let text = format!("{MINIMAL}\n[block_page.templates]\nunfiled = \"missing.html\"\n");
+        let errs = parse(&text, dir.path()).unwrap_err();
+        assert_eq!(errs[0].key, "block_page.templates.unfiled");
+    }
+}

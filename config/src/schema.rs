@@ -1,0 +1,183 @@
+//! The configuration file as users write it. Every struct rejects unknown keys; defaults live
+//! here so that `docs/config.md` and the code agree in one place. Nothing here is used by the
+//! running gate directly: `Settings` (validated) is.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub address: String,
+    /// Used as the `listener` metric label; defaults to the address.
+    pub name: Option<String>,
+    #[serde(default = "default_require")]
+    pub require: RequireFile,
+    #[serde(default = "default_mode")]
+    pub mode: ModeFile,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequireFile {
+    Connected,
+    Filed,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeFile {
+    Enforce,
+    Monitor,
+}
+
+fn default_require() -> RequireFile {
+    RequireFile::Connected
+}
+fn default_mode() -> ModeFile {
+    ModeFile::Enforce
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub servers: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: f64,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_seconds: f64,
+    #[serde(default = "default_upstream_idle")]
+    pub idle_timeout_seconds: f64,
+    #[serde(default = "default_pool_size")]
+    pub keepalive_pool_size: usize,
+}
+
+fn default_connect_timeout() -> f64 {
+    3.0
+}
+fn default_read_timeout() -> f64 {
+    60.0
+}
+fn default_upstream_idle() -> f64 {
+    60.0
+}
+fn default_pool_size() -> usize {
+    256
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    pub source: String,
+    #[serde(default = "default_refresh")]
+    pub refresh_interval_seconds: u64,
+    pub state_dir: Option<String>,
+}
+
+fn default_refresh() -> u64 {
+    30
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default = "default_format")]
+    pub format: LogFormatFile,
+    /// Write an access line per request.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+    /// Fraction of requests (0.0 to 1.0) that get an access line.
+    #[serde(default = "default_sample")]
+    pub access_log_sample: f64,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            level: default_level(),
+            format: default_format(),
+            access_log: true,
+            access_log_sample: default_sample(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormatFile {
+    Text,
+    Json,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+fn default_format() -> LogFormatFile {
+    LogFormatFile::Text
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sample() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BlockPageFile {
+    /// HTML templates replacing the built-in page, per block reason (`unfiled`, `unconnected`,
+    /// `revoked`, `denied`, `ip_unfiled`, `invalid_host`) or `default` for any reason without
+    /// its own.
+    #[serde(default)]
+    pub templates: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Worker threads for each listener.
+    pub threads: Option<usize>,
+    /// After SIGTERM: how long listeners keep answering while in-flight requests finish.
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    /// After the grace period: how long the runtimes get to stop before the process exits.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u64,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Socket through which a new process takes over the listeners (graceful upgrade).
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            threads: None,
+            grace_period_seconds: default_grace(),
+            shutdown_timeout_seconds: default_shutdown_timeout(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+        }
+    }
+}
+
+fn default_grace() -> u64 {
+    5
+}
+fn default_shutdown_timeout() -> u64 {
+    5
+}
+fn default_pid_file() -> String {
+    "/tmp/icp-gate.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/icp-gate-upgrade.sock".into()
+}

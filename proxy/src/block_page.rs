@@ -1,0 +1,371 @@
+//! The answer a blocked client sees: an HTML page (Chinese first, English below) or the same
+//! facts as JSON. Templates are split into literal and placeholder parts once, at start, so a
+//! block costs one buffer fill per request.
+
+use bytes::Bytes;
+use icp_gate_registry::BlockReason;
+
+pub const FILING_SITE: &str = "https://beian.miit.gov.cn";
+
+/// Values echoed from the request are escaped and capped: a page must never carry more of a
+/// client's input than this.
+const MAX_ECHOED_HOST: usize = 256;
+
+/// What the page says for one reason.
+pub struct ReasonText {
+    pub title_zh: &'static str,
+    pub title_en: &'static str,
+    pub action_zh: &'static str,
+    pub action_en: &'static str,
+}
+
+pub const LEGAL_BASIS_ZH: &str = "《互联网信息服务管理办法》（国务院令第292号）；《非经营性互联网信息服务备案管理办法》（工业和信息化部令第33号）";
+pub const LEGAL_BASIS_EN: &str = "Measures for the Administration of Internet Information Services (State Council Order No. 292); Measures for the Administration of Filing of Non-commercial Internet Information Services (MIIT Order No. 33)";
+
+pub fn reason_text(reason: BlockReason) -> &'static ReasonText {
+    match reason {
+        BlockReason::Unfiled => &ReasonText {
+            title_zh: "该网站尚未办理ICP备案，暂时无法访问",
+            title_en: "This website has no ICP filing and cannot be served",
+            action_zh: "网站主办者请通过接入服务商办理ICP备案，备案通过并接入本服务商后即可访问。",
+            action_en: "The site owner must obtain an ICP filing through the hosting provider; the site can be served once the filing is approved and connected to this provider.",
+        },
+        BlockReason::Unconnected => &ReasonText {
+            title_zh: "该网站的ICP备案未接入本服务商",
+            title_en: "This website's ICP filing is not connected to this hosting provider",
+            action_zh: "网站主办者请在本服务商为该备案办理接入（新增接入）；接入完成后即可访问。",
+            action_en: "The site owner must connect the existing filing to this provider (新增接入, add access); the site can be served once the connection is complete.",
+        },
+        BlockReason::Revoked => &ReasonText {
+            title_zh: "该网站的ICP备案已被注销",
+            title_en: "This website's ICP filing has been cancelled",
+            action_zh: "网站主办者须重新办理ICP备案后方可恢复访问。",
+            action_en: "The site owner must file again before the site can be served.",
+        },
+        BlockReason::Denied => &ReasonText {
+            title_zh: "该网站已被禁止访问",
+            title_en: "Access to this website has been denied",
+            action_zh: "如有疑问，网站主办者请联系接入服务商。",
+            action_en: "The site owner should contact the hosting provider.",
+        },
+        BlockReason::IpUnfiled => &ReasonText {
+            title_zh: "不允许通过未备案的IP地址直接访问",
+            title_en: "Access by an unfiled IP address is not permitted",
+            action_zh: "请使用已备案的域名访问该网站。",
+            action_en: "Use the site's filed domain name instead of its IP address.",
+        },
+        BlockReason::InvalidHost => &ReasonText {
+            title_zh: "请求缺少有效的主机名（Host）",
+            title_en: "The request does not carry a usable host name",
+            action_zh: "请检查请求的Host头或目标地址。",
+            action_en: "Check the request's Host header or target.",
+        },
+    }
+}
+
+/// One piece of a template.
+#[derive(Clone, Debug, PartialEq)]
+enum Part {
+    Literal(String),
+    Host,
+    Reason,
+    Status,
+    TitleZh,
+    TitleEn,
+    ActionZh,
+    ActionEn,
+    LegalBasisZh,
+    LegalBasisEn,
+    FilingSite,
+    RequestId,
+    Detail,
+}
+
+fn placeholder(name: &str) -> Option<Part> {
+    Some(match name {
+        "host" => Part::Host,
+        "reason" => Part::Reason,
+        "status" => Part::Status,
+        "title_zh" => Part::TitleZh,
+        "title_en" => Part::TitleEn,
+        "action_zh" => Part::ActionZh,
+        "action_en" => Part::ActionEn,
+        "legal_basis_zh" => Part::LegalBasisZh,
+        "legal_basis_en" => Part::LegalBasisEn,
+        "filing_site" => Part::FilingSite,
+        "request_id" => Part::RequestId,
+        "detail" => Part::Detail,
+        _ => return None,
+    })
+}
+
+/// The placeholders a template may use, for the docs and for error messages.
+pub const PLACEHOLDERS: &str = "{{host}} {{reason}} {{status}} {{title_zh}} {{title_en}} {{action_zh}} {{action_en}} {{legal_basis_zh}} {{legal_basis_en}} {{filing_site}} {{request_id}} {{detail}}";
+
+#[derive(Clone, Debug)]
+struct Template {
+    parts: Vec<Part>,
+    size_hint: usize,
+}
+
+impl Template {
+    /// Splits `text` at `{{name}}` placeholders. Unknown placeholders stay as literal text.
+    fn compile(text: &str) -> Template {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(open) = rest.find("{{") {
+            literal.push_str(&rest[..open]);
+            let after = &rest[open + 2..];
+            match after
+                .find("}}")
+                .and_then(|close| placeholder(after[..close].trim()).map(|p| (p, close)))
+            {
+                Some((part, close)) => {
+                    if !literal.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(part);
+                    rest = &after[close + 2..];
+                }
+                None => {
+                    literal.push_str("{{");
+                    rest = after;
+                }
+            }
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        Template {
+            size_hint: text.len() + 1024,
+            parts,
+        }
+    }
+}
+
+const DEFAULT_TEMPLATE: &str = include_str!("block_page.html");
+
+/// The rendered answer.
+pub struct BlockBody {
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+/// Block pages for every reason, compiled once.
+pub struct BlockPages {
+    templates: [Template; 6],
+}
+
+impl BlockPages {
+    /// `custom[reason.index()]` replaces the built-in page for that reason.
+    pub fn new(custom: &[Option<String>; 6]) -> Self {
+        let default = Template::compile(DEFAULT_TEMPLATE);
+        let templates = std::array::from_fn(|i| match &custom[i] {
+            Some(text) => Template::compile(text),
+            None => default.clone(),
+        });
+        BlockPages { templates }
+    }
+
+    /// Renders the page for `reason`. `host` is what the page names (escaped here); `detail`
+    /// says more about an unusable host.
+    pub fn render(
+        &self,
+        reason: BlockReason,
+        host: &str,
+        detail: Option<&str>,
+        request_id: &str,
+        json: bool,
+    ) -> BlockBody {
+        if json {
+            return BlockBody {
+                content_type: "application/json; charset=utf-8",
+                body: render_json(reason, host, detail, request_id),
+            };
+        }
+        let text = reason_text(reason);
+        let template = &self.templates[reason.index()];
+        let mut out = String::with_capacity(template.size_hint);
+        for part in &template.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Host => escape_html_into(&mut out, cap(host)),
+                Part::Reason => out.push_str(reason.as_str()),
+                Part::Status => {
+                    out.push_str(itoa_status(reason.http_status()));
+                }
+                Part::TitleZh => out.push_str(text.title_zh),
+                Part::TitleEn => out.push_str(text.title_en),
+                Part::ActionZh => out.push_str(text.action_zh),
+                Part::ActionEn => out.push_str(text.action_en),
+                Part::LegalBasisZh => out.push_str(LEGAL_BASIS_ZH),
+                Part::LegalBasisEn => out.push_str(LEGAL_BASIS_EN),
+                Part::FilingSite => out.push_str(FILING_SITE),
+                Part::RequestId => escape_html_into(&mut out, request_id),
+                Part::Detail => {
+                    if let Some(d) = detail {
+                        out.push_str(" (");
+                        escape_html_into(&mut out, d);
+                        out.push(')');
+                    }
+                }
+            }
+        }
+        BlockBody {
+            content_type: "text/html; charset=utf-8",
+            body: Bytes::from(out),
+        }
+    }
+}
+
+fn itoa_status(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        _ => "403",
+    }
+}
+
+fn cap(s: &str) -> &str {
+    if s.len() <= MAX_ECHOED_HOST {
+        return s;
+    }
+    let mut end = MAX_ECHOED_HOST;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub fn escape_html_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_control() => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+}
+
+fn render_json(reason: BlockReason, host: &str, detail: Option<&str>, request_id: &str) -> Bytes {
+    let text = reason_text(reason);
+    let value = serde_json::json!({
+        "status": reason.http_status(),
+        "reason": reason.as_str(),
+        "host": cap(host),
+        "title_zh": text.title_zh,
+        "title": text.title_en,
+        "action_zh": text.action_zh,
+        "action": text.action_en,
+        "legal_basis_zh": LEGAL_BASIS_ZH,
+        "legal_basis": LEGAL_BASIS_EN,
+        "filing_site": FILING_SITE,
+        "request_id": request_id,
+        "detail": detail,
+    });
+    let mut body = serde_json::to_vec(&value).expect("JSON of strings");
+    body.push(b'\n');
+    Bytes::from(body)
+}
+
+/// True when the client asked for JSON rather than HTML (`Accept` names `application/json` and
+/// does not put `text/html` first).
+pub fn wants_json(accept: Option<&[u8]>) -> bool {
+    let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else {
+        return false;
+    };
+    let json = accept.find("application/json");
+    let html = accept.find("text/html");
+    match (json, html) {
+        (Some(j), Some(h)) => j < h,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages() -> BlockPages {
+        BlockPages::new(&Default::default())
+    }
+
+    fn html(reason: BlockReason, host: &str) -> String {
+        let b = pages().render(reason, host, None, "rid-1", false);
+        assert_eq!(b.content_type, "text/html; charset=utf-8");
+        String::from_utf8(b.body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn default_page_has_every_fact_chinese_first() {
+        let page = html(BlockReason::Unconnected, "www.example.com");
+        for needle in [
+            "www.example.com",
+            "未接入本服务商",
+            "not connected to this hosting provider",
+            "新增接入",
+            "工业和信息化部令第33号",
+            "MIIT Order No. 33",
+            "https://beian.miit.gov.cn",
+            "rid-1",
+            "unconnected",
+        ] {
+            assert!(page.contains(needle), "missing {needle:?}");
+        }
+        assert!(page.find("未接入").unwrap() < page.find("not connected").unwrap());
+        assert!(
+            !page.contains("{{"),
+            "unfilled placeholder left in the page"
+        );
+    }
+
+    #[test]
+    fn host_is_escaped_and_capped() {
+        let page = html(BlockReason::InvalidHost, "<script>alert(1)</script>\"'&");
+        assert!(!page.contains("<script>alert"));
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&amp;"));
+        let long = "a".repeat(10_000);
+        let page = html(BlockReason::InvalidHost, &long);
+        assert!(!page.contains(&"a".repeat(257)));
+    }
+
+    #[test]
+    fn custom_templates_per_reason() {
+        let mut custom: [Option<String>; 6] = Default::default();
+        custom[BlockReason::Denied.index()] =
+            Some("<b>{{reason}} {{ host }} {{nope}} {{request_id}}</b>".into());
+        let p = BlockPages::new(&custom);
+        let body = p
+            .render(BlockReason::Denied, "x.cn", None, "r9", false)
+            .body;
+        assert_eq!(&body[..], b"<b>denied x.cn {{nope}} r9</b>");
+        let body = p
+            .render(BlockReason::Unfiled, "x.cn", None, "r9", false)
+            .body;
+        assert!(std::str::from_utf8(&body)
+            .unwrap()
+            .contains("尚未办理ICP备案"));
+    }
+
+    #[test]
+    fn json_when_asked() {
+        assert!(wants_json(Some(b"application/json")));
+        assert!(wants_json(Some(b"application/json, text/html;q=0.5")));
+        assert!(!wants_json(Some(
+            b"text/html,application/xhtml+xml,*/*;q=0.8"
+        )));
+        assert!(!wants_json(None));
+        let b = pages().render(BlockReason::Unfiled, "a<b.cn", Some("d"), "r1", true);
+        let v: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
+        assert_eq!(v["reason"], "unfiled");
+        assert_eq!(v["host"], "a<b.cn");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["filing_site"], FILING_SITE);
+    }
+}

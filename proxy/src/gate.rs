@@ -1,0 +1,438 @@
+//! The enforcing proxy: every request is decided from its host before anything reaches an
+//! upstream, per request (never per connection).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use icp_gate_config::{ListenerSettings, Mode, UpstreamSettings};
+use icp_gate_registry::sync::unix_now;
+use icp_gate_registry::{
+    parse_authority, BlockReason, Decision, Host, InvalidHost, RegistryHandle,
+};
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::access_log::AccessLog;
+use crate::block_page::{wants_json, BlockPages};
+use crate::metrics::ListenerCounters;
+
+pub const BLOCK_REASON_HEADER: &str = "x-icp-block-reason";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Headers a client may send but that only the gate may set on the forwarded request.
+const CLIENT_FORWARDING_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Request ids: a per-process random prefix and a counter, unique without coordination.
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        RequestIds {
+            prefix: fastrand::u32(..),
+            next: AtomicU64::new(fastrand::u64(..) >> 24),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{:08x}{:016x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the gate decided for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not decided yet (the request failed before the decision).
+    Pending,
+    Allowed,
+    Blocked(BlockReason),
+    /// Would have been blocked; forwarded because the listener is in monitor mode.
+    Monitored(BlockReason),
+    /// No registry loaded yet: answered 503, nothing forwarded.
+    NotReady,
+}
+
+impl Outcome {
+    pub fn decision_label(self) -> &'static str {
+        match self {
+            Outcome::Pending => "undecided",
+            Outcome::Allowed => "allowed",
+            Outcome::Blocked(_) | Outcome::NotReady => "blocked",
+            Outcome::Monitored(_) => "monitored",
+        }
+    }
+
+    pub fn reason_label(self) -> &'static str {
+        match self {
+            Outcome::Blocked(r) | Outcome::Monitored(r) => r.as_str(),
+            Outcome::NotReady => crate::metrics::NOT_READY,
+            _ => "",
+        }
+    }
+}
+
+pub struct RequestCtx {
+    started: Instant,
+    pub outcome: Outcome,
+    pub host: Option<Host>,
+    pub invalid: Option<InvalidHost>,
+    request_id: Option<String>,
+    upstream_tries: usize,
+}
+
+/// The gate for one listener.
+pub struct Gate {
+    pub listener: ListenerSettings,
+    pub registry: Arc<RegistryHandle>,
+    pub upstream: UpstreamSettings,
+    pub pages: Arc<BlockPages>,
+    pub counters: ListenerCounters,
+    pub access_log: AccessLog,
+    pub request_ids: Arc<RequestIds>,
+    next_upstream: AtomicUsize,
+}
+
+impl Gate {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        listener: ListenerSettings,
+        registry: Arc<RegistryHandle>,
+        upstream: UpstreamSettings,
+        pages: Arc<BlockPages>,
+        counters: ListenerCounters,
+        access_log: AccessLog,
+        request_ids: Arc<RequestIds>,
+    ) -> Self {
+        Gate {
+            listener,
+            registry,
+            upstream,
+            pages,
+            counters,
+            access_log,
+            request_ids,
+            next_upstream: AtomicUsize::new(0),
+        }
+    }
+
+    fn decide(&self, host: &Host) -> Outcome {
+        // The guard lives only for this lookup: nothing about the request keeps a snapshot alive.
+        let guard = self.registry.load();
+        let Some(loaded) = guard.as_ref() else {
+            return Outcome::NotReady;
+        };
+        match loaded
+            .registry
+            .decide(host, self.listener.require, unix_now())
+        {
+            Decision::Allow => Outcome::Allowed,
+            Decision::Block(reason) => match self.listener.mode {
+                Mode::Enforce => Outcome::Blocked(reason),
+                Mode::Monitor => Outcome::Monitored(reason),
+            },
+        }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Allowed => self.counters.allowed.inc(),
+            Outcome::Blocked(r) => self.counters.blocked[r.index()].inc(),
+            Outcome::Monitored(r) => self.counters.monitored[r.index()].inc(),
+            Outcome::NotReady => self.counters.not_ready.inc(),
+            Outcome::Pending => {}
+        }
+    }
+
+    fn request_id<'a>(&self, ctx: &'a mut RequestCtx) -> &'a str {
+        ctx.request_id
+            .get_or_insert_with(|| self.request_ids.next())
+    }
+
+    async fn respond_blocked(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: BlockReason,
+        shown_host: &str,
+    ) -> Result<()> {
+        let json = wants_json(
+            session
+                .req_header()
+                .headers
+                .get(header::ACCEPT)
+                .map(|v| v.as_bytes()),
+        );
+        let request_id = self.request_id(ctx).to_owned();
+        let detail = ctx.invalid.map(InvalidHost::describe);
+        let page = self
+            .pages
+            .render(reason, shown_host, detail, &request_id, json);
+        let mut resp = ResponseHeader::build(reason.http_status(), Some(9))?;
+        resp.insert_header(header::CONTENT_TYPE, page.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, page.body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(BLOCK_REASON_HEADER, reason.as_str())?;
+        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+        resp.insert_header(header::CONTENT_SECURITY_POLICY, CSP)?;
+        resp.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+        resp.insert_header(header::REFERRER_POLICY, "no-referrer")?;
+        if reason == BlockReason::InvalidHost {
+            // A request whose host could not be read may be the start of a desynchronised
+            // stream: do not read another request from this connection.
+            session.set_keepalive(None);
+            resp.insert_header(header::CONNECTION, "close")?;
+        }
+        write_response(session, resp, page.body).await
+    }
+
+    async fn respond_not_ready(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let request_id = self.request_id(ctx).to_owned();
+        let body = Bytes::from_static(
+            "注册数据尚未加载，请稍后重试。\nThe filing registry is not loaded yet; retry shortly.\n"
+                .as_bytes(),
+        );
+        let mut resp = ResponseHeader::build(503, Some(6))?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(header::RETRY_AFTER, "5")?;
+        resp.insert_header(BLOCK_REASON_HEADER, crate::metrics::NOT_READY)?;
+        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+        write_response(session, resp, body).await
+    }
+}
+
+async fn write_response(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The authority of the request target, when it has one: absolute-form (HTTP/1, kept verbatim
+/// by Pingora, which leaves `uri.authority()` unset) or the URI authority (HTTP/2 `:authority`).
+fn target_authority(req: &RequestHeader) -> Option<&[u8]> {
+    if let Some(authority) = req.uri.authority() {
+        return Some(authority.as_str().as_bytes());
+    }
+    match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::Absolute { authority, .. } => Some(authority),
+        _ => None,
+    }
+}
+
+/// The host a request names, following RFC 9112 §3.2: an absolute-form target's authority wins
+/// over Host (and must agree with it here, or the request is refused: the origin would see the
+/// Host); otherwise exactly one Host header.
+pub fn request_host(req: &RequestHeader) -> Result<Host, InvalidHost> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(InvalidHost::Duplicate);
+    }
+    let from_header = host_header.map(|v| parse_authority(v.as_bytes()));
+    match target_authority(req) {
+        Some(authority) => {
+            let from_target = parse_authority(authority)?;
+            match from_header {
+                None => Ok(from_target),
+                Some(Ok(h)) if h == from_target => Ok(from_target),
+                Some(_) => Err(InvalidHost::Mismatch),
+            }
+        }
+        None => from_header.unwrap_or(Err(InvalidHost::Empty)),
+    }
+}
+
+/// What the page and the log show of a host that could not be used: the raw value, lossy.
+fn raw_host(req: &RequestHeader) -> String {
+    let raw = target_authority(req)
+        .or_else(|| req.headers.get(header::HOST).map(|v| v.as_bytes()))
+        .unwrap_or_default();
+    String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned()
+}
+
+#[async_trait]
+impl ProxyHttp for Gate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            outcome: Outcome::Pending,
+            host: None,
+            invalid: None,
+            request_id: None,
+            upstream_tries: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let host = match request_host(session.req_header()) {
+            Ok(host) => host,
+            Err(invalid) => {
+                // Not a filing decision, so monitor mode does not forward it either.
+                ctx.invalid = Some(invalid);
+                ctx.outcome = Outcome::Blocked(BlockReason::InvalidHost);
+                self.count(ctx.outcome);
+                let shown = raw_host(session.req_header());
+                self.respond_blocked(session, ctx, BlockReason::InvalidHost, &shown)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let outcome = self.decide(&host);
+        ctx.outcome = outcome;
+        self.count(outcome);
+        let answered = match outcome {
+            Outcome::Allowed | Outcome::Monitored(_) => false,
+            Outcome::Blocked(reason) => {
+                let shown = host.to_string();
+                self.respond_blocked(session, ctx, reason, &shown).await?;
+                true
+            }
+            Outcome::NotReady => {
+                self.respond_not_ready(session, ctx).await?;
+                true
+            }
+            Outcome::Pending => unreachable!("decide() always decides"),
+        };
+        ctx.host = Some(host);
+        Ok(answered)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // Belt and braces: nothing undecided or blocked is ever given a peer.
+        if !matches!(ctx.outcome, Outcome::Allowed | Outcome::Monitored(_)) {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream requested for a request that was not allowed",
+            ));
+        }
+        let servers = &self.upstream.servers;
+        let i = self.next_upstream.fetch_add(1, Ordering::Relaxed) % servers.len();
+        ctx.upstream_tries += 1;
+        Ok(Box::new(self.peer(servers[i])))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Another server may be up: try each once before giving up.
+        if ctx.upstream_tries < self.upstream.servers.len() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Origin-form towards the origin, with the Host the decision was made on.
+        if let Some(authority) = target_authority(upstream).map(<[u8]>::to_vec) {
+            if upstream.headers.get(header::HOST).is_none() {
+                let value = HeaderValue::from_bytes(&authority).map_err(|e| {
+                    Error::because(ErrorType::InvalidHTTPHeader, "request authority", e)
+                })?;
+                upstream.insert_header(header::HOST, value)?;
+            }
+            let path = upstream
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let uri = http::Uri::try_from(path)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
+            upstream.set_uri(uri);
+        }
+        for name in CLIENT_FORWARDING_HEADERS {
+            upstream.remove_header(name);
+        }
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            upstream.insert_header(
+                HeaderName::from_static("x-forwarded-for"),
+                client.ip().to_string(),
+            )?;
+        }
+        upstream.insert_header(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        )?;
+        let request_id = self.request_id(ctx).to_owned();
+        upstream.insert_header(REQUEST_ID_HEADER, request_id)?;
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        self.access_log.record(crate::access_log::AccessRecord {
+            listener: &self.listener.name,
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: session.req_header().method.as_str(),
+            host: ctx.host.as_ref(),
+            raw_host: || raw_host(session.req_header()),
+            invalid: ctx.invalid,
+            outcome: ctx.outcome,
+            status,
+            duration: ctx.started.elapsed(),
+            request_id: ctx.request_id.as_deref(),
+            error: e,
+        });
+    }
+}
+
+impl Gate {
+    fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.upstream.connect_timeout);
+        o.total_connection_timeout = Some(self.upstream.connect_timeout);
+        o.read_timeout = Some(self.upstream.read_timeout);
+        o.write_timeout = Some(self.upstream.read_timeout);
+        o.idle_timeout = Some(if self.upstream.idle_timeout.is_zero() {
+            Duration::from_millis(1)
+        } else {
+            self.upstream.idle_timeout
+        });
+        peer
+    }
+}

@@ -1,0 +1,13 @@
+//! The icp-gate service on Pingora: the decision on each request, the block page, forwarding,
+//! the admin endpoint, metrics and the sync worker.
+
+pub mod access_log;
+pub mod admin;
+pub mod block_page;
+pub mod demo_origin;
+pub mod gate;
+pub mod metrics;
+pub mod server;
+pub mod sync_service;
+
+pub use server::{init_logging, run, RunOptions};

@@ -1,0 +1,176 @@
+//! Prometheus metrics. Per-request counters are resolved to handles once per listener, so the
+//! request path increments an atomic and never hashes label values. Never a host as a label.
+
+use std::sync::Arc;
+
+use icp_gate_registry::{BlockReason, RejectReason};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// `reason` label when the gate answers before any registry is loaded.
+pub const NOT_READY: &str = "registry_not_ready";
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    pub registry_entries: IntGauge,
+    pub registry_serial: IntGauge,
+    pub registry_last_success: Gauge,
+    pub registry_last_attempt: Gauge,
+    pub registry_load_seconds: Gauge,
+    pub registry_ready: IntGauge,
+    sync_total: IntCounterVec,
+    rejected_total: IntCounterVec,
+}
+
+/// Sync results, the `result` label of `icp_gate_registry_sync_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum SyncResult {
+    Success,
+    Unchanged,
+    Rejected,
+    Error,
+}
+
+impl SyncResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            SyncResult::Success => "success",
+            SyncResult::Unchanged => "unchanged",
+            SyncResult::Rejected => "rejected",
+            SyncResult::Error => "error",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "icp_gate_requests_total",
+                "Requests decided, by listener, decision (allowed, blocked, monitored) and reason",
+            ),
+            &["listener", "decision", "reason"],
+        )
+        .unwrap();
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).unwrap();
+        let fgauge = |name: &str, help: &str| Gauge::new(name, help).unwrap();
+        let m = Metrics {
+            registry_entries: gauge(
+                "icp_gate_registry_entries",
+                "Records in the registry in service",
+            ),
+            registry_serial: gauge(
+                "icp_gate_registry_serial",
+                "Serial of the registry in service",
+            ),
+            registry_last_success: fgauge(
+                "icp_gate_registry_last_success_timestamp_seconds",
+                "Unix time of the last sync that found the source good (loaded or unchanged)",
+            ),
+            registry_last_attempt: fgauge(
+                "icp_gate_registry_last_attempt_timestamp_seconds",
+                "Unix time of the last sync attempt, whatever its result",
+            ),
+            registry_load_seconds: fgauge(
+                "icp_gate_registry_load_duration_seconds",
+                "Time to parse, check and build the registry in service",
+            ),
+            registry_ready: gauge(
+                "icp_gate_registry_ready",
+                "1 once a registry is in service (the gate decides), 0 before",
+            ),
+            sync_total: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_registry_sync_total",
+                    "Registry sync attempts by result",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            rejected_total: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_registry_rejected_total",
+                    "Snapshots refused (the one in service stayed), by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            requests,
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone())).unwrap();
+        r.register(Box::new(m.registry_entries.clone())).unwrap();
+        r.register(Box::new(m.registry_serial.clone())).unwrap();
+        r.register(Box::new(m.registry_last_success.clone()))
+            .unwrap();
+        r.register(Box::new(m.registry_last_attempt.clone()))
+            .unwrap();
+        r.register(Box::new(m.registry_load_seconds.clone()))
+            .unwrap();
+        r.register(Box::new(m.registry_ready.clone())).unwrap();
+        r.register(Box::new(m.sync_total.clone())).unwrap();
+        r.register(Box::new(m.rejected_total.clone())).unwrap();
+        // Every series exists from the start at 0, so alerts on rate() see the first event.
+        for result in [
+            SyncResult::Success,
+            SyncResult::Unchanged,
+            SyncResult::Rejected,
+            SyncResult::Error,
+        ] {
+            m.sync_total.with_label_values(&[result.as_str()]);
+        }
+        for reason in RejectReason::ALL {
+            m.rejected_total.with_label_values(&[reason.as_str()]);
+        }
+        let build = IntGauge::with_opts(
+            Opts::new("icp_gate_build_info", "Build of the running gate")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap();
+        build.set(1);
+        r.register(Box::new(build)).unwrap();
+        Arc::new(m)
+    }
+
+    pub fn sync(&self, result: SyncResult) {
+        self.sync_total.with_label_values(&[result.as_str()]).inc();
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected_total
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counter handles for one listener.
+    pub fn listener(&self, listener: &str) -> ListenerCounters {
+        let c = |decision: &str, reason: &str| {
+            self.requests
+                .with_label_values(&[listener, decision, reason])
+        };
+        ListenerCounters {
+            allowed: c("allowed", ""),
+            blocked: BlockReason::ALL.map(|r| c("blocked", r.as_str())),
+            monitored: BlockReason::ALL.map(|r| c("monitored", r.as_str())),
+            not_ready: c("blocked", NOT_READY),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec");
+        out
+    }
+}
+
+pub struct ListenerCounters {
+    pub allowed: IntCounter,
+    pub blocked: [IntCounter; 6],
+    pub monitored: [IntCounter; 6],
+    pub not_ready: IntCounter,
+}

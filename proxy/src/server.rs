@@ -1,0 +1,139 @@
+//! Assembles the Pingora server from validated settings: one proxy service per listener, the
+//! admin listener, the sync worker and, for the demo, the demo origin.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use icp_gate_config::{LogFormat, LogSettings, Settings};
+use icp_gate_registry::{RegistryHandle, Syncer};
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::access_log::AccessLog;
+use crate::admin::AdminApp;
+use crate::block_page::BlockPages;
+use crate::demo_origin::DemoOrigin;
+use crate::gate::{Gate, RequestIds};
+use crate::metrics::Metrics;
+use crate::sync_service::{report, SyncService};
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Take the listeners over from a running gate (graceful upgrade, see docs/operations.md).
+    pub upgrade: bool,
+    /// Also serve the built-in demo origin here.
+    pub demo_origin: Option<SocketAddr>,
+}
+
+/// Sets up logging: `RUST_LOG` if set, else the configured level. Pingora's own `log` records
+/// go through the same subscriber.
+pub fn init_logging(log: &LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // Already set (tests starting several gates in one process): keep the first.
+    let _ = result;
+}
+
+/// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast).
+pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let registry = RegistryHandle::new();
+
+    // First load before the listeners open, so a gate with a reachable source is ready at once.
+    let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone());
+    let source = syncer.source().to_string();
+    report(&syncer.sync_once(), &registry, &metrics, &source);
+    if !registry.is_ready() {
+        tracing::warn!(
+            source,
+            "no registry loaded: the gate answers 503 and forwards nothing until one is"
+        );
+    }
+
+    let conf = ServerConf {
+        threads: settings.server.threads,
+        grace_period_seconds: Some(settings.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.server.shutdown_timeout.as_secs()),
+        upstream_keepalive_pool_size: settings.upstream.keepalive_pool_size,
+        pid_file: settings.server.pid_file.clone(),
+        upgrade_sock: settings.server.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let pages = Arc::new(BlockPages::new(&settings.block_page.templates));
+    let request_ids = Arc::new(RequestIds::new());
+    let access_log = AccessLog::new(settings.log.access_log, settings.log.access_log_sample);
+    for listener in &settings.listeners {
+        let gate = Gate::new(
+            listener.clone(),
+            registry.clone(),
+            settings.upstream.clone(),
+            pages.clone(),
+            metrics.listener(&listener.name),
+            access_log,
+            request_ids.clone(),
+        );
+        let mut service = http_proxy_service_with_name(
+            &server.configuration,
+            gate,
+            &format!("gate {}", listener.name),
+        );
+        service.add_tcp(&listener.address.to_string());
+        server.add_service(service);
+        tracing::info!(
+            listener = listener.name,
+            address = %listener.address,
+            require = ?listener.require,
+            mode = ?listener.mode,
+            "listener configured"
+        );
+    }
+
+    if let Some(admin) = settings.admin {
+        let mut service = Service::new(
+            "admin".to_string(),
+            AdminApp {
+                metrics: metrics.clone(),
+                registry: registry.clone(),
+            },
+        );
+        service.add_tcp(&admin.to_string());
+        server.add_service(service);
+        tracing::info!(address = %admin, "admin listener configured (/metrics /healthz /readyz /registry)");
+    }
+
+    if let Some(origin) = options.demo_origin {
+        let mut service = Service::new("demo origin".to_string(), DemoOrigin);
+        service.add_tcp(&origin.to_string());
+        server.add_service(service);
+    }
+
+    server.add_service(background_service(
+        "registry sync",
+        SyncService {
+            syncer: Arc::new(Mutex::new(syncer)),
+            registry,
+            interval: settings.registry.refresh_interval,
+            metrics,
+        },
+    ));
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "icp-gate starting");
+    server.run_forever();
+}

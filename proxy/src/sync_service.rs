@@ -1,0 +1,111 @@
+//! Runs the registry sync on a timer, off the request threads, and reports each attempt in the
+//! log and the metrics.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use icp_gate_registry::{RegistryHandle, SyncOutcome, Syncer};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::{Metrics, SyncResult};
+
+pub struct SyncService {
+    pub syncer: Arc<Mutex<Syncer>>,
+    pub registry: Arc<RegistryHandle>,
+    pub interval: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl SyncService {
+    /// One attempt, blocking; logs and counts it.
+    pub fn sync_now(&self) {
+        let outcome = self.syncer.lock().expect("sync lock").sync_once();
+        report(&outcome, &self.registry, &self.metrics, &self.source_name());
+    }
+
+    fn source_name(&self) -> String {
+        self.syncer.lock().expect("sync lock").source().to_string()
+    }
+}
+
+/// Logs and counts one sync attempt.
+pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metrics, source: &str) {
+    let now = icp_gate_registry::sync::unix_now() as f64;
+    metrics.registry_last_attempt.set(now);
+    match outcome {
+        SyncOutcome::Loaded {
+            serial,
+            entries,
+            build_time,
+            previous_serial,
+        } => {
+            metrics.sync(SyncResult::Success);
+            metrics.registry_last_success.set(now);
+            metrics.registry_entries.set(*entries as i64);
+            metrics.registry_serial.set(*serial as i64);
+            metrics.registry_load_seconds.set(build_time.as_secs_f64());
+            metrics.registry_ready.set(1);
+            tracing::info!(
+                source,
+                serial,
+                previous_serial = previous_serial.map(|s| s as i64).unwrap_or(-1),
+                entries,
+                duration_ms = build_time.as_millis() as u64,
+                "registry loaded"
+            );
+        }
+        SyncOutcome::Unchanged => {
+            metrics.sync(SyncResult::Unchanged);
+            metrics.registry_last_success.set(now);
+            tracing::debug!(source, "registry unchanged");
+        }
+        SyncOutcome::Rejected(e) => {
+            metrics.sync(SyncResult::Rejected);
+            metrics.rejected(e.reason);
+            let in_service = registry
+                .load()
+                .as_ref()
+                .map(|r| r.serial as i64)
+                .unwrap_or(-1);
+            tracing::error!(
+                source,
+                reason = e.reason.as_str(),
+                line = e.line.unwrap_or(0),
+                serial_in_service = in_service,
+                "registry snapshot rejected, the registry in service stays: {}",
+                e.detail
+            );
+        }
+        SyncOutcome::SourceError(e) => {
+            metrics.sync(SyncResult::Error);
+            tracing::warn!(
+                source,
+                "registry source unavailable, the registry in service stays: {e}"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SyncService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            let syncer = self.syncer.clone();
+            let source = self.source_name();
+            // Parsing a large snapshot and freeing the old one take time: keep both off the
+            // runtime's threads.
+            match tokio::task::spawn_blocking(move || syncer.lock().expect("sync lock").sync_once())
+                .await
+            {
+                Ok(outcome) => report(&outcome, &self.registry, &self.metrics, &source),
+                Err(e) => tracing::error!("registry sync task failed: {e}"),
+            }
+        }
+    }
+}

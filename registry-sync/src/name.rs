@@ -1,0 +1,497 @@
+//! Host names as a request or a registry record gives them, normalized once so that every later
+//! comparison is a plain byte comparison.
+//!
+//! Both sides go through the same code: a registry name and a request Host that name the same
+//! site end up as the same bytes (lower-case A-labels, no trailing dot, no port), or as the same
+//! IP address. Everything that is not clearly a host name is refused rather than guessed at,
+//! because a guess is where a client slips an unfiled site past the gate.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+
+/// Longest domain name in bytes, without the trailing dot (RFC 1035).
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest label in bytes (RFC 1035).
+pub const MAX_LABEL_LEN: usize = 63;
+/// Longest raw authority we try to parse at all: bounds the work a client can ask of IDNA.
+/// Unicode names are longer before conversion than after, so this is well above 253.
+pub const MAX_RAW_LEN: usize = 1024;
+
+/// A normalized host: a domain name in lower-case A-labels, or an IP address.
+// The inline domain buffer is the point: a request's host is normalized on the stack.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Domain(DomainName),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Domain(d) => f.write_str(d.as_str()),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Host({self})")
+    }
+}
+
+/// A domain name already normalized: ASCII `[a-z0-9_-]` labels of 1 to 63 bytes joined by dots,
+/// at most 253 bytes, no trailing dot.
+///
+/// Kept inline (no heap allocation) so that normalizing a request's Host allocates nothing on the
+/// common ASCII path.
+#[derive(Clone)]
+pub struct DomainName {
+    len: u8,
+    buf: [u8; MAX_NAME_LEN],
+}
+
+impl DomainName {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII bytes are ever written into `buf`.
+        std::str::from_utf8(&self.buf[..self.len as usize]).expect("domain names are ASCII")
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// This name and each parent name, most specific first, down to (and excluding) the last
+    /// label: `a.b.example.com`, `b.example.com`, `example.com`. A single label is always a public
+    /// suffix (PSL default rule) and so is never filed, which is why it is not produced.
+    pub fn self_and_parents(&self) -> impl Iterator<Item = &str> {
+        let s = self.as_str();
+        let mut next = Some(0usize);
+        std::iter::from_fn(move || {
+            let start = next?;
+            let rest = &s[start..];
+            match rest.find('.') {
+                Some(dot) => {
+                    next = Some(start + dot + 1);
+                    Some(rest)
+                }
+                None => {
+                    next = None;
+                    None
+                }
+            }
+        })
+    }
+
+    fn from_ascii_lowercased(bytes: &[u8]) -> Self {
+        debug_assert!(bytes.len() <= MAX_NAME_LEN);
+        let mut buf = [0u8; MAX_NAME_LEN];
+        for (dst, src) in buf.iter_mut().zip(bytes) {
+            *dst = src.to_ascii_lowercase();
+        }
+        DomainName {
+            len: bytes.len() as u8,
+            buf,
+        }
+    }
+}
+
+impl PartialEq for DomainName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for DomainName {}
+impl std::hash::Hash for DomainName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+impl fmt::Debug for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// Why a host could not be used. Each is answered with `400 invalid_host`; the text goes into the
+/// response body and the log so the client and the operator see what was wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidHost {
+    Empty,
+    TooLong,
+    LabelTooLong,
+    EmptyLabel,
+    UserInfo,
+    BadPort,
+    BadCharacter,
+    BadIpLiteral,
+    NumericTopLevel,
+    Idna,
+    /// More than one Host header (RFC 9112 §3.2: answer 400).
+    Duplicate,
+    /// An absolute-form target whose authority names another host than the Host header.
+    Mismatch,
+}
+
+impl InvalidHost {
+    /// A short machine-readable code for logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            InvalidHost::Empty => "empty",
+            InvalidHost::TooLong => "too_long",
+            InvalidHost::LabelTooLong => "label_too_long",
+            InvalidHost::EmptyLabel => "empty_label",
+            InvalidHost::UserInfo => "userinfo",
+            InvalidHost::BadPort => "bad_port",
+            InvalidHost::BadCharacter => "bad_character",
+            InvalidHost::BadIpLiteral => "bad_ip_literal",
+            InvalidHost::NumericTopLevel => "numeric_tld",
+            InvalidHost::Idna => "idna",
+            InvalidHost::Duplicate => "duplicate_host",
+            InvalidHost::Mismatch => "target_host_mismatch",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            InvalidHost::Empty => "the host is empty",
+            InvalidHost::TooLong => "the host name is longer than 253 bytes",
+            InvalidHost::LabelTooLong => "a label of the host name is longer than 63 bytes",
+            InvalidHost::EmptyLabel => "the host name has an empty label",
+            InvalidHost::UserInfo => "the host carries user information (@)",
+            InvalidHost::BadPort => "the port is not a number from 0 to 65535",
+            InvalidHost::BadCharacter => "the host contains a character not allowed in host names",
+            InvalidHost::BadIpLiteral => "the host is not a valid IP address literal",
+            InvalidHost::NumericTopLevel => {
+                "the host ends in a numeric label but is not a dotted-quad IPv4 address"
+            }
+            InvalidHost::Idna => "the host is not a valid internationalized domain name",
+            InvalidHost::Duplicate => "the request carries more than one Host header",
+            InvalidHost::Mismatch => {
+                "the request target's authority and the Host header name different hosts"
+            }
+        }
+    }
+}
+
+impl fmt::Display for InvalidHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+impl std::error::Error for InvalidHost {}
+
+/// Normalizes the authority a request names (a Host header value, an absolute-form target's
+/// authority, an HTTP/2 `:authority`): `host[:port]`, where host is a domain, a dotted-quad IPv4
+/// address or a bracketed IPv6 address. The port is checked and dropped.
+pub fn parse_authority(raw: &[u8]) -> Result<Host, InvalidHost> {
+    if raw.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if raw.len() > MAX_RAW_LEN {
+        return Err(InvalidHost::TooLong);
+    }
+    if raw.contains(&b'@') {
+        return Err(InvalidHost::UserInfo);
+    }
+    if raw[0] == b'[' {
+        let close = raw
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(InvalidHost::BadIpLiteral)?;
+        check_port(&raw[close + 1..])?;
+        return parse_ipv6(&raw[1..close]).map(Host::Ip);
+    }
+    let (host, port) = match raw.iter().position(|&b| b == b':') {
+        Some(colon) => (&raw[..colon], &raw[colon..]),
+        None => (raw, &b""[..]),
+    };
+    check_port(port)?;
+    parse_host(host)
+}
+
+/// Normalizes a registry record's name: a domain (Unicode or A-labels, any case, optional trailing
+/// dot) or an IP address (IPv6 bare or bracketed). No port.
+pub fn parse_registry_name(raw: &str) -> Result<Host, InvalidHost> {
+    let bytes = raw.as_bytes();
+    if bytes.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if bytes.len() > MAX_RAW_LEN {
+        return Err(InvalidHost::TooLong);
+    }
+    if bytes[0] == b'[' {
+        let inner = raw
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .ok_or(InvalidHost::BadIpLiteral)?;
+        return parse_ipv6(inner.as_bytes()).map(Host::Ip);
+    }
+    if bytes.contains(&b':') {
+        return parse_ipv6(bytes).map(Host::Ip);
+    }
+    if bytes.contains(&b'@') {
+        return Err(InvalidHost::UserInfo);
+    }
+    parse_host(bytes)
+}
+
+/// `:port` (or nothing). An empty port after the colon is allowed by RFC 3986.
+fn check_port(rest: &[u8]) -> Result<(), InvalidHost> {
+    let Some(digits) = rest.strip_prefix(b":") else {
+        return if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidHost::BadPort)
+        };
+    };
+    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(InvalidHost::BadPort);
+    }
+    let mut value: u32 = 0;
+    for d in digits {
+        value = value * 10 + u32::from(d - b'0');
+    }
+    if value > 65535 {
+        return Err(InvalidHost::BadPort);
+    }
+    Ok(())
+}
+
+fn parse_ipv6(inner: &[u8]) -> Result<IpAddr, InvalidHost> {
+    // No zone identifiers (`%25eth0`): they mean nothing off the sender's machine.
+    let text = std::str::from_utf8(inner).map_err(|_| InvalidHost::BadIpLiteral)?;
+    let ip: Ipv6Addr = text.parse().map_err(|_| InvalidHost::BadIpLiteral)?;
+    // `[::ffff:203.0.113.7]` is the IPv4 address written another way; it must not dodge (or
+    // miss) the filing of 203.0.113.7.
+    Ok(match ip.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(ip),
+    })
+}
+
+/// A host without port: dotted-quad IPv4 or a domain name.
+fn parse_host(raw: &[u8]) -> Result<Host, InvalidHost> {
+    let host = raw.strip_suffix(b".").unwrap_or(raw);
+    if host.is_empty() {
+        return Err(if raw.is_empty() {
+            InvalidHost::Empty
+        } else {
+            InvalidHost::EmptyLabel
+        });
+    }
+    if host.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+        // Only the canonical dotted quad is an address. `127.1`, `0177.0.0.1` and friends are
+        // refused: origins disagree about what they mean.
+        let text = std::str::from_utf8(host).map_err(|_| InvalidHost::BadIpLiteral)?;
+        return text
+            .parse::<Ipv4Addr>()
+            .map(|ip| Host::Ip(IpAddr::V4(ip)))
+            .map_err(|_| InvalidHost::NumericTopLevel);
+    }
+    normalize_domain(host).map(Host::Domain)
+}
+
+fn is_plain_ascii_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+}
+
+fn has_punycode_label(name: &[u8]) -> bool {
+    name.split(|&b| b == b'.')
+        .any(|label| label.len() >= 4 && label[..4].eq_ignore_ascii_case(b"xn--"))
+}
+
+/// `name` has no trailing dot here.
+fn normalize_domain(name: &[u8]) -> Result<DomainName, InvalidHost> {
+    if name.iter().all(|&b| is_plain_ascii_byte(b)) && !has_punycode_label(name) {
+        // Fast path: plain ASCII needs nothing from UTS #46 but lower-casing.
+        validate_ascii_name(name)?;
+        return Ok(DomainName::from_ascii_lowercased(name));
+    }
+    if name.iter().any(|b| b.is_ascii_control() || *b == b' ') {
+        return Err(InvalidHost::BadCharacter);
+    }
+    // Slow path: Unicode, full-width dots, punycode to validate.
+    let ascii = Uts46::new()
+        .to_ascii(name, AsciiDenyList::URL, Hyphens::Allow, DnsLength::Ignore)
+        .map_err(|_| InvalidHost::Idna)?;
+    let ascii = ascii.as_bytes();
+    // A trailing ideographic full stop (`例子。中国。`) maps to a trailing dot.
+    let ascii = ascii.strip_suffix(b".").unwrap_or(ascii);
+    if ascii.is_empty() {
+        return Err(InvalidHost::EmptyLabel);
+    }
+    if !ascii.iter().all(|&b| is_plain_ascii_byte(b)) {
+        return Err(InvalidHost::BadCharacter);
+    }
+    validate_ascii_name(ascii)?;
+    Ok(DomainName::from_ascii_lowercased(ascii))
+}
+
+fn validate_ascii_name(name: &[u8]) -> Result<(), InvalidHost> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(InvalidHost::TooLong);
+    }
+    let mut last = &name[..0];
+    for label in name.split(|&b| b == b'.') {
+        if label.is_empty() {
+            return Err(InvalidHost::EmptyLabel);
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(InvalidHost::LabelTooLong);
+        }
+        last = label;
+    }
+    // A top-level label that is a number (or 0x-hex) is what URL parsers read as an IPv4 address.
+    let numeric = last.iter().all(u8::is_ascii_digit)
+        || (last.len() >= 2 && last[..2].eq_ignore_ascii_case(b"0x"))
+            && last[2..].iter().all(u8::is_ascii_hexdigit);
+    if numeric {
+        return Err(InvalidHost::NumericTopLevel);
+    }
+    Ok(())
+}
+
+/// True when `name` (normalized) is itself a public suffix in the ICANN section of the Public
+/// Suffix List, or a single label (the list's default rule). Such a name can never be filed.
+pub fn is_public_suffix(name: &DomainName) -> bool {
+    let bytes = name.as_bytes();
+    match psl::suffix(bytes) {
+        // A private-section suffix (`github.io`) sits below its ICANN suffix (`io`): under ICANN
+        // rules it is a registrable domain, so it may be filed.
+        Some(s) if s.typ() == Some(psl::Type::Private) => false,
+        Some(s) => s.as_bytes().len() == bytes.len(),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dom(s: &str) -> String {
+        match parse_authority(s.as_bytes()) {
+            Ok(Host::Domain(d)) => d.as_str().to_string(),
+            other => panic!("{s:?} gave {other:?}"),
+        }
+    }
+
+    fn err(s: &[u8]) -> InvalidHost {
+        match parse_authority(s) {
+            Err(e) => e,
+            Ok(h) => panic!("{:?} was accepted as {h:?}", String::from_utf8_lossy(s)),
+        }
+    }
+
+    #[test]
+    fn ascii_case_port_and_trailing_dot() {
+        assert_eq!(dom("WWW.Example.COM"), "www.example.com");
+        assert_eq!(dom("www.example.com."), "www.example.com");
+        assert_eq!(dom("www.example.com:8080"), "www.example.com");
+        assert_eq!(dom("www.example.com.:80"), "www.example.com");
+        assert_eq!(dom("www.example.com:"), "www.example.com");
+        assert_eq!(dom("my_site.example.com"), "my_site.example.com");
+    }
+
+    #[test]
+    fn unicode_to_a_labels() {
+        assert_eq!(dom("例子.中国"), "xn--fsqu00a.xn--fiqs8s");
+        assert_eq!(dom("例子。中国"), "xn--fsqu00a.xn--fiqs8s");
+        assert_eq!(dom("例子．中国．"), "xn--fsqu00a.xn--fiqs8s");
+        assert_eq!(dom("XN--FSQU00A.xn--fiqs8s"), "xn--fsqu00a.xn--fiqs8s");
+        assert_eq!(dom("ＥＸＡＭＰＬＥ.com"), "example.com");
+        assert_eq!(dom("Bücher.de"), "xn--bcher-kva.de");
+    }
+
+    #[test]
+    fn ip_literals() {
+        assert_eq!(
+            parse_authority(b"203.0.113.7:80").unwrap(),
+            Host::Ip("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_authority(b"[2001:DB8::1]:443").unwrap(),
+            Host::Ip("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            parse_authority(b"[::ffff:203.0.113.7]").unwrap(),
+            Host::Ip("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(
+            parse_registry_name("2001:db8::1").unwrap(),
+            Host::Ip("2001:db8::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(err(b""), InvalidHost::Empty);
+        assert_eq!(err(b"."), InvalidHost::EmptyLabel);
+        assert_eq!(err(b"a..example.com"), InvalidHost::EmptyLabel);
+        assert_eq!(err(b"example.com.."), InvalidHost::EmptyLabel);
+        assert_eq!(err(b"user@example.com"), InvalidHost::UserInfo);
+        assert_eq!(err(b"example.com:http"), InvalidHost::BadPort);
+        assert_eq!(err(b"example.com:99999"), InvalidHost::BadPort);
+        assert_eq!(err(b"example.com:80:80"), InvalidHost::BadPort);
+        assert_eq!(err(b"exa mple.com"), InvalidHost::BadCharacter);
+        assert_eq!(err(b"exa%2ample.com"), InvalidHost::Idna);
+        assert_eq!(err(b"example.com\r\nx"), InvalidHost::BadCharacter);
+        assert_eq!(err(b"[::1"), InvalidHost::BadIpLiteral);
+        assert_eq!(err(b"[fe80::1%25eth0]"), InvalidHost::BadIpLiteral);
+        assert_eq!(err(b"127.1"), InvalidHost::NumericTopLevel);
+        assert_eq!(err(b"0177.0.0.1"), InvalidHost::NumericTopLevel);
+        assert_eq!(err(b"1.2.0x7f"), InvalidHost::NumericTopLevel);
+        assert_eq!(err(b"example.123"), InvalidHost::NumericTopLevel);
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert_eq!(err(long_label.as_bytes()), InvalidHost::LabelTooLong);
+        let long_name = format!("{}com", "a.".repeat(126));
+        assert_eq!(long_name.len(), 255);
+        assert_eq!(err(long_name.as_bytes()), InvalidHost::TooLong);
+        assert_eq!(err(&[b'a'; 2000]), InvalidHost::TooLong);
+        assert_eq!(err(b"ex\xffample.com"), InvalidHost::Idna);
+    }
+
+    #[test]
+    fn exactly_253_bytes_is_allowed() {
+        let name = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        assert_eq!(name.len(), 253);
+        assert_eq!(dom(&name), name);
+        assert_eq!(err(format!("{name}x").as_bytes()), InvalidHost::TooLong);
+    }
+
+    #[test]
+    fn parents_stop_before_the_last_label() {
+        let Host::Domain(d) = parse_authority(b"a.b.example.com").unwrap() else {
+            unreachable!()
+        };
+        let walk: Vec<_> = d.self_and_parents().collect();
+        assert_eq!(walk, ["a.b.example.com", "b.example.com", "example.com"]);
+    }
+
+    #[test]
+    fn public_suffixes() {
+        let ps = |s: &str| match parse_registry_name(s).unwrap() {
+            Host::Domain(d) => is_public_suffix(&d),
+            Host::Ip(_) => unreachable!(),
+        };
+        assert!(ps("com"));
+        assert!(ps("com.cn"));
+        assert!(ps("中国"));
+        assert!(ps("localhost"));
+        assert!(!ps("example.com"));
+        assert!(!ps("example.com.cn"));
+        // Private-section suffixes are registrable under ICANN rules.
+        assert!(!ps("github.io"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Snapshot sources and the sync step that checks a new snapshot and swaps it into service.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+
+use crate::registry::Registry;
+use crate::snapshot::{read_snapshot, RejectReason, Snapshot, SnapshotError};
+
+/// The registry in service with the facts about where it came from.
+#[derive(Debug)]
+pub struct LoadedRegistry {
+    pub registry: Registry,
+    pub serial: u64,
+    pub generated_at: String,
+    pub sha256: [u8; 32],
+    pub entries: usize,
+    /// When it was swapped in (unix seconds).
+    pub loaded_at: u64,
+}
+
+impl LoadedRegistry {
+    pub fn from_snapshot(s: Snapshot) -> Self {
+        LoadedRegistry {
+            entries: s.registry.len(),
+            registry: s.registry,
+            serial: s.header.serial,
+            generated_at: s.header.generated_at,
+            sha256: s.sha256,
+            loaded_at: unix_now() as u64,
+        }
+    }
+}
+
+/// Where requests find the registry in service. Readers never block: a swap is one atomic store.
+#[derive(Default)]
+pub struct RegistryHandle {
+    current: ArcSwapOption<LoadedRegistry>,
+}
+
+impl RegistryHandle {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The registry in service, if one has been loaded. Hold the guard only for the decision: a
+    /// guard kept across awaits pins an old snapshot in memory.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Option<Arc<LoadedRegistry>>> {
+        self.current.load()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Puts `next` in service and frees the one it replaces on this thread, never on a request
+    /// thread: the old registry may be large and its drop slow.
+    fn swap_in(&self, next: LoadedRegistry) {
+        let old = self.current.swap(Some(Arc::new(next)));
+        if let Some(old) = old {
+            drop_when_unshared(old);
+        }
+    }
+}
+
+/// Waits (briefly) for in-flight decisions to release `old`, then drops it here.
+fn drop_when_unshared(old: Arc<LoadedRegistry>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(old);
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Where snapshots come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotSource {
+    File(PathBuf),
+}
+
+impl SnapshotSource {
+    /// Parses a `registry.source` value. Only `file://` is read by this build.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "`{url}`: a file:// URL needs an absolute path (file:///var/lib/...)"
+                ));
+            }
+            return Ok(SnapshotSource::File(PathBuf::from(path)));
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Err(format!(
+                "`{url}`: http(s) sources are not implemented in this build yet; use file://"
+            ));
+        }
+        Err(format!("`{url}`: the source must be a file:// URL"))
+    }
+}
+
+impl std::fmt::Display for SnapshotSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotSource::File(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
+/// What one sync attempt did.
+#[derive(Debug)]
+pub enum SyncOutcome {
+    /// A new snapshot is in service.
+    Loaded {
+        serial: u64,
+        entries: usize,
+        build_time: Duration,
+        previous_serial: Option<u64>,
+    },
+    /// The source has nothing new (same file, or the same content as the one in service).
+    Unchanged,
+    /// The source gave a snapshot that failed a check; the one in service stays.
+    Rejected(SnapshotError),
+    /// The source could not be read at all; the one in service stays.
+    SourceError(String),
+}
+
+/// File identity used to skip re-reading an unchanged file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(Fingerprint {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode,
+    })
+}
+
+/// Reads snapshots from a source and swaps good ones into a `RegistryHandle`.
+pub struct Syncer {
+    source: SnapshotSource,
+    handle: Arc<RegistryHandle>,
+    /// The file as it was when last read, good or bad: an unchanged bad file is not re-read and
+    /// re-counted as a new rejection every interval.
+    last_seen: Option<Fingerprint>,
+}
+
+impl Syncer {
+    pub fn new(source: SnapshotSource, handle: Arc<RegistryHandle>) -> Self {
+        Syncer {
+            source,
+            handle,
+            last_seen: None,
+        }
+    }
+
+    pub fn source(&self) -> &SnapshotSource {
+        &self.source
+    }
+
+    /// One sync attempt. Blocking: run it off the request threads.
+    pub fn sync_once(&mut self) -> SyncOutcome {
+        let SnapshotSource::File(path) = &self.source;
+        let print = match fingerprint(path) {
+            Ok(p) => p,
+            Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
+        };
+        if self.last_seen == Some(print) {
+            return SyncOutcome::Unchanged;
+        }
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
+        };
+        self.last_seen = Some(print);
+        match read_snapshot(file) {
+            Ok(snapshot) => self.offer(snapshot),
+            Err(e) => SyncOutcome::Rejected(e),
+        }
+    }
+
+    /// Checks `snapshot` against the one in service and swaps it in if it may replace it.
+    pub fn offer(&self, snapshot: Snapshot) -> SyncOutcome {
+        let current = self.handle.load();
+        let previous_serial = current.as_ref().map(|c| c.serial);
+        if let Some(current) = current.as_ref() {
+            let serial = snapshot.header.serial;
+            if serial < current.serial {
+                return SyncOutcome::Rejected(SnapshotError::new(
+                    RejectReason::SerialRegression,
+                    Some(1),
+                    format!(
+                        "serial {serial} is lower than {} in service",
+                        current.serial
+                    ),
+                ));
+            }
+            if serial == current.serial {
+                if snapshot.sha256 == current.sha256 {
+                    return SyncOutcome::Unchanged;
+                }
+                return SyncOutcome::Rejected(SnapshotError::new(
+                    RejectReason::SerialReused,
+                    Some(1),
+                    format!(
+                        "serial {serial} is the one in service but the content differs; \
+                         every export must raise the serial"
+                    ),
+                ));
+            }
+        }
+        drop(current);
+        let serial = snapshot.header.serial;
+        let build_time = snapshot.build_time;
+        let loaded = LoadedRegistry::from_snapshot(snapshot);
+        let entries = loaded.entries;
+        self.handle.swap_in(loaded);
+        SyncOutcome::Loaded {
+            serial,
+            entries,
+            build_time,
+            previous_serial,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! icp-gate: the command line. Everything it runs lives in the member crates.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use icp_gate_registry::{read_snapshot, Status};
+
+/// ICP filing enforcement reverse proxy.
+#[derive(Parser, Debug)]
+#[command(name = "icp-gate", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Configuration file (TOML); see docs/config.md.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration file and exit: 0 when valid, 1 with every error listed when not.
+    #[arg(short = 't', long = "test", requires = "config")]
+    test: bool,
+    /// Take over the listeners of a running gate (graceful upgrade; see docs/operations.md).
+    #[arg(short = 'u', long = "upgrade", requires = "config")]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run with a built-in configuration: gate on 127.0.0.1:8080, admin on 127.0.0.1:9090, a
+    /// bundled sample registry and a demo origin on 127.0.0.1:8081.
+    Demo,
+    /// Registry snapshot tools.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+    /// Ask a running gate's admin listener whether it is ready (for container health checks).
+    Health {
+        /// Admin listener address.
+        #[arg(default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// Path to ask: /readyz (a registry is loaded) or /healthz (the process answers).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryCommand {
+    /// Check a snapshot (plain or gzip) and print its serial, record count and status counts.
+    Verify { file: PathBuf },
+}
+
+const DEMO_CONFIG: &str = include_str!("demo.toml");
+const DEMO_REGISTRY: &[u8] = include_bytes!("../examples/registry.tsv");
+const DEMO_ORIGIN: &str = "127.0.0.1:8081";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole chain: "cannot read X: permission denied", not just the outer layer.
+            eprintln!("icp-gate: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match (cli.command, cli.config) {
+        (Some(Command::Demo), _) => demo(),
+        (Some(Command::Registry { command }), _) => match command {
+            RegistryCommand::Verify { file } => verify(&file),
+        },
+        (Some(Command::Health { admin, path }), _) => health(admin, &path),
+        (None, Some(config)) => {
+            let settings = match icp_gate_config::load_file(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if cli.test {
+                println!("{}: the configuration is valid", config.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            icp_gate_proxy::init_logging(&settings.log);
+            icp_gate_proxy::run(
+                settings,
+                icp_gate_proxy::RunOptions {
+                    upgrade: cli.upgrade,
+                    demo_origin: None,
+                },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, None) => bail!("nothing to do: give -c FILE, or try `icp-gate demo` (see --help)"),
+    }
+}
+
+fn demo() -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("icp-gate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let registry = dir.join("registry.tsv");
+    std::fs::write(&registry, DEMO_REGISTRY)
+        .with_context(|| format!("writing the sample registry to {}", registry.display()))?;
+    let text = DEMO_CONFIG.replace(
+        "@SAMPLE_REGISTRY@",
+        &format!("file://{}", registry.display()),
+    );
+    let settings = icp_gate_config::parse(&text, &dir).map_err(|errors| {
+        anyhow::anyhow!("the embedded demo configuration is invalid: {errors:?}")
+    })?;
+    icp_gate_proxy::init_logging(&settings.log);
+    eprintln!(
+        "icp-gate demo: gate on http://127.0.0.1:8080, admin on http://127.0.0.1:9090, \
+         demo origin on http://{DEMO_ORIGIN}\n\
+         sample registry: {} (edit it: the gate reloads it every 5 s)\n\
+         try:\n  \
+         curl -H 'Host: www.example.com' http://127.0.0.1:8080/      # filed and connected: forwarded\n  \
+         curl -H 'Host: unfiled-demo.cn' http://127.0.0.1:8080/      # unfiled: block page\n  \
+         curl -H 'Host: cdn-only.cn' http://127.0.0.1:8080/          # filed elsewhere: connect it here\n  \
+         curl http://127.0.0.1:9090/metrics",
+        registry.display()
+    );
+    icp_gate_proxy::run(
+        settings,
+        icp_gate_proxy::RunOptions {
+            upgrade: false,
+            demo_origin: Some(DEMO_ORIGIN.parse().expect("constant address")),
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(file: &Path) -> anyhow::Result<ExitCode> {
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    match read_snapshot(f) {
+        Ok(s) => {
+            let counts = s.registry.status_counts();
+            println!("{}: valid", file.display());
+            println!("serial: {}", s.header.serial);
+            println!("generated_at: {}", s.header.generated_at);
+            println!("records: {}", s.registry.len());
+            for status in Status::ALL {
+                println!("  {}: {}", status.as_str(), counts[status as usize]);
+            }
+            println!("sha256: {}", s.sha256_hex());
+            println!(
+                "parse_and_build_ms: {:.1}",
+                s.build_time.as_secs_f64() * 1000.0
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: invalid: {e}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn health(admin: SocketAddr, path: &str) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&admin, timeout)
+        .with_context(|| format!("connecting to the admin listener {admin}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status_line = answer.lines().next().unwrap_or_default();
+    println!("{status_line}");
+    Ok(if status_line.split(' ').nth(1) == Some("200") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,606 @@
+//! Test helpers: a real origin that records what it receives, the real `icp-gate` binary run with
+//! a config in a temporary directory, a raw HTTP/1.1 client, and snapshot writing. Everything
+//! listens on 127.0.0.1 only.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use icp_gate_registry::{SnapshotWriter, Status};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_icp-gate");
+
+/// Hands out loopback ports no other test in this process holds. The OS picks a free port; the
+/// registry makes sure two tests never get the same one even after the probe socket is closed.
+pub fn free_port() -> u16 {
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut taken = TAKEN.lock().unwrap();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origin
+
+/// A request as the origin received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A real HTTP/1.1 origin on 127.0.0.1: answers every request `200` with `origin saw <host>` and
+/// records every request it receives. Keep-alive, Content-Length and chunked request bodies.
+pub struct Origin {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Origin {
+    pub fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let rec = rec.clone();
+                std::thread::spawn(move || serve_origin_conn(conn, rec));
+            }
+        });
+        Origin { addr, received }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The Host of every request received, in order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|r| r.header("host").unwrap_or("<none>").to_owned())
+            .collect()
+    }
+}
+
+fn serve_origin_conn(conn: TcpStream, rec: Arc<Mutex<Vec<Received>>>) {
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    loop {
+        let Some(req) = read_request(&mut reader) else {
+            return;
+        };
+        let delay = req
+            .header("x-test-delay-ms")
+            .and_then(|v| v.parse::<u64>().ok());
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let body = format!("origin saw {}", req.header("host").unwrap_or("<none>"));
+        rec.lock().unwrap().push(req);
+        if let Some(ms) = delay {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Origin: test\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if writer.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            break;
+        }
+        let (n, v) = h.split_once(':')?;
+        headers.push((n.trim().to_owned(), v.trim().to_owned()));
+    }
+    let mut req = Received {
+        method,
+        target,
+        headers,
+        body: Vec::new(),
+    };
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).ok()?;
+        req.body = body;
+    } else if req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            req.body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Some(req)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+
+/// One record of a test snapshot.
+pub type Rec<'a> = (&'a str, Status, Option<&'a str>, Option<&'a str>);
+
+pub fn snapshot_bytes(serial: u64, records: &[Rec<'_>]) -> Vec<u8> {
+    let mut w = SnapshotWriter::new(Vec::new(), serial, "2026-11-22T03:00:00Z").unwrap();
+    for (name, status, filing, expires) in records {
+        w.record(name, *status, *filing, *expires).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Replaces `path` atomically (write + rename), as a sync job would.
+pub fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The registry most tests use.
+pub fn standard_records() -> Vec<Rec<'static>> {
+    use Status::*;
+    vec![
+        ("example.com", Connected, Some("京ICP备12345678号-1"), None),
+        ("bad.example.com", Denied, None, None),
+        ("例子.中国", Connected, Some("京ICP备87654321号-2"), None),
+        (
+            "cdn-only.cn",
+            Unconnected,
+            Some("沪ICP备11112222号-1"),
+            None,
+        ),
+        (
+            "moved.cn",
+            AccessCancelled,
+            Some("浙ICP备22223333号-1"),
+            None,
+        ),
+        ("gone.com.cn", Revoked, None, None),
+        (
+            "trial.com.cn",
+            Connected,
+            Some("粤ICP备33334444号-3"),
+            Some("2099-12-31T00:00:00Z"),
+        ),
+        (
+            "lapsed.com.cn",
+            Connected,
+            Some("粤ICP备33334445号-1"),
+            Some("2020-01-01T00:00:00Z"),
+        ),
+        ("a.b.deep.cn", Connected, None, None),
+        ("x.a.b.deep.cn", Denied, None, None),
+        ("203.0.113.7", Connected, Some("京ICP备55556666号-1"), None),
+        ("2001:db8::7", Connected, None, None),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gate
+
+pub struct GateOptions {
+    pub require: &'static str,
+    pub mode: &'static str,
+    pub refresh_seconds: u64,
+    /// Extra TOML appended to the generated config.
+    pub extra: String,
+    /// Write the registry before start (false: the source is missing at start).
+    pub registry: Option<Vec<u8>>,
+    pub upstream: Option<SocketAddr>,
+    pub wait_ready: bool,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        GateOptions {
+            require: "connected",
+            mode: "enforce",
+            refresh_seconds: 1,
+            extra: String::new(),
+            registry: Some(snapshot_bytes(1, &standard_records())),
+            upstream: None,
+            wait_ready: true,
+        }
+    }
+}
+
+/// The real `icp-gate` binary, running with a generated config, killed on drop.
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub registry_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gate {
+    pub fn start(origin: &Origin, opts: GateOptions) -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let registry_path = dir.path().join("registry.tsv");
+        if let Some(bytes) = &opts.registry {
+            std::fs::write(&registry_path, bytes).unwrap();
+        }
+        let config = format!(
+            r#"
+[[listener]]
+name = "test"
+address = "127.0.0.1:{port}"
+require = "{require}"
+mode = "{mode}"
+
+[upstream]
+servers = ["{upstream}"]
+connect_timeout_seconds = 2
+
+[registry]
+source = "file://{registry}"
+refresh_interval_seconds = {refresh}
+
+[admin]
+address = "127.0.0.1:{admin_port}"
+
+[server]
+threads = 2
+grace_period_seconds = 1
+shutdown_timeout_seconds = 1
+pid_file = "{dir}/icp-gate.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[log]
+level = "info"
+{extra}
+"#,
+            require = opts.require,
+            mode = opts.mode,
+            upstream = opts.upstream.unwrap_or(origin.addr),
+            registry = registry_path.display(),
+            refresh = opts.refresh_seconds,
+            dir = dir.path().display(),
+            extra = opts.extra,
+        );
+        let config_path = dir.path().join("icp-gate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("gate.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting icp-gate");
+        let gate = Gate {
+            addr: addr(port),
+            admin: addr(admin_port),
+            dir,
+            registry_path,
+            child: Some(child),
+        };
+        let wait = Duration::from_secs(20);
+        wait_for("the gate to listen", wait, || {
+            TcpStream::connect(gate.addr).ok()
+        });
+        wait_for("the admin listener", wait, || {
+            TcpStream::connect(gate.admin).ok()
+        });
+        if opts.wait_ready {
+            wait_for("the gate to be ready", wait, || {
+                (get(gate.admin, "/readyz").status == 200).then_some(())
+            });
+        }
+        gate
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gate.log")).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics(get(self.admin, "/metrics").text())
+    }
+
+    /// Replaces the registry file and waits until the gate serves `serial`.
+    pub fn publish(&self, bytes: &[u8], serial: u64) {
+        write_atomically(&self.registry_path, bytes);
+        wait_for(
+            &format!("serial {serial} in service"),
+            Duration::from_secs(15),
+            || {
+                (self.metrics().value("icp_gate_registry_serial", &[]) == serial as f64)
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the gate did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gate log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Prometheus text exposition.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of `name` with exactly these labels (in any order); 0 when absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        for line in self.0.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = match line.rsplit_once(' ') {
+                Some(x) => x,
+                None => continue,
+            };
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                continue;
+            }
+            let have: BTreeMap<&str, &str> = label_text
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            let have: BTreeMap<&str, &str> = have
+                .into_iter()
+                .filter(|(k, _)| *k != "listener" || want.contains_key("listener"))
+                .collect();
+            if have == want {
+                return value.parse().unwrap();
+            }
+        }
+        0.0
+    }
+
+    pub fn requests(&self, decision: &str, reason: &str) -> f64 {
+        self.value(
+            "icp_gate_requests_total",
+            &[("decision", decision), ("reason", reason)],
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn block_reason(&self) -> Option<&str> {
+        self.header("x-icp-block-reason")
+    }
+}
+
+/// A raw HTTP/1.1 client connection: sends exactly the bytes given.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Conn {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> Response {
+        self.writer.write_all(raw).unwrap();
+        let head_only = raw.starts_with(b"HEAD ");
+        self.read_response(head_only)
+            .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)))
+    }
+
+    pub fn read_response(&mut self, head_only: bool) -> Option<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).ok()?;
+            let h = h.trim_end_matches(['\r', '\n']);
+            if h.is_empty() {
+                break;
+            }
+            let (n, v) = h.split_once(':')?;
+            headers.push((n.trim().to_owned(), v.trim().to_owned()));
+        }
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_only {
+            return Some(resp);
+        }
+        if let Some(len) = resp.header("content-length").and_then(|v| v.parse().ok()) {
+            let mut body = vec![0; len];
+            self.reader.read_exact(&mut body).ok()?;
+            resp.body = body;
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).ok()?;
+                let n = usize::from_str_radix(size.trim(), 16).ok()?;
+                let mut chunk = vec![0; n + 2];
+                self.reader.read_exact(&mut chunk).ok()?;
+                if n == 0 {
+                    break;
+                }
+                resp.body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            self.reader.read_to_end(&mut resp.body).ok()?;
+        }
+        Some(resp)
+    }
+
+    /// True when the server has closed the connection (reads end of stream).
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, raw: &str) -> Response {
+    Conn::open(addr).send(raw.as_bytes())
+}
+
+/// `GET path` with `Host: host` on a fresh connection.
+pub fn get_host(addr: SocketAddr, host: &str) -> Response {
+    request(
+        addr,
+        &format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\n\r\n"),
+    )
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+    )
+}

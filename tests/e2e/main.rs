@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `icp-gate` binary and a real origin on 127.0.0.1, real HTTP, and
+//! checks of both what the client got and what the origin received.
+
+mod cli;
+mod decisions;
+mod harness;
+mod registry_sync;

@@ -1,0 +1,148 @@
+//! Registry loading while the gate runs: changes picked up without restart, bad snapshots
+//! rejected while the good one keeps serving, and a gate that starts with nothing to load.
+
+use std::time::Duration;
+
+use icp_gate_registry::Status;
+
+use crate::harness::*;
+
+#[test]
+fn a_registry_change_is_picked_up_without_restart() {
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    assert_eq!(
+        get_host(gate.addr, "newly-filed.cn").block_reason(),
+        Some("unfiled")
+    );
+
+    let mut records = standard_records();
+    records.push((
+        "newly-filed.cn",
+        Status::Connected,
+        Some("京ICP备99990000号-1"),
+        None,
+    ));
+    // And one filing revoked.
+    records.retain(|r| r.0 != "cdn-only.cn");
+    gate.publish(&snapshot_bytes(2, &records), 2);
+
+    assert_eq!(get_host(gate.addr, "www.newly-filed.cn").status, 200);
+    assert_eq!(
+        get_host(gate.addr, "cdn-only.cn").block_reason(),
+        Some("unfiled")
+    );
+    let m = gate.metrics();
+    assert_eq!(m.value("icp_gate_registry_entries", &[]), 12.0);
+    assert_eq!(
+        m.value("icp_gate_registry_sync_total", &[("result", "success")]),
+        2.0
+    );
+    assert!(gate.log().contains("registry loaded"));
+}
+
+#[test]
+fn gzip_snapshots_load() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    let mut records = standard_records();
+    records.push(("zipped.cn", Status::Connected, None, None));
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&snapshot_bytes(5, &records)).unwrap();
+    gate.publish(&enc.finish().unwrap(), 5);
+    assert_eq!(get_host(gate.addr, "zipped.cn").status, 200);
+}
+
+/// Publishes `bytes` and waits until the gate has counted a rejection for `reason`.
+fn publish_rejected(gate: &Gate, bytes: &[u8], reason: &str) {
+    let before = gate
+        .metrics()
+        .value("icp_gate_registry_rejected_total", &[("reason", reason)]);
+    write_atomically(&gate.registry_path, bytes);
+    wait_for(
+        &format!("a {reason} rejection"),
+        Duration::from_secs(15),
+        || {
+            let now = gate
+                .metrics()
+                .value("icp_gate_registry_rejected_total", &[("reason", reason)]);
+            (now > before).then_some(())
+        },
+    );
+}
+
+#[test]
+fn bad_snapshots_are_rejected_and_the_good_one_keeps_serving() {
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    let mut records = standard_records();
+    records.push(("sneaky.cn", Status::Connected, None, None));
+    let good = snapshot_bytes(3, &records);
+
+    // A changed byte under the old trailer: checksum mismatch.
+    let text = String::from_utf8(good.clone()).unwrap();
+    let tampered = text.replace("sneaky.cn", "sneakz.cn");
+    assert_ne!(tampered, text);
+    publish_rejected(&gate, tampered.as_bytes(), "checksum_mismatch");
+    // Truncated: no trailer.
+    publish_rejected(&gate, &good[..good.len() / 2], "missing_trailer");
+    // A public suffix, a duplicate name, a malformed line (checksums right).
+    let mut ps = standard_records();
+    ps.push(("com.cn", Status::Connected, None, None));
+    publish_rejected(&gate, &snapshot_bytes(3, &ps), "public_suffix");
+    let mut dup = standard_records();
+    dup.push(("EXAMPLE.com.", Status::Denied, None, None));
+    publish_rejected(&gate, &snapshot_bytes(3, &dup), "duplicate_name");
+    // A lower serial than the one in service.
+    gate.publish(&snapshot_bytes(7, &standard_records()), 7);
+    publish_rejected(&gate, &snapshot_bytes(6, &records), "serial_regression");
+
+    // Through all of it the last good registry (serial 7) served, and nothing of the bad ones.
+    assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
+    assert_eq!(
+        get_host(gate.addr, "sneaky.cn").block_reason(),
+        Some("unfiled")
+    );
+    assert_eq!(
+        get_host(gate.addr, "com.cn").block_reason(),
+        Some("unfiled")
+    );
+    let m = gate.metrics();
+    assert_eq!(m.value("icp_gate_registry_serial", &[]), 7.0);
+    assert_eq!(
+        m.value("icp_gate_registry_sync_total", &[("result", "rejected")]),
+        5.0
+    );
+    assert_eq!(get(gate.admin, "/readyz").status, 200);
+    let log = gate.log();
+    assert!(
+        log.contains("registry snapshot rejected") && log.contains("reason=\"checksum_mismatch\""),
+        "{log}"
+    );
+    assert!(!origin.hosts().contains(&"sneaky.cn".to_string()));
+}
+
+#[test]
+fn not_ready_until_a_registry_loads_and_nothing_is_forwarded() {
+    let origin = Origin::start();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            registry: None,
+            wait_ready: false,
+            ..Default::default()
+        },
+    );
+    assert_eq!(get(gate.admin, "/readyz").status, 503);
+    assert_eq!(get(gate.admin, "/healthz").status, 200);
+    let resp = get_host(gate.addr, "www.example.com");
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    assert!(origin.received().is_empty());
+
+    gate.publish(&snapshot_bytes(1, &standard_records()), 1);
+    assert_eq!(get(gate.admin, "/readyz").status, 200);
+    assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
+    assert_eq!(origin.hosts(), ["www.example.com"]);
+}
