@@ -50,9 +50,21 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let registry = RegistryHandle::new();
 
     // First load before the listeners open, so a gate with a reachable source is ready at once.
-    let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone());
+    let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone())
+        .with_state_dir(settings.registry.state_dir.clone());
     let source = syncer.source().to_string();
     report(&syncer.sync_once(), &registry, &metrics, &source);
+    if !registry.is_ready() {
+        // The source is down or bad: serve the last snapshot this gate accepted, if any.
+        if let Some(outcome) = syncer.restore_from_state() {
+            let kept = syncer
+                .state_file()
+                .expect("state_dir is set")
+                .display()
+                .to_string();
+            report(&outcome, &registry, &metrics, &kept);
+        }
+    }
     if !registry.is_ready() {
         tracing::warn!(
             source,

@@ -1,6 +1,7 @@
 //! Snapshot sources and the sync step that checks a new snapshot and swaps it into service.
 
 use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -156,6 +157,9 @@ fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
     })
 }
 
+/// File name of the last accepted snapshot in `state_dir`.
+pub const STATE_FILE: &str = "registry.snapshot";
+
 /// Reads snapshots from a source and swaps good ones into a `RegistryHandle`.
 pub struct Syncer {
     source: SnapshotSource,
@@ -163,6 +167,9 @@ pub struct Syncer {
     /// The file as it was when last read, good or bad: an unchanged bad file is not re-read and
     /// re-counted as a new rejection every interval.
     last_seen: Option<Fingerprint>,
+    /// Where the last accepted snapshot is kept, so a restarted gate can serve before (or
+    /// without) its source.
+    state_dir: Option<PathBuf>,
 }
 
 impl Syncer {
@@ -171,11 +178,37 @@ impl Syncer {
             source,
             handle,
             last_seen: None,
+            state_dir: None,
         }
+    }
+
+    /// Keep a copy of every accepted snapshot in `dir` (see `restore_from_state`).
+    pub fn with_state_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
     }
 
     pub fn source(&self) -> &SnapshotSource {
         &self.source
+    }
+
+    pub fn state_file(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join(STATE_FILE))
+    }
+
+    /// Loads the last accepted snapshot from `state_dir`, with every check a source snapshot
+    /// gets. For a start with no usable source.
+    pub fn restore_from_state(&mut self) -> Option<SyncOutcome> {
+        let path = self.state_file()?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(SyncOutcome::SourceError(format!("{}: {e}", path.display()))),
+        };
+        Some(match read_snapshot(file) {
+            Ok(snapshot) => self.offer(snapshot),
+            Err(e) => SyncOutcome::Rejected(e),
+        })
     }
 
     /// One sync attempt. Blocking: run it off the request threads.
@@ -193,10 +226,42 @@ impl Syncer {
             Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
         };
         self.last_seen = Some(print);
-        match read_snapshot(file) {
+        let Some(state_dir) = self.state_dir.clone() else {
+            return match read_snapshot(file) {
+                Ok(snapshot) => self.offer(snapshot),
+                Err(e) => SyncOutcome::Rejected(e),
+            };
+        };
+        // Copy the bytes as they are parsed: what is kept is exactly what was checked, even if
+        // the source file changes meanwhile.
+        let mut copy = match StateCopy::create(&state_dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    state_dir = %state_dir.display(),
+                    "cannot keep a copy of the snapshot in state_dir: {e}"
+                );
+                None
+            }
+        };
+        let outcome = match read_snapshot(Tee {
+            inner: file,
+            copy: copy.as_mut(),
+        }) {
             Ok(snapshot) => self.offer(snapshot),
             Err(e) => SyncOutcome::Rejected(e),
+        };
+        if let Some(copy) = copy {
+            if matches!(outcome, SyncOutcome::Loaded { .. }) {
+                if let Err(e) = copy.commit() {
+                    tracing::warn!(
+                        state_dir = %state_dir.display(),
+                        "the snapshot is in service but could not be kept in state_dir: {e}"
+                    );
+                }
+            }
         }
+        outcome
     }
 
     /// Checks `snapshot` against the one in service and swaps it in if it may replace it.
@@ -241,5 +306,124 @@ impl Syncer {
             build_time,
             previous_serial,
         }
+    }
+}
+
+/// A temporary file in `state_dir` that becomes `registry.snapshot` on commit (written, synced,
+/// renamed, directory synced), and is removed otherwise.
+struct StateCopy {
+    file: io::BufWriter<File>,
+    tmp: PathBuf,
+    dir: PathBuf,
+    failed: Option<io::Error>,
+}
+
+impl StateCopy {
+    fn create(dir: &Path) -> io::Result<StateCopy> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp-{}", std::process::id()));
+        let file = File::create(&tmp)?;
+        Ok(StateCopy {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            dir: dir.to_owned(),
+            failed: None,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            if let Err(e) = self.file.write_all(bytes) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    fn commit(mut self) -> io::Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        std::fs::rename(&self.tmp, self.dir.join(STATE_FILE))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Drop for StateCopy {
+    fn drop(&mut self) {
+        // Gone after a commit's rename; otherwise an abandoned copy.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Reads through `inner`, copying every byte read into the state copy.
+struct Tee<'a, R> {
+    inner: R,
+    copy: Option<&'a mut StateCopy>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(copy) = self.copy.as_mut() {
+            copy.write(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Status;
+    use crate::snapshot::SnapshotWriter;
+
+    fn snapshot(serial: u64, names: &[&str]) -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new(), serial, "2026-11-22T03:00:00Z").unwrap();
+        for n in names {
+            w.record(n, Status::Connected, None, None).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn accepted_snapshots_are_kept_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.tsv");
+        let state = dir.path().join("state");
+        std::fs::write(&source, snapshot(4, &["kept.cn"])).unwrap();
+        let handle = RegistryHandle::new();
+        let mut syncer = Syncer::new(SnapshotSource::File(source.clone()), handle)
+            .with_state_dir(Some(state.clone()));
+        assert!(matches!(
+            syncer.sync_once(),
+            SyncOutcome::Loaded { serial: 4, .. }
+        ));
+        assert_eq!(
+            std::fs::read(state.join(STATE_FILE)).unwrap(),
+            snapshot(4, &["kept.cn"])
+        );
+
+        // A rejected snapshot does not replace the kept one, and leaves no temporary file.
+        std::fs::write(&source, b"garbage").unwrap();
+        assert!(matches!(syncer.sync_once(), SyncOutcome::Rejected(_)));
+        assert_eq!(
+            std::fs::read(state.join(STATE_FILE)).unwrap(),
+            snapshot(4, &["kept.cn"])
+        );
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 1);
+
+        // A fresh gate whose source is gone comes back from the state directory.
+        std::fs::remove_file(&source).unwrap();
+        let fresh = RegistryHandle::new();
+        let mut syncer =
+            Syncer::new(SnapshotSource::File(source), fresh.clone()).with_state_dir(Some(state));
+        assert!(matches!(syncer.sync_once(), SyncOutcome::SourceError(_)));
+        assert!(matches!(
+            syncer.restore_from_state(),
+            Some(SyncOutcome::Loaded { serial: 4, .. })
+        ));
+        assert_eq!(fresh.load().as_ref().unwrap().entries, 1);
     }
 }

@@ -396,6 +396,22 @@ fn operator_templates_replace_the_page() {
 }
 
 #[test]
+fn upstream_connections_are_kept_alive() {
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    // Separate client connections, one after the other: the gate reuses its origin connection.
+    for _ in 0..5 {
+        assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
+    }
+    let conns: std::collections::BTreeSet<usize> =
+        origin.received().iter().map(|r| r.conn).collect();
+    assert!(
+        conns.len() < 5,
+        "every request opened a new origin connection: {conns:?}"
+    );
+}
+
+#[test]
 fn upstream_down_is_a_502_not_a_hang() {
     let origin = Origin::start();
     let dead = addr(free_port());

@@ -60,6 +60,8 @@ pub struct Received {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Which origin connection carried it (numbered from 0 in accept order).
+    pub conn: usize,
 }
 
 impl Received {
@@ -93,10 +95,10 @@ impl Origin {
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = received.clone();
         std::thread::spawn(move || {
-            for conn in listener.incoming() {
+            for (id, conn) in listener.incoming().enumerate() {
                 let Ok(conn) = conn else { continue };
                 let rec = rec.clone();
-                std::thread::spawn(move || serve_origin_conn(conn, rec));
+                std::thread::spawn(move || serve_origin_conn(id, conn, rec));
             }
         });
         Origin { addr, received }
@@ -115,13 +117,14 @@ impl Origin {
     }
 }
 
-fn serve_origin_conn(conn: TcpStream, rec: Arc<Mutex<Vec<Received>>>) {
+fn serve_origin_conn(id: usize, conn: TcpStream, rec: Arc<Mutex<Vec<Received>>>) {
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
     loop {
-        let Some(req) = read_request(&mut reader) else {
+        let Some(mut req) = read_request(&mut reader) else {
             return;
         };
+        req.conn = id;
         let delay = req
             .header("x-test-delay-ms")
             .and_then(|v| v.parse::<u64>().ok());
@@ -170,6 +173,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
         target,
         headers,
         body: Vec::new(),
+        conn: 0,
     };
     if let Some(len) = req
         .header("content-length")
@@ -270,6 +274,8 @@ pub struct GateOptions {
     pub registry: Option<Vec<u8>>,
     pub upstream: Option<SocketAddr>,
     pub wait_ready: bool,
+    /// `registry.state_dir`, when set.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for GateOptions {
@@ -282,6 +288,7 @@ impl Default for GateOptions {
             registry: Some(snapshot_bytes(1, &standard_records())),
             upstream: None,
             wait_ready: true,
+            state_dir: None,
         }
     }
 }
@@ -319,6 +326,7 @@ connect_timeout_seconds = 2
 [registry]
 source = "file://{registry}"
 refresh_interval_seconds = {refresh}
+{state_dir}
 
 [admin]
 address = "127.0.0.1:{admin_port}"
@@ -341,6 +349,11 @@ level = "info"
             refresh = opts.refresh_seconds,
             dir = dir.path().display(),
             extra = opts.extra,
+            state_dir = opts
+                .state_dir
+                .as_ref()
+                .map(|d| format!("state_dir = \"{}\"", d.display()))
+                .unwrap_or_default(),
         );
         let config_path = dir.path().join("icp-gate.toml");
         std::fs::write(&config_path, config).unwrap();

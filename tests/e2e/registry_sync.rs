@@ -146,3 +146,39 @@ fn not_ready_until_a_registry_loads_and_nothing_is_forwarded() {
     assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
     assert_eq!(origin.hosts(), ["www.example.com"]);
 }
+
+#[test]
+fn a_restarted_gate_serves_from_state_dir_when_the_source_is_gone() {
+    let origin = Origin::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut records = standard_records();
+    records.push(("kept.cn", Status::Connected, None, None));
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            registry: Some(snapshot_bytes(9, &records)),
+            state_dir: Some(state.path().to_owned()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(get_host(gate.addr, "kept.cn").status, 200);
+    drop(gate);
+
+    // Same state directory, no source file at all.
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            registry: None,
+            state_dir: Some(state.path().to_owned()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(get(gate.admin, "/readyz").status, 200);
+    assert_eq!(gate.metrics().value("icp_gate_registry_serial", &[]), 9.0);
+    assert_eq!(get_host(gate.addr, "kept.cn").status, 200);
+    assert_eq!(
+        get_host(gate.addr, "unfiled.cn").block_reason(),
+        Some("unfiled")
+    );
+    assert_eq!(origin.hosts(), ["kept.cn", "kept.cn"]);
+}
