@@ -1,121 +1,45 @@
 //! Decision-path benches: host normalization, the registry decision, and snapshot loading.
 //!
 //! Run:
-//!   cargo bench --bench decision                  # full measurement
+//!   cargo bench --bench decision                  # full measurement: 1k, 1M and 10M records
 //!   cargo bench --bench decision -- decide        # one group (filter by name)
-//!   cargo bench --bench decision -- --test        # run each bench once (smoke test)
-//!   cargo test --benches                          # same, in the test profile
+//!   cargo test --benches                          # each bench once, small registries only
 //!
-//! The registries are synthetic and deterministic (seeded xorshift): names `<6-12 letters>.<tld>`
-//! with a TLD mix of com 45%, cn 20%, com.cn 15%, net 8%, top 7% and 5% others (org, xyz, cc),
-//! mostly `connected`. They are written with `SnapshotWriter` and loaded with `read_snapshot`, the
-//! same path a real snapshot takes.
+//! Registries come from `icp_gate_registry::synthetic` (deterministic; TLD mix of com 45%,
+//! cn 20%, com.cn 15%, net 8%, top 7%, others 5%; mostly `connected`), written as a snapshot and
+//! loaded with `read_snapshot`, the path a real snapshot takes. See also `benches/scale.rs` for
+//! latency percentiles and resident memory at 10M records.
 
-use std::collections::HashSet;
 use std::hint::black_box;
-use std::sync::OnceLock;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use icp_gate_registry::name::is_public_suffix;
+use icp_gate_registry::synthetic::{self, Rng};
 use icp_gate_registry::{
-    parse_authority, parse_registry_name, read_snapshot, BlockReason, Decision, Host, Registry,
-    Requirement, SnapshotWriter, Status,
+    parse_authority, read_snapshot, BlockReason, Decision, Host, Registry, Requirement, Status,
 };
 
 /// "Now" for decisions (unix seconds); the synthetic registry has no expiries.
 const NOW: i64 = 1_800_000_000;
 
-/// xorshift64*: small, fast and deterministic; good enough to spread names and statuses.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        XorShift(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform-enough in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+/// Registry sizes: the 1k, 1M and 10M under `cargo bench`; small ones when the bench
+/// only runs as a test.
+fn sizes() -> Vec<u64> {
+    if std::env::args().any(|a| a == "--bench") {
+        vec![1_000, 1_000_000, 10_000_000]
+    } else {
+        vec![1_000, 10_000]
     }
 }
 
-/// Cumulative TLD mix, in percent.
-const TLD_MIX: [(&str, u64); 8] = [
-    ("com", 45),
-    ("cn", 65),
-    ("com.cn", 80),
-    ("net", 88),
-    ("top", 95),
-    ("org", 97),
-    ("xyz", 99),
-    ("cc", 100),
-];
-
-/// Cumulative status mix, in percent: mostly connected.
-const STATUS_MIX: [(Status, u64); 5] = [
-    (Status::Connected, 86),
-    (Status::Unconnected, 92),
-    (Status::AccessCancelled, 95),
-    (Status::Revoked, 97),
-    (Status::Denied, 100),
-];
-
-fn pick<T: Copy>(rng: &mut XorShift, mix: &[(T, u64)]) -> T {
-    let roll = rng.below(100);
-    mix.iter()
-        .find(|(_, upto)| roll < *upto)
-        .expect("mix ends at 100")
-        .0
-}
-
-/// A synthetic registry: the snapshot bytes and the records as (name, status), in file order.
 struct Synthetic {
     snapshot: Vec<u8>,
     records: Vec<(String, Status)>,
 }
 
-fn synthetic(entries: usize, seed: u64) -> Synthetic {
-    let mut rng = XorShift::new(seed);
-    let mut seen = HashSet::with_capacity(entries);
-    let mut records = Vec::with_capacity(entries);
-    while records.len() < entries {
-        let len = 6 + rng.below(7) as usize;
-        let label: String = (0..len)
-            .map(|_| char::from(b'a' + rng.below(26) as u8))
-            .collect();
-        let name = format!("{label}.{}", pick(&mut rng, &TLD_MIX));
-        if seen.contains(&name) {
-            continue;
-        }
-        // A snapshot may not list a public suffix; with 6+ letter labels this is just a guard.
-        if let Ok(Host::Domain(d)) = parse_registry_name(&name) {
-            if is_public_suffix(&d) {
-                continue;
-            }
-        }
-        seen.insert(name.clone());
-        records.push((name, pick(&mut rng, &STATUS_MIX)));
-    }
-
-    let mut w = SnapshotWriter::new(Vec::with_capacity(entries * 48), 1, "2027-01-15T08:00:00Z")
-        .expect("writing to a Vec");
-    for (i, (name, status)) in records.iter().enumerate() {
-        let filing = format!("京ICP备{:08}号-1", i % 100_000_000);
-        w.record(name, *status, Some(&filing), None)
-            .expect("writing to a Vec");
-    }
+fn synthetic(entries: u64, seed: u64) -> Synthetic {
     Synthetic {
-        snapshot: w.finish().expect("writing to a Vec"),
-        records,
+        snapshot: synthetic::write_snapshot(Vec::new(), entries, seed, 1).expect("to a Vec"),
+        records: synthetic::records(entries, seed).collect(),
     }
 }
 
@@ -123,12 +47,6 @@ fn load(snapshot: &[u8]) -> Registry {
     read_snapshot(snapshot)
         .expect("the synthetic snapshot is valid")
         .registry
-}
-
-/// The 100 000-entry registry, shared by the `decide` and `snapshot_build` groups.
-fn large() -> &'static Synthetic {
-    static LARGE: OnceLock<Synthetic> = OnceLock::new();
-    LARGE.get_or_init(|| synthetic(100_000, 0x1C9_6A7E))
 }
 
 fn host(text: &str) -> Host {
@@ -162,11 +80,15 @@ fn bench_normalize(c: &mut Criterion) {
 }
 
 fn bench_decide(c: &mut Criterion) {
-    let small = synthetic(1_000, 0xB0A7);
     let mut group = c.benchmark_group("decide");
-    for (size, synth) in [(1_000usize, &small), (100_000, large())] {
+    let mut build = None;
+    for size in sizes() {
+        let synth = synthetic(size, 0xB0A7 + size);
         let registry = load(&synth.snapshot);
-        assert_eq!(registry.len(), size);
+        assert_eq!(registry.len() as u64, size);
+        if build.is_none() {
+            build = Some(synth.snapshot.len());
+        }
 
         // A connected two-label name, so that "www.<name>" is a three-label host.
         let filed = synth
@@ -177,7 +99,7 @@ fn bench_decide(c: &mut Criterion) {
             .expect("the mix has connected .com names");
         let exact = host(filed);
         let inherited = host(&format!("www.{filed}"));
-        // Generated labels have 6 to 12 letters: a 16-letter one is never registered.
+        // Generated names are 8 to 12 letters before the TLD: 16 letters are never registered.
         let miss = host("www.thisisnotfiled.com");
 
         let require = Requirement::Connected;
@@ -198,6 +120,27 @@ fn bench_decide(c: &mut Criterion) {
             });
         }
 
+        // Many different three-label hosts, so the registry's memory is not all in cache: the
+        // hit half are subdomains of random registered names, the other half unfiled.
+        let mut rng = Rng::new(size);
+        let hosts: Vec<Host> = (0..4096)
+            .map(|i| {
+                let (name, _) = &synth.records[rng.below(size) as usize];
+                if i % 2 == 0 {
+                    host(&format!("www.{name}"))
+                } else {
+                    host(&format!("www.x{name}"))
+                }
+            })
+            .collect();
+        let mut next = 0usize;
+        group.bench_function(BenchmarkId::new("random_three_label", size), |b| {
+            b.iter(|| {
+                next = (next + 1) & 4095;
+                registry.decide(black_box(&hosts[next]), require, NOW)
+            })
+        });
+
         // What a request pays end to end: the raw Host header to a decision.
         let raw = format!("www.{filed}:443");
         group.bench_with_input(
@@ -215,13 +158,14 @@ fn bench_decide(c: &mut Criterion) {
 }
 
 fn bench_snapshot_build(c: &mut Criterion) {
-    let synth = large();
+    let size = *sizes().last().expect("sizes") / 10;
+    let snapshot = synthetic::write_snapshot(Vec::new(), size, 0x1C9_6A7E, 1).expect("to a Vec");
     let mut group = c.benchmark_group("snapshot_build");
     group.sample_size(10);
-    group.throughput(Throughput::Elements(synth.records.len() as u64));
+    group.throughput(Throughput::Elements(size));
     group.bench_with_input(
-        BenchmarkId::new("read_snapshot", synth.records.len()),
-        &synth.snapshot[..],
+        BenchmarkId::new("read_snapshot", size),
+        &snapshot[..],
         |b, bytes| {
             b.iter_with_large_drop(|| read_snapshot(black_box(bytes)).expect("valid snapshot"))
         },

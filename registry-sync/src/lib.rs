@@ -2,12 +2,14 @@
 //! filings and the decision it gives, snapshot format v1, and the sync step that swaps a new
 //! snapshot into service.
 
+pub mod index;
 pub mod name;
 pub mod registry;
 pub mod snapshot;
 pub mod sync;
+pub mod synthetic;
 
 pub use name::{parse_authority, parse_registry_name, DomainName, Host, InvalidHost};
-pub use registry::{BlockReason, Decision, Entry, Registry, Requirement, Status};
+pub use registry::{BlockReason, Decision, Entry, InsertError, Registry, Requirement, Status};
 pub use snapshot::{read_snapshot, RejectReason, Snapshot, SnapshotError, SnapshotWriter};
 pub use sync::{LoadedRegistry, RegistryHandle, SnapshotSource, SyncOutcome, Syncer};

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::index::{self, InsertError as IndexInsertError, NameIndex};
 use crate::name::{DomainName, Host};
 
 /// Filing status of a registry record (snapshot format v1).
@@ -111,11 +112,12 @@ pub enum Decision {
     Block(BlockReason),
 }
 
-/// One registry record after loading.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One registry record after loading: what a decision needs. Filing numbers are checked when a
+/// snapshot is read but not kept: no decision uses them, and at national scale they would cost
+/// as much memory as the names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub status: Status,
-    pub filing_number: Option<Box<str>>,
     /// Unix seconds after which the record counts as `unconnected`.
     pub expires_at: Option<i64>,
 }
@@ -133,16 +135,24 @@ impl Entry {
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// Why a record could not be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// A record with the same (normalized) name is already there.
+    Duplicate,
+    /// The registry's name storage would pass 4 GiB.
+    TooLarge,
+}
+
+/// How many labels of a host are looked up together (hashed and prefetched at once); deeper
+/// names are walked one label at a time past that.
+const BATCH: usize = 8;
 
 /// The filings in service: domain records (each covering its subdomains) and IP records.
-///
-/// Hashing is seeded per process (foldhash's `RandomState`), so a client choosing Host values
-/// cannot aim them at one bucket.
 #[derive(Default, Clone, Debug)]
 pub struct Registry {
-    domains: FastMap<Box<str>, Entry>,
-    ips: FastMap<IpAddr, Entry>,
+    domains: NameIndex,
+    ips: HashMap<IpAddr, Entry>,
 }
 
 impl Registry {
@@ -150,26 +160,31 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a record. Returns the record already there under the same name, in which case
-    /// nothing is changed.
-    pub fn insert(&mut self, host: &Host, entry: Entry) -> Result<(), &Entry> {
+    /// Adds a record; nothing changes when the name is already there.
+    pub fn insert(&mut self, host: &Host, entry: Entry) -> Result<(), InsertError> {
         use std::collections::hash_map::Entry as Slot;
         match host {
-            Host::Domain(d) => match self.domains.entry(d.as_str().into()) {
-                Slot::Occupied(o) => Err(o.into_mut()),
-                Slot::Vacant(v) => {
-                    v.insert(entry);
-                    Ok(())
-                }
-            },
+            Host::Domain(d) => self
+                .domains
+                .insert(d.as_bytes(), entry.status, entry.expires_at)
+                .map_err(|e| match e {
+                    IndexInsertError::Duplicate => InsertError::Duplicate,
+                    IndexInsertError::ArenaFull => InsertError::TooLarge,
+                }),
             Host::Ip(ip) => match self.ips.entry(*ip) {
-                Slot::Occupied(o) => Err(o.into_mut()),
+                Slot::Occupied(_) => Err(InsertError::Duplicate),
                 Slot::Vacant(v) => {
                     v.insert(entry);
                     Ok(())
                 }
             },
         }
+    }
+
+    /// Done adding records: the index settles at its final size.
+    pub fn finish(&mut self) {
+        self.domains.finish();
+        self.ips.shrink_to_fit();
     }
 
     pub fn len(&self) -> usize {
@@ -182,16 +197,35 @@ impl Registry {
 
     /// The record that covers `host`: for a domain the most specific record among the name and
     /// its parents (label boundaries only); for an IP the record of that exact address.
-    pub fn covering(&self, host: &Host) -> Option<&Entry> {
+    pub fn covering(&self, host: &Host) -> Option<Entry> {
         match host {
             Host::Domain(d) => self.covering_domain(d),
-            Host::Ip(ip) => self.ips.get(ip),
+            Host::Ip(ip) => self.ips.get(ip).copied(),
         }
     }
 
-    fn covering_domain(&self, name: &DomainName) -> Option<&Entry> {
-        name.self_and_parents()
-            .find_map(|candidate| self.domains.get(candidate))
+    fn covering_domain(&self, name: &DomainName) -> Option<Entry> {
+        let found = |f: index::Found| Entry {
+            status: f.status,
+            expires_at: f.expires_at,
+        };
+        // Hash every candidate first and prefetch their slots, so the probes' cache misses
+        // overlap instead of queueing one behind another.
+        let mut batch = [("", 0u64); BATCH];
+        let mut n = 0;
+        let mut candidates = name.self_and_parents();
+        for candidate in candidates.by_ref().take(BATCH) {
+            let hash = self.domains.hash(candidate.as_bytes());
+            self.domains.prefetch(hash);
+            batch[n] = (candidate, hash);
+            n += 1;
+        }
+        for (candidate, hash) in &batch[..n] {
+            if let Some(f) = self.domains.get_hashed(candidate.as_bytes(), *hash) {
+                return Some(found(f));
+            }
+        }
+        candidates.find_map(|c| self.domains.get(c.as_bytes()).map(found))
     }
 
     /// The decision for `host` on a listener requiring `require`, at `now` (unix seconds).
@@ -216,10 +250,23 @@ impl Registry {
     /// Records per status, in `Status::ALL` order.
     pub fn status_counts(&self) -> [usize; 5] {
         let mut counts = [0usize; 5];
-        for e in self.domains.values().chain(self.ips.values()) {
-            counts[e.status as usize] += 1;
+        for status in self
+            .domains
+            .statuses()
+            .chain(self.ips.values().map(|e| e.status))
+        {
+            counts[status as usize] += 1;
         }
         counts
+    }
+
+    /// Memory held: (index bytes besides the names' text, bytes of name text).
+    pub fn memory(&self) -> (usize, usize) {
+        let ip_bytes = self.ips.capacity() * (std::mem::size_of::<(IpAddr, Entry)>() + 1);
+        (
+            self.domains.overhead_bytes() + ip_bytes,
+            self.domains.name_bytes(),
+        )
     }
 }
 
@@ -233,12 +280,12 @@ mod tests {
         for (name, status, expires_at) in records {
             let entry = Entry {
                 status: *status,
-                filing_number: None,
                 expires_at: *expires_at,
             };
             r.insert(&parse_registry_name(name).unwrap(), entry)
                 .unwrap();
         }
+        r.finish();
         r
     }
 

@@ -15,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::name::{is_public_suffix, parse_registry_name, Host};
-use crate::registry::{Entry, Registry, Status};
+use crate::registry::{Entry, InsertError, Registry, Status};
 
 const MAGIC: &str = "icp-gate-registry";
 const TRAILER_PREFIX: &[u8] = b"end ";
@@ -198,12 +198,22 @@ fn parse<R: BufRead>(mut reader: R) -> Result<Snapshot, SnapshotError> {
         let text = body_of(&line, line_no)?;
         let (host, entry) = parse_record(text)
             .map_err(|(reason, d)| SnapshotError::new(reason, Some(line_no), d))?;
-        if registry.insert(&host, entry).is_err() {
-            return Err(SnapshotError::new(
-                RejectReason::DuplicateName,
-                Some(line_no),
-                format!("`{host}` is listed more than once"),
-            ));
+        match registry.insert(&host, entry) {
+            Ok(()) => {}
+            Err(InsertError::Duplicate) => {
+                return Err(SnapshotError::new(
+                    RejectReason::DuplicateName,
+                    Some(line_no),
+                    format!("`{host}` is listed more than once"),
+                ))
+            }
+            Err(InsertError::TooLarge) => {
+                return Err(SnapshotError::new(
+                    RejectReason::MalformedRecord,
+                    Some(line_no),
+                    "the registry's names pass 4 GiB, more than one gate holds",
+                ))
+            }
         }
         records += 1;
     }
@@ -246,6 +256,7 @@ fn parse<R: BufRead>(mut reader: R) -> Result<Snapshot, SnapshotError> {
             format!("trailer says count={count} but {records} records were read"),
         ));
     }
+    registry.finish();
     Ok(Snapshot {
         header,
         registry,
@@ -345,15 +356,12 @@ fn parse_record(line: &str) -> Result<(Host, Entry), (RejectReason, String)> {
             status.escape_debug()
         ))
     })?;
-    let filing_number = match filing_number {
-        None | Some("") => None,
-        Some(f) if f.chars().any(char::is_control) => {
-            return Err(malformed(
-                "the filing number contains control characters".into(),
-            ))
-        }
-        Some(f) => Some(f.into()),
-    };
+    // Checked, not kept: no decision depends on it (see `Entry`).
+    if filing_number.is_some_and(|f| f.chars().any(char::is_control)) {
+        return Err(malformed(
+            "the filing number contains control characters".into(),
+        ));
+    }
     let expires_at = match expires_at {
         None => None,
         Some(t) => Some(
@@ -367,14 +375,7 @@ fn parse_record(line: &str) -> Result<(Host, Entry), (RejectReason, String)> {
                 .unix_timestamp(),
         ),
     };
-    Ok((
-        host,
-        Entry {
-            status,
-            filing_number,
-            expires_at,
-        },
-    ))
+    Ok((host, Entry { status, expires_at }))
 }
 
 fn parse_trailer(line: &str) -> Result<(u64, [u8; 32]), String> {

@@ -438,10 +438,9 @@ fn build(records: &[Record]) -> Result<Built, TestCaseError> {
         }
         let entry = Entry {
             status: r.status,
-            filing_number: None,
             expires_at: r.expires_at,
         };
-        let inserted = registry.insert(&host, entry.clone()).is_ok();
+        let inserted = registry.insert(&host, entry).is_ok();
         prop_assert_eq!(
             inserted,
             !model.contains_key(&key),
@@ -587,7 +586,6 @@ fn valid_records(records: Vec<SnapRecord>) -> Vec<(SnapRecord, Host, Entry)> {
         }
         let entry = Entry {
             status: r.status,
-            filing_number: r.filing.filter(|f| !f.is_empty()).map(Box::from),
             expires_at: r.expires.map(|(_, t)| t),
         };
         out.push((r, host, entry));
@@ -641,11 +639,11 @@ proptest! {
                     Host::Domain(d) => d.as_str().to_owned(),
                     Host::Ip(ip) => ip_key(*ip),
                 };
-                (key, entry.clone())
+                (key, *entry)
             })
             .collect();
         for (r, host, entry) in &records {
-            prop_assert_eq!(snap.registry.covering(host), Some(entry), "record {:?}", r);
+            prop_assert_eq!(snap.registry.covering(host), Some(*entry), "record {:?}", r);
             for require in REQUIREMENTS {
                 prop_assert_eq!(
                     snap.registry.decide(host, require, NOW),

@@ -1,0 +1,178 @@
+//! The registry at national scale: load time, resident memory and decision latency percentiles.
+//!
+//! Run:
+//!   cargo bench --bench scale                          # 10 000 000 records
+//!   ICP_GATE_SCALE_RECORDS=1000000 cargo bench --bench scale
+//!   cargo test --bench scale                           # a 20 000-record smoke run
+//!
+//! It writes a synthetic snapshot (see `icp_gate_registry::synthetic`) to a temporary file, loads
+//! it on this thread the way the sync worker does, and reports:
+//! - parse + check + build time, and the resident-size growth of the process (from
+//!   /proc/self/statm, not an estimate), per record and per record beyond the names' text;
+//! - per-decision latency percentiles for random three-label hosts (hits on subdomains of
+//!   registered names, and misses), each timed alone with `Instant` (the timer's own cost,
+//!   measured in the same run, is printed beside them);
+//! - the worst decision latency seen on another thread while a second registry of the same size
+//!   is loaded, swapped in and the first one freed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use icp_gate_registry::synthetic::{self, Rng};
+use icp_gate_registry::{parse_authority, read_snapshot, Decision, Host, Requirement};
+
+const NOW: i64 = 1_800_000_000;
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn host(text: &str) -> Host {
+    parse_authority(text.as_bytes()).expect("valid host")
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let records: u64 = std::env::var("ICP_GATE_SCALE_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench_mode { 10_000_000 } else { 20_000 });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("registry.tsv");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    synthetic::write_snapshot(file, records, 42, 1).expect("write snapshot");
+    let size = std::fs::metadata(&path).expect("stat").len();
+    println!("records: {records}");
+    println!("snapshot: {:.1} MB", size as f64 / 1e6);
+
+    let before = resident_bytes();
+    let started = Instant::now();
+    let snapshot = read_snapshot(std::fs::File::open(&path).expect("open")).expect("valid");
+    let load = started.elapsed();
+    let after = resident_bytes();
+    let registry = snapshot.registry;
+    assert_eq!(registry.len() as u64, records);
+    let (index_bytes, name_bytes) = registry.memory();
+    let grown = after.saturating_sub(before);
+    println!(
+        "load (parse, verify, build; one thread): {:.2} s",
+        load.as_secs_f64()
+    );
+    println!(
+        "resident growth: {:.1} MB = {:.1} bytes/record; names' text {:.1} bytes/record; \
+         beyond the names {:.1} bytes/record",
+        grown as f64 / 1e6,
+        grown as f64 / records as f64,
+        name_bytes as f64 / records as f64,
+        grown.saturating_sub(name_bytes as u64) as f64 / records as f64
+    );
+    println!(
+        "index (computed): {:.1} bytes/record beyond the names",
+        index_bytes as f64 / records as f64
+    );
+
+    // Latency of single decisions on random three-label hosts.
+    let names: Vec<String> = synthetic::records(records, 42).map(|(n, _)| n).collect();
+    let mut rng = Rng::new(7);
+    let samples = if bench_mode { 1_000_000 } else { 20_000 };
+    let hits: Vec<Host> = (0..samples)
+        .map(|_| host(&format!("www.{}", names[rng.below(records) as usize])))
+        .collect();
+    let misses: Vec<Host> = (0..samples)
+        .map(|_| host(&format!("www.q{}", names[rng.below(records) as usize])))
+        .collect();
+    drop(names);
+    let timer_cost = {
+        let mut t: Vec<u64> = (0..samples)
+            .map(|_| {
+                let s = Instant::now();
+                std::hint::black_box(());
+                s.elapsed().as_nanos() as u64
+            })
+            .collect();
+        t.sort_unstable();
+        percentile(&t, 0.5)
+    };
+    for (label, hosts) in [("hit (inherited)", &hits), ("miss (unfiled)", &misses)] {
+        let mut t: Vec<u64> = hosts
+            .iter()
+            .map(|h| {
+                let s = Instant::now();
+                let d = registry.decide(std::hint::black_box(h), Requirement::Filed, NOW);
+                std::hint::black_box(d);
+                s.elapsed().as_nanos() as u64
+            })
+            .collect();
+        t.sort_unstable();
+        println!(
+            "decision {label}: p50 {} ns, p99 {} ns, p99.9 {} ns (timer alone: p50 {timer_cost} ns)",
+            percentile(&t, 0.5),
+            percentile(&t, 0.99),
+            percentile(&t, 0.999)
+        );
+    }
+    let allowed = hits
+        .iter()
+        .filter(|h| registry.decide(h, Requirement::Filed, NOW) != Decision::Allow)
+        .count();
+    println!("(hits not allowed on a filed listener: {allowed}: revoked or denied records)");
+
+    // Decisions on another thread while a second registry is loaded and swapped in.
+    let handle = icp_gate_registry::RegistryHandle::new();
+    let mut syncer = icp_gate_registry::Syncer::new(
+        icp_gate_registry::SnapshotSource::File(path.clone()),
+        handle.clone(),
+    );
+    drop(registry);
+    syncer.sync_once();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let handle = handle.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let h = &hits[(n as usize) % hits.len()];
+                let s = Instant::now();
+                let guard = handle.load();
+                let d = guard
+                    .as_ref()
+                    .map(|r| r.registry.decide(h, Requirement::Filed, NOW));
+                drop(guard);
+                std::hint::black_box(d);
+                worst = worst.max(s.elapsed());
+                n += 1;
+            }
+            (worst, n)
+        })
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    synthetic::write_snapshot(file, records, 42, 2).expect("write snapshot");
+    let started = Instant::now();
+    let outcome = syncer.sync_once();
+    let swap_total = started.elapsed();
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let (worst, n) = worker.join().expect("worker");
+    println!(
+        "second load + swap + free of the first: {:.2} s ({outcome:?})",
+        swap_total.as_secs_f64()
+    );
+    println!(
+        "worst single decision on another thread meanwhile: {} us over {n} decisions",
+        worst.as_micros()
+    );
+}
