@@ -158,6 +158,13 @@ fn verify(file: &Path) -> anyhow::Result<ExitCode> {
                 "parse_and_build_ms: {:.1}",
                 s.build_time.as_secs_f64() * 1000.0
             );
+            let (index, names) = s.registry.memory();
+            let per = |bytes: usize| bytes as f64 / s.registry.len().max(1) as f64;
+            println!(
+                "index_bytes_per_entry: {:.1} (beyond the names' text, {:.1} bytes per entry)",
+                per(index),
+                per(names)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

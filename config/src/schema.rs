@@ -144,7 +144,8 @@ pub struct BlockPageFile {
 pub struct ServerFile {
     /// Worker threads for each listener.
     pub threads: Option<usize>,
-    /// After SIGTERM: how long listeners keep answering while in-flight requests finish.
+    /// After SIGTERM the listeners stop accepting at once; requests already in flight get this
+    /// long to finish before the runtimes are told to stop.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
     /// After the grace period: how long the runtimes get to stop before the process exits.

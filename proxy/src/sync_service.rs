@@ -19,12 +19,6 @@ pub struct SyncService {
 }
 
 impl SyncService {
-    /// One attempt, blocking; logs and counts it.
-    pub fn sync_now(&self) {
-        let outcome = self.syncer.lock().expect("sync lock").sync_once();
-        report(&outcome, &self.registry, &self.metrics, &self.source_name());
-    }
-
     fn source_name(&self) -> String {
         self.syncer.lock().expect("sync lock").source().to_string()
     }
@@ -78,6 +72,14 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
                 e.detail
             );
         }
+        SyncOutcome::StillRejected(reason) => {
+            metrics.sync(SyncResult::Rejected);
+            tracing::debug!(
+                source,
+                reason = reason.as_str(),
+                "the source still offers the rejected snapshot"
+            );
+        }
         SyncOutcome::SourceError(e) => {
             metrics.sync(SyncResult::Error);
             tracing::warn!(
@@ -91,10 +93,27 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
 #[async_trait]
 impl BackgroundService for SyncService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // SIGHUP means "sync now" (and must not take its default action, which ends the process).
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot handle SIGHUP: {e}");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep(self.interval) => {}
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("SIGHUP: syncing the registry now");
+                }
             }
             let syncer = self.syncer.clone();
             let source = self.source_name();

@@ -132,6 +132,9 @@ pub enum SyncOutcome {
     Unchanged,
     /// The source gave a snapshot that failed a check; the one in service stays.
     Rejected(SnapshotError),
+    /// The source still offers the snapshot that was rejected before (not counted again as a
+    /// rejection, but not a success either: the registry is not being updated).
+    StillRejected(RejectReason),
     /// The source could not be read at all; the one in service stays.
     SourceError(String),
 }
@@ -167,6 +170,8 @@ pub struct Syncer {
     /// The file as it was when last read, good or bad: an unchanged bad file is not re-read and
     /// re-counted as a new rejection every interval.
     last_seen: Option<Fingerprint>,
+    /// Why the file as last seen was rejected, if it was.
+    last_rejection: Option<RejectReason>,
     /// Where the last accepted snapshot is kept, so a restarted gate can serve before (or
     /// without) its source.
     state_dir: Option<PathBuf>,
@@ -178,6 +183,7 @@ impl Syncer {
             source,
             handle,
             last_seen: None,
+            last_rejection: None,
             state_dir: None,
         }
     }
@@ -213,13 +219,26 @@ impl Syncer {
 
     /// One sync attempt. Blocking: run it off the request threads.
     pub fn sync_once(&mut self) -> SyncOutcome {
+        let outcome = self.read_source();
+        match &outcome {
+            SyncOutcome::Rejected(e) => self.last_rejection = Some(e.reason),
+            SyncOutcome::StillRejected(_) => {}
+            _ => self.last_rejection = None,
+        }
+        outcome
+    }
+
+    fn read_source(&mut self) -> SyncOutcome {
         let SnapshotSource::File(path) = &self.source;
         let print = match fingerprint(path) {
             Ok(p) => p,
             Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
         };
         if self.last_seen == Some(print) {
-            return SyncOutcome::Unchanged;
+            return match self.last_rejection {
+                Some(reason) => SyncOutcome::StillRejected(reason),
+                None => SyncOutcome::Unchanged,
+            };
         }
         let file = match File::open(path) {
             Ok(f) => f,

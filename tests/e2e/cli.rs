@@ -65,6 +65,8 @@ fn registry_verify_reports_facts_or_the_reason() {
     assert!(out.contains("records: 10"), "{out}");
     assert!(out.contains("connected: 6"), "{out}");
     assert!(out.contains("denied: 1"), "{out}");
+    assert!(out.contains("parse_and_build_ms: "), "{out}");
+    assert!(out.contains("index_bytes_per_entry: "), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.tsv");

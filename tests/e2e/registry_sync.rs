@@ -182,3 +182,64 @@ fn a_restarted_gate_serves_from_state_dir_when_the_source_is_gone() {
     );
     assert_eq!(origin.hosts(), ["kept.cn", "kept.cn"]);
 }
+
+#[test]
+fn sighup_syncs_now_and_a_rejected_file_is_not_counted_twice() {
+    let origin = Origin::start();
+    let mut gate = Gate::start(
+        &origin,
+        GateOptions {
+            refresh_seconds: 3600,
+            ..Default::default()
+        },
+    );
+    let mut records = standard_records();
+    records.push(("hup.cn", Status::Connected, None, None));
+    write_atomically(&gate.registry_path, &snapshot_bytes(2, &records));
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &gate.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    hup();
+    wait_for("serial 2 after SIGHUP", Duration::from_secs(10), || {
+        (gate.metrics().value("icp_gate_registry_serial", &[]) == 2.0).then_some(())
+    });
+    assert_eq!(
+        get_host(gate.addr, "hup.cn").status,
+        200,
+        "the gate survived SIGHUP"
+    );
+
+    // A bad file left in place: one rejection, then "still rejected" attempts, none a success.
+    write_atomically(&gate.registry_path, b"not a snapshot\n");
+    hup();
+    let rejected = |m: &Metrics| m.value("icp_gate_registry_sync_total", &[("result", "rejected")]);
+    wait_for("the rejection", Duration::from_secs(10), || {
+        (rejected(&gate.metrics()) == 1.0).then_some(())
+    });
+    let success_at = gate
+        .metrics()
+        .value("icp_gate_registry_last_success_timestamp_seconds", &[]);
+    std::thread::sleep(Duration::from_millis(1100));
+    hup();
+    wait_for("a second attempt", Duration::from_secs(10), || {
+        (rejected(&gate.metrics()) == 2.0).then_some(())
+    });
+    let m = gate.metrics();
+    assert_eq!(
+        m.value(
+            "icp_gate_registry_rejected_total",
+            &[("reason", "malformed_header")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value("icp_gate_registry_last_success_timestamp_seconds", &[]),
+        success_at,
+        "a source that still offers a rejected snapshot is not a success"
+    );
+    assert_eq!(m.value("icp_gate_registry_serial", &[]), 2.0);
+    assert!(gate.terminate().success());
+}
