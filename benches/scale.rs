@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use icp_gate_registry::synthetic::{self, Rng};
-use icp_gate_registry::{parse_authority, read_snapshot, Decision, Host, Requirement};
+use icp_gate_registry::{parse_authority, read_snapshot_sized, Decision, Host, Requirement};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -59,7 +59,8 @@ fn main() {
 
     let before = resident_bytes();
     let started = Instant::now();
-    let snapshot = read_snapshot(std::fs::File::open(&path).expect("open")).expect("valid");
+    let snapshot =
+        read_snapshot_sized(std::fs::File::open(&path).expect("open"), Some(size)).expect("valid");
     let load = started.elapsed();
     let after = resident_bytes();
     let registry = snapshot.registry;
@@ -82,14 +83,22 @@ fn main() {
         "index (computed): {:.1} bytes/record beyond the names",
         index_bytes as f64 / records as f64
     );
+    let huge = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        .unwrap_or_default();
+    println!("transparent huge pages in use: {huge} kB");
 
     // Latency of single decisions on random three-label hosts.
     let names: Vec<String> = synthetic::records(records, 42).map(|(n, _)| n).collect();
     let mut rng = Rng::new(7);
     let samples = if bench_mode { 1_000_000 } else { 20_000 };
-    let hits: Vec<Host> = (0..samples)
+    let hits: Arc<Vec<Host>> = (0..samples)
         .map(|_| host(&format!("www.{}", names[rng.below(records) as usize])))
-        .collect();
+        .collect::<Vec<_>>()
+        .into();
     let misses: Vec<Host> = (0..samples)
         .map(|_| host(&format!("www.q{}", names[rng.below(records) as usize])))
         .collect();
@@ -105,7 +114,7 @@ fn main() {
         t.sort_unstable();
         percentile(&t, 0.5)
     };
-    for (label, hosts) in [("hit (inherited)", &hits), ("miss (unfiled)", &misses)] {
+    for (label, hosts) in [("hit (inherited)", &*hits), ("miss (unfiled)", &misses)] {
         let mut t: Vec<u64> = hosts
             .iter()
             .map(|h| {
@@ -137,42 +146,63 @@ fn main() {
     );
     drop(registry);
     syncer.sync_once();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let handle = handle.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut worst = Duration::ZERO;
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let h = &hits[(n as usize) % hits.len()];
-                let s = Instant::now();
-                let guard = handle.load();
-                let d = guard
-                    .as_ref()
-                    .map(|r| r.registry.decide(h, Requirement::Filed, NOW));
-                drop(guard);
-                std::hint::black_box(d);
-                worst = worst.max(s.elapsed());
-                n += 1;
-            }
-            (worst, n)
-        })
+    // The worst single decision on another thread over a window, with a swap in that window or
+    // without: the difference is what a swap costs requests.
+    let watch = |during: &dyn Fn()| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let handle = handle.clone();
+            let stop = stop.clone();
+            let hits = hits.clone();
+            std::thread::spawn(move || {
+                let mut worst = Duration::ZERO;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let h = &hits[(n as usize) % hits.len()];
+                    let s = Instant::now();
+                    let guard = handle.load();
+                    let d = guard
+                        .as_ref()
+                        .map(|r| r.registry.decide(h, Requirement::Filed, NOW));
+                    drop(guard);
+                    std::hint::black_box(d);
+                    worst = worst.max(s.elapsed());
+                    n += 1;
+                }
+                (worst, n)
+            })
+        };
+        let started = Instant::now();
+        during();
+        let took = started.elapsed();
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, Ordering::Relaxed);
+        let (worst, n) = worker.join().expect("worker");
+        (took, worst, n)
     };
+    let (window, idle_worst, idle_n) = watch(&|| {
+        // As long as a load takes, with no swap: the machine's own noise.
+        std::thread::sleep(load);
+    });
     let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
     synthetic::write_snapshot(file, records, 42, 2).expect("write snapshot");
-    let started = Instant::now();
-    let outcome = syncer.sync_once();
-    let swap_total = started.elapsed();
-    std::thread::sleep(Duration::from_millis(50));
-    stop.store(true, Ordering::Relaxed);
-    let (worst, n) = worker.join().expect("worker");
+    let syncer = std::sync::Mutex::new(syncer);
+    let (took, swap_worst, swap_n) = watch(&|| {
+        let outcome = syncer.lock().unwrap().sync_once();
+        assert!(matches!(
+            outcome,
+            icp_gate_registry::SyncOutcome::Loaded { .. }
+        ));
+    });
     println!(
-        "second load + swap + free of the first: {:.2} s ({outcome:?})",
-        swap_total.as_secs_f64()
+        "second load + swap + free of the first: {:.2} s",
+        took.as_secs_f64()
     );
     println!(
-        "worst single decision on another thread meanwhile: {} us over {n} decisions",
-        worst.as_micros()
+        "worst single decision on another thread: {} us during the load and swap ({swap_n} \
+         decisions), {} us over a {:.2} s window without one ({idle_n} decisions)",
+        swap_worst.as_micros(),
+        idle_worst.as_micros(),
+        window.as_secs_f64()
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use icp_gate_registry::{read_snapshot, Status};
+use icp_gate_registry::{read_snapshot_sized, Status};
 
 /// ICP filing enforcement reverse proxy.
 #[derive(Parser, Debug)]
@@ -52,6 +52,18 @@ enum Command {
 enum RegistryCommand {
     /// Check a snapshot (plain or gzip) and print its serial, record count and status counts.
     Verify { file: PathBuf },
+    /// Write a synthetic snapshot (realistic TLD and status mix) for load tests and benches.
+    Generate {
+        /// Where to write it.
+        file: PathBuf,
+        /// Number of records.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        serial: u64,
+    },
 }
 
 const DEMO_CONFIG: &str = include_str!("demo.toml");
@@ -78,6 +90,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Demo), _) => demo(),
         (Some(Command::Registry { command }), _) => match command {
             RegistryCommand::Verify { file } => verify(&file),
+            RegistryCommand::Generate {
+                file,
+                records,
+                seed,
+                serial,
+            } => {
+                let out = std::fs::File::create(&file)
+                    .with_context(|| format!("creating {}", file.display()))?;
+                icp_gate_registry::synthetic::write_snapshot(
+                    std::io::BufWriter::new(out),
+                    records,
+                    seed,
+                    serial,
+                )
+                .with_context(|| format!("writing {}", file.display()))?;
+                println!("{}: {records} records, serial {serial}", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
         },
         (Some(Command::Health { admin, path }), _) => health(admin, &path),
         (None, Some(config)) => {
@@ -143,7 +173,8 @@ fn demo() -> anyhow::Result<ExitCode> {
 
 fn verify(file: &Path) -> anyhow::Result<ExitCode> {
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    match read_snapshot(f) {
+    let size = f.metadata().map(|m| m.len()).ok();
+    match read_snapshot_sized(f, size) {
         Ok(s) => {
             let counts = s.registry.status_counts();
             println!("{}: valid", file.display());

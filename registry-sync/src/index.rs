@@ -11,8 +11,12 @@
 //! the Host is chosen by clients, and keyed hashing is what stops them aiming names at one run
 //! of slots.
 //!
-//! The table grows while a snapshot streams in (its size is only known at the trailer), then is
-//! rebuilt once at its final size so the steady state sits at `LOAD` whatever the growth path.
+//! Building is two-phase, because a snapshot's size is only known at its trailer and random
+//! writes into a table of hundreds of megabytes are what a naive build spends its time on:
+//! while the snapshot streams in, slots are appended to a plain vector (sequential writes);
+//! `finish` then sorts them by hash, which puts duplicates side by side and orders the slots by
+//! where they land, and fills a table of the final size almost sequentially. Lookups before
+//! `finish` see nothing.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -44,24 +48,20 @@ pub struct Found {
     pub expires_at: Option<i64>,
 }
 
-/// The name is already in the index.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Duplicate;
-
-/// The arena would pass 4 GiB (offsets are 32-bit).
-#[derive(Debug, PartialEq, Eq)]
-pub struct ArenaFull;
-
 #[derive(Debug)]
 pub enum InsertError {
-    Duplicate,
     ArenaFull,
 }
 
 #[derive(Clone)]
 pub struct NameIndex {
+    /// The table, once `finish`ed; empty before.
     slots: Vec<Slot>,
+    /// Slots appended while building, in file order.
+    pending: Vec<Slot>,
     arena: Vec<u8>,
+    /// The arena was allocated (and advised) by `reserve`, not grown.
+    arena_reserved: bool,
     expiries: HashMap<u32, i64>,
     len: usize,
     hasher: RandomState,
@@ -79,21 +79,23 @@ impl std::fmt::Debug for NameIndex {
 
 impl Default for NameIndex {
     fn default() -> Self {
-        Self::with_capacity(0)
+        NameIndex {
+            slots: Vec::new(),
+            pending: Vec::new(),
+            arena: Vec::new(),
+            arena_reserved: false,
+            expiries: HashMap::new(),
+            len: 0,
+            hasher: RandomState::new(),
+        }
     }
 }
 
 const STATUS_BY_CODE: [Status; 5] = Status::ALL;
 
 impl NameIndex {
-    pub fn with_capacity(records: usize) -> Self {
-        NameIndex {
-            slots: vec![Slot::default(); slots_for(records)],
-            arena: Vec::new(),
-            expiries: HashMap::new(),
-            len: 0,
-            hasher: RandomState::new(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn len(&self) -> usize {
@@ -110,34 +112,33 @@ impl NameIndex {
     }
 
     /// Where the probe for `hash` starts: the high half of the hash mapped onto the table
-    /// (multiply-shift), independent of the low half used nowhere else.
+    /// (multiply-shift). Monotonic in the hash, which is what lets `finish` fill in order.
     #[inline]
     fn home(&self, hash: u64) -> usize {
         (((hash >> 32) * self.slots.len() as u64) >> 32) as usize
     }
 
-    pub fn insert(
+    /// Makes room for about `records` names of `name_bytes` in all, so that building does not
+    /// grow (copy and re-zero) its vectors again and again; the name storage is advised for huge
+    /// pages before it is written.
+    pub fn reserve(&mut self, records: usize, name_bytes: usize) {
+        self.pending
+            .reserve_exact(records.saturating_sub(self.pending.len()));
+        if self.arena.is_empty() && name_bytes > self.arena.capacity() {
+            self.arena = Vec::with_capacity(name_bytes);
+            advise_huge_pages(self.arena.as_ptr(), name_bytes);
+            self.arena_reserved = true;
+        }
+    }
+
+    /// Adds a name while building. Duplicates are found by `finish`.
+    pub fn push(
         &mut self,
         name: &[u8],
         status: Status,
         expires_at: Option<i64>,
     ) -> Result<(), InsertError> {
         debug_assert!(!name.is_empty() && name.len() <= 255);
-        if (self.len + 1) as f64 > self.slots.len() as f64 * LOAD {
-            self.rebuild(slots_for((self.len + 1) * 2));
-        }
-        let hash = self.hash(name);
-        let mut i = self.home(hash);
-        loop {
-            let slot = &self.slots[i];
-            if slot.len == 0 {
-                break;
-            }
-            if slot.hash == hash && self.name_at(slot) == name {
-                return Err(InsertError::Duplicate);
-            }
-            i = self.next(i);
-        }
         let offset = u32::try_from(self.arena.len())
             .ok()
             .filter(|o| (*o as u64 + name.len() as u64) <= u32::MAX as u64)
@@ -148,26 +149,59 @@ impl NameIndex {
             self.expiries.insert(offset, t);
             flags |= HAS_EXPIRY;
         }
-        self.slots[i] = Slot {
-            hash,
+        self.pending.push(Slot {
+            hash: self.hash(name),
             offset,
             len: name.len() as u8,
             status: status as u8,
             flags,
             _pad: 0,
-        };
+        });
         self.len += 1;
         Ok(())
     }
 
-    /// Done inserting: settle at the final size.
-    pub fn finish(&mut self) {
-        let target = slots_for(self.len);
-        if self.slots.len() != target {
-            self.rebuild(target);
+    /// Done adding: builds the table. Returns the first name found twice, if any (the index is
+    /// then unusable).
+    pub fn finish(&mut self) -> Result<(), Vec<u8>> {
+        let mut pending = std::mem::take(&mut self.pending);
+        // By hash: equal names have equal hashes, so duplicates end up adjacent, and homes are
+        // monotonic in the hash, so the fill below walks the table front to back.
+        pending.sort_unstable_by_key(|s| s.hash);
+        for pair in pending.windows(2) {
+            if pair[0].hash == pair[1].hash && self.name_at(&pair[0]) == self.name_at(&pair[1]) {
+                return Err(self.name_at(&pair[1]).to_vec());
+            }
         }
-        self.arena.shrink_to_fit();
+        self.slots = huge_page_vec(slots_for(pending.len()));
+        // Slots whose probe runs past the end wrap to the front; they are placed after the
+        // in-order pass so they cannot take a place a later home needs.
+        let mut wrapped = Vec::new();
+        let mut next_free = 0usize;
+        for slot in pending {
+            let home = self.home(slot.hash);
+            let i = home.max(next_free);
+            if i < self.slots.len() {
+                self.slots[i] = slot;
+                next_free = i + 1;
+            } else {
+                wrapped.push(slot);
+            }
+        }
+        for slot in wrapped {
+            let mut i = 0;
+            while self.slots[i].len != 0 {
+                i += 1;
+            }
+            self.slots[i] = slot;
+        }
+        // Keep the reserved arena when it is about the right size; otherwise move the names
+        // into an exact, huge-page-advised allocation.
+        if self.arena.capacity() > self.arena.len() + self.arena.len() / 4 || !self.arena_reserved {
+            self.arena = huge_page_copy(&self.arena);
+        }
         self.expiries.shrink_to_fit();
+        Ok(())
     }
 
     #[inline]
@@ -185,20 +219,12 @@ impl NameIndex {
         &self.arena[start..start + slot.len as usize]
     }
 
-    fn rebuild(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); slots]);
-        for slot in old.into_iter().filter(|s| s.len != 0) {
-            let mut i = self.home(slot.hash);
-            while self.slots[i].len != 0 {
-                i = self.next(i);
-            }
-            self.slots[i] = slot;
-        }
-    }
-
     /// Looks `name` up with its hash already computed (see `hash`).
     #[inline]
     pub fn get_hashed(&self, name: &[u8], hash: u64) -> Option<Found> {
+        if self.slots.is_empty() {
+            return None;
+        }
         let mut i = self.home(hash);
         loop {
             let slot = &self.slots[i];
@@ -229,6 +255,9 @@ impl NameIndex {
     /// lookup wait on memory together rather than one after another.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
+        if self.slots.is_empty() {
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             let slot = &self.slots[self.home(hash)];
@@ -240,27 +269,69 @@ impl NameIndex {
                 );
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
     }
 
     /// Every record's status, for counting.
     pub fn statuses(&self) -> impl Iterator<Item = Status> + '_ {
         self.slots
             .iter()
+            .chain(self.pending.iter())
             .filter(|s| s.len != 0)
             .map(|s| STATUS_BY_CODE[s.status as usize])
     }
 
     /// Bytes held besides the names' own text: the slot table and the expiry side table.
     pub fn overhead_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
+        (self.slots.capacity() + self.pending.capacity()) * std::mem::size_of::<Slot>()
             + self.expiries.capacity() * (std::mem::size_of::<(u32, i64)>() + 1)
     }
 
     /// Bytes of name text.
     pub fn name_bytes(&self) -> usize {
         self.arena.capacity()
+    }
+}
+
+/// A zeroed vector of `n` empty slots, backed by transparent huge pages where the kernel
+/// offers them: a random lookup in a table of hundreds of megabytes otherwise pays a TLB miss
+/// (and a page walk) on top of its cache miss.
+fn huge_page_vec(n: usize) -> Vec<Slot> {
+    // Advise before the first write: pages already touched stay small.
+    let mut v = Vec::with_capacity(n);
+    advise_huge_pages(v.as_ptr(), n * std::mem::size_of::<Slot>());
+    v.resize(n, Slot::default());
+    v
+}
+
+/// `bytes` copied into a fresh allocation of exactly their size, advised for huge pages before
+/// it is written.
+fn huge_page_copy(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len());
+    advise_huge_pages(v.as_ptr(), bytes.len());
+    v.extend_from_slice(bytes);
+    v
+}
+
+fn advise_huge_pages<T>(ptr: *const T, bytes: usize) {
+    const HUGE: usize = 2 << 20;
+    if bytes < 4 * HUGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let start = ptr as usize;
+        let aligned = (start + HUGE - 1) & !(HUGE - 1);
+        let end = (start + bytes) & !(HUGE - 1);
+        if end > aligned {
+            // SAFETY: advice on memory the caller's vector owns; it changes no contents.
+            unsafe {
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
     }
 }
 
@@ -274,18 +345,17 @@ mod tests {
 
     #[test]
     fn insert_get_duplicate_and_growth() {
-        let mut idx = NameIndex::with_capacity(0);
+        let mut idx = NameIndex::new();
         let names: Vec<String> = (0..10_000).map(|i| format!("n{i}.example.com")).collect();
         for (i, n) in names.iter().enumerate() {
             let status = Status::ALL[i % 5];
             let exp = (i % 7 == 0).then_some(i as i64);
-            idx.insert(n.as_bytes(), status, exp).unwrap();
+            idx.push(n.as_bytes(), status, exp).unwrap();
         }
-        assert!(matches!(
-            idx.insert(b"n5.example.com", Status::Denied, None),
-            Err(InsertError::Duplicate)
-        ));
-        idx.finish();
+        let mut dup = idx.clone();
+        dup.push(b"n5.example.com", Status::Denied, None).unwrap();
+        assert_eq!(dup.finish(), Err(b"n5.example.com".to_vec()));
+        idx.finish().unwrap();
         assert_eq!(idx.len(), 10_000);
         for (i, n) in names.iter().enumerate() {
             let f = idx.get(n.as_bytes()).unwrap();
@@ -302,7 +372,7 @@ mod tests {
     #[test]
     fn empty_index_answers_none() {
         let mut idx = NameIndex::default();
-        idx.finish();
+        idx.finish().unwrap();
         assert_eq!(idx.get(b"example.com"), None);
     }
 }

@@ -11,5 +11,7 @@ pub mod synthetic;
 
 pub use name::{parse_authority, parse_registry_name, DomainName, Host, InvalidHost};
 pub use registry::{BlockReason, Decision, Entry, InsertError, Registry, Requirement, Status};
-pub use snapshot::{read_snapshot, RejectReason, Snapshot, SnapshotError, SnapshotWriter};
+pub use snapshot::{
+    read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError, SnapshotWriter,
+};
 pub use sync::{LoadedRegistry, RegistryHandle, SnapshotSource, SyncOutcome, Syncer};

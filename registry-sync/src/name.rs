@@ -6,6 +6,7 @@
 //! IP address. Everything that is not clearly a host name is refused rather than guessed at,
 //! because a guess is where a client slips an unfiled site past the gate.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -275,8 +276,14 @@ fn parse_ipv6(inner: &[u8]) -> Result<IpAddr, InvalidHost> {
     })
 }
 
-/// A host without port: dotted-quad IPv4 or a domain name.
-fn parse_host(raw: &[u8]) -> Result<Host, InvalidHost> {
+/// A host without port, told apart but not yet copied: an IPv4 address, or a valid domain name
+/// in ASCII (not yet lower-cased), borrowed from the input when it needed no conversion.
+enum Classified<'a> {
+    Ip(IpAddr),
+    Ascii(Cow<'a, [u8]>),
+}
+
+fn classify(raw: &[u8]) -> Result<Classified<'_>, InvalidHost> {
     let host = raw.strip_suffix(b".").unwrap_or(raw);
     if host.is_empty() {
         return Err(if raw.is_empty() {
@@ -291,27 +298,61 @@ fn parse_host(raw: &[u8]) -> Result<Host, InvalidHost> {
         let text = std::str::from_utf8(host).map_err(|_| InvalidHost::BadIpLiteral)?;
         return text
             .parse::<Ipv4Addr>()
-            .map(|ip| Host::Ip(IpAddr::V4(ip)))
+            .map(|ip| Classified::Ip(IpAddr::V4(ip)))
             .map_err(|_| InvalidHost::NumericTopLevel);
     }
-    normalize_domain(host).map(Host::Domain)
+    normalized_ascii(host).map(Classified::Ascii)
+}
+
+/// A host without port: dotted-quad IPv4 or a domain name.
+fn parse_host(raw: &[u8]) -> Result<Host, InvalidHost> {
+    Ok(match classify(raw)? {
+        Classified::Ip(ip) => Host::Ip(ip),
+        Classified::Ascii(ascii) => Host::Domain(DomainName::from_ascii_lowercased(&ascii)),
+    })
+}
+
+/// `parse_registry_name` for bulk loading: a domain is written (normalized) into `out` and
+/// `Ok(None)` returned; an IP address is returned. Nothing large is moved per record.
+pub fn parse_registry_name_into(
+    raw: &str,
+    out: &mut Vec<u8>,
+) -> Result<Option<IpAddr>, InvalidHost> {
+    let bytes = raw.as_bytes();
+    if bytes.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if bytes.len() > MAX_RAW_LEN {
+        return Err(InvalidHost::TooLong);
+    }
+    if bytes[0] == b'[' || bytes.contains(&b':') {
+        return match parse_registry_name(raw)? {
+            Host::Ip(ip) => Ok(Some(ip)),
+            Host::Domain(_) => unreachable!("a name with ':' or '[' is never a domain"),
+        };
+    }
+    if bytes.contains(&b'@') {
+        return Err(InvalidHost::UserInfo);
+    }
+    match classify(bytes)? {
+        Classified::Ip(ip) => Ok(Some(ip)),
+        Classified::Ascii(ascii) => {
+            out.clear();
+            out.extend(ascii.iter().map(u8::to_ascii_lowercase));
+            Ok(None)
+        }
+    }
 }
 
 fn is_plain_ascii_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
 }
 
-fn has_punycode_label(name: &[u8]) -> bool {
-    name.split(|&b| b == b'.')
-        .any(|label| label.len() >= 4 && label[..4].eq_ignore_ascii_case(b"xn--"))
-}
-
-/// `name` has no trailing dot here.
-fn normalize_domain(name: &[u8]) -> Result<DomainName, InvalidHost> {
-    if name.iter().all(|&b| is_plain_ascii_byte(b)) && !has_punycode_label(name) {
+/// `name` has no trailing dot here. The result is valid but not yet lower-cased.
+fn normalized_ascii(name: &[u8]) -> Result<Cow<'_, [u8]>, InvalidHost> {
+    if let Some(checked) = check_plain_ascii(name) {
         // Fast path: plain ASCII needs nothing from UTS #46 but lower-casing.
-        validate_ascii_name(name)?;
-        return Ok(DomainName::from_ascii_lowercased(name));
+        return checked.map(|()| Cow::Borrowed(name));
     }
     if name.iter().any(|b| b.is_ascii_control() || *b == b' ') {
         return Err(InvalidHost::BadCharacter);
@@ -320,17 +361,65 @@ fn normalize_domain(name: &[u8]) -> Result<DomainName, InvalidHost> {
     let ascii = Uts46::new()
         .to_ascii(name, AsciiDenyList::URL, Hyphens::Allow, DnsLength::Ignore)
         .map_err(|_| InvalidHost::Idna)?;
-    let ascii = ascii.as_bytes();
+    let mut ascii = ascii.into_owned().into_bytes();
     // A trailing ideographic full stop (`例子。中国。`) maps to a trailing dot.
-    let ascii = ascii.strip_suffix(b".").unwrap_or(ascii);
+    if ascii.last() == Some(&b'.') {
+        ascii.pop();
+    }
     if ascii.is_empty() {
         return Err(InvalidHost::EmptyLabel);
     }
     if !ascii.iter().all(|&b| is_plain_ascii_byte(b)) {
         return Err(InvalidHost::BadCharacter);
     }
-    validate_ascii_name(ascii)?;
-    Ok(DomainName::from_ascii_lowercased(ascii))
+    validate_ascii_name(&ascii)?;
+    Ok(Cow::Owned(ascii))
+}
+
+/// One pass over a name for the common case: `None` when it needs UTS #46 (a byte outside
+/// `[A-Za-z0-9_.-]`, or an `xn--` label to validate), otherwise exactly what
+/// `validate_ascii_name` would say.
+fn check_plain_ascii(name: &[u8]) -> Option<Result<(), InvalidHost>> {
+    let mut label_start = 0;
+    let mut label_error = None;
+    for i in 0..=name.len() {
+        let b = name.get(i).copied().unwrap_or(b'.');
+        if b == b'.' {
+            let label = &name[label_start..i];
+            if label.len() >= 4 && label[..4].eq_ignore_ascii_case(b"xn--") {
+                return None;
+            }
+            if label_error.is_none() {
+                if label.is_empty() {
+                    label_error = Some(InvalidHost::EmptyLabel);
+                } else if label.len() > MAX_LABEL_LEN {
+                    label_error = Some(InvalidHost::LabelTooLong);
+                }
+            }
+            label_start = i + 1;
+        } else if !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return None;
+        }
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Some(Err(InvalidHost::TooLong));
+    }
+    if let Some(e) = label_error {
+        return Some(Err(e));
+    }
+    let last = name.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    Some(if is_numeric_label(last) {
+        Err(InvalidHost::NumericTopLevel)
+    } else {
+        Ok(())
+    })
+}
+
+/// What URL parsers would read as part of an IPv4 address: a number, or `0x` hex.
+fn is_numeric_label(label: &[u8]) -> bool {
+    label.iter().all(u8::is_ascii_digit)
+        || (label.len() >= 2 && label[..2].eq_ignore_ascii_case(b"0x"))
+            && label[2..].iter().all(u8::is_ascii_hexdigit)
 }
 
 fn validate_ascii_name(name: &[u8]) -> Result<(), InvalidHost> {
@@ -348,10 +437,7 @@ fn validate_ascii_name(name: &[u8]) -> Result<(), InvalidHost> {
         last = label;
     }
     // A top-level label that is a number (or 0x-hex) is what URL parsers read as an IPv4 address.
-    let numeric = last.iter().all(u8::is_ascii_digit)
-        || (last.len() >= 2 && last[..2].eq_ignore_ascii_case(b"0x"))
-            && last[2..].iter().all(u8::is_ascii_hexdigit);
-    if numeric {
+    if is_numeric_label(last) {
         return Err(InvalidHost::NumericTopLevel);
     }
     Ok(())
@@ -360,7 +446,11 @@ fn validate_ascii_name(name: &[u8]) -> Result<(), InvalidHost> {
 /// True when `name` (normalized) is itself a public suffix in the ICANN section of the Public
 /// Suffix List, or a single label (the list's default rule). Such a name can never be filed.
 pub fn is_public_suffix(name: &DomainName) -> bool {
-    let bytes = name.as_bytes();
+    is_public_suffix_bytes(name.as_bytes())
+}
+
+/// `is_public_suffix` on a normalized name's bytes.
+pub fn is_public_suffix_bytes(bytes: &[u8]) -> bool {
     match psl::suffix(bytes) {
         // A private-section suffix (`github.io`) sits below its ICANN suffix (`io`): under ICANN
         // rules it is a registrable domain, so it may be filed.

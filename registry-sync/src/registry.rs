@@ -160,17 +160,14 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a record; nothing changes when the name is already there.
+    /// Adds a record. A duplicate IP is refused here; a duplicate domain name by `finish`.
     pub fn insert(&mut self, host: &Host, entry: Entry) -> Result<(), InsertError> {
         use std::collections::hash_map::Entry as Slot;
         match host {
             Host::Domain(d) => self
                 .domains
-                .insert(d.as_bytes(), entry.status, entry.expires_at)
-                .map_err(|e| match e {
-                    IndexInsertError::Duplicate => InsertError::Duplicate,
-                    IndexInsertError::ArenaFull => InsertError::TooLarge,
-                }),
+                .push(d.as_bytes(), entry.status, entry.expires_at)
+                .map_err(|IndexInsertError::ArenaFull| InsertError::TooLarge),
             Host::Ip(ip) => match self.ips.entry(*ip) {
                 Slot::Occupied(_) => Err(InsertError::Duplicate),
                 Slot::Vacant(v) => {
@@ -181,10 +178,25 @@ impl Registry {
         }
     }
 
-    /// Done adding records: the index settles at its final size.
-    pub fn finish(&mut self) {
-        self.domains.finish();
+    /// Makes room for about `records` domain records with `name_bytes` of names in all.
+    pub fn reserve(&mut self, records: usize, name_bytes: usize) {
+        self.domains.reserve(records, name_bytes);
+    }
+
+    /// Adds a domain record by its normalized name (bulk loading; see `insert`).
+    pub fn insert_domain(&mut self, name: &[u8], entry: Entry) -> Result<(), InsertError> {
+        self.domains
+            .push(name, entry.status, entry.expires_at)
+            .map_err(|IndexInsertError::ArenaFull| InsertError::TooLarge)
+    }
+
+    /// Done adding records: builds the index. Fails with a name listed twice; the registry is
+    /// then unusable.
+    pub fn finish(&mut self) -> Result<(), String> {
         self.ips.shrink_to_fit();
+        self.domains
+            .finish()
+            .map_err(|name| String::from_utf8_lossy(&name).into_owned())
     }
 
     pub fn len(&self) -> usize {
@@ -285,7 +297,7 @@ mod tests {
             r.insert(&parse_registry_name(name).unwrap(), entry)
                 .unwrap();
         }
-        r.finish();
+        r.finish().unwrap();
         r
     }
 

@@ -8,13 +8,14 @@
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::name::{is_public_suffix, parse_registry_name, Host};
+use crate::name::{is_public_suffix_bytes, parse_registry_name_into, Host};
 use crate::registry::{Entry, InsertError, Registry, Status};
 
 const MAGIC: &str = "icp-gate-registry";
@@ -126,16 +127,26 @@ impl Snapshot {
 /// Reads and checks a whole snapshot, plain or gzip-compressed (detected by its magic bytes).
 /// Nothing of a snapshot that fails a check is returned.
 pub fn read_snapshot<R: Read>(reader: R) -> Result<Snapshot, SnapshotError> {
+    read_snapshot_sized(reader, None)
+}
+
+/// `read_snapshot` for input whose size in bytes is known (a file): memory for the registry is
+/// reserved from it up front instead of grown.
+pub fn read_snapshot_sized<R: Read>(
+    reader: R,
+    size_hint: Option<u64>,
+) -> Result<Snapshot, SnapshotError> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     let gzip = reader
         .fill_buf()
         .map(|b| b.starts_with(&[0x1f, 0x8b]))
         .map_err(read_error)?;
     if gzip {
+        // The compressed size says little about the text's.
         let decoder = flate2::bufread::MultiGzDecoder::new(reader);
-        parse(BufReader::with_capacity(256 * 1024, decoder))
+        parse(BufReader::with_capacity(256 * 1024, decoder), None)
     } else {
-        parse(reader)
+        parse(reader, size_hint)
     }
 }
 
@@ -143,126 +154,231 @@ fn read_error(e: io::Error) -> SnapshotError {
     SnapshotError::new(RejectReason::ReadError, None, e.to_string())
 }
 
-fn parse<R: BufRead>(mut reader: R) -> Result<Snapshot, SnapshotError> {
-    let started = Instant::now();
-    let mut hasher = Sha256::new();
-    let mut line = Vec::with_capacity(256);
-    let mut line_no: u64 = 0;
+/// Typical shape of a record line, for reserving memory from a snapshot's size: a line of about
+/// 40 bytes or more, of which the name is about a third.
+const BYTES_PER_RECORD_LINE: u64 = 40;
+const NAME_SHARE_PERCENT: u64 = 35;
 
-    // Reads the next line (with its `\n`, if any) into `line`; false at end of input.
-    let mut next_line = |line: &mut Vec<u8>, line_no: &mut u64| -> Result<bool, SnapshotError> {
-        line.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE_LEN as u64 + 1)
-            .read_until(b'\n', line)
-            .map_err(read_error)?;
-        if n == 0 {
-            return Ok(false);
+fn parse<R: BufRead>(mut reader: R, size_hint: Option<u64>) -> Result<Snapshot, SnapshotError> {
+    let started = Instant::now();
+    let mut parser = Parser::new();
+    if let Some(size) = size_hint {
+        parser.registry.reserve(
+            (size / BYTES_PER_RECORD_LINE) as usize,
+            (size * NAME_SHARE_PERCENT / 100) as usize,
+        );
+    }
+    // Lines are taken straight from the reader's buffer; only a line that straddles two
+    // buffer fills is copied (into `carry`).
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let buf = reader.fill_buf().map_err(read_error)?;
+        if buf.is_empty() {
+            break;
         }
-        *line_no += 1;
-        if line.len() > MAX_LINE_LEN {
+        let mut pos = 0;
+        if !carry.is_empty() {
+            match memchr::memchr(b'\n', buf) {
+                Some(nl) => {
+                    carry.extend_from_slice(&buf[..=nl]);
+                    parser.check_len(carry.len())?;
+                    parser.line(&carry)?;
+                    carry.clear();
+                    pos = nl + 1;
+                }
+                None => {
+                    carry.extend_from_slice(buf);
+                    parser.check_len(carry.len())?;
+                    let n = buf.len();
+                    reader.consume(n);
+                    continue;
+                }
+            }
+        }
+        while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
+            let line = &buf[pos..pos + nl + 1];
+            parser.check_len(line.len())?;
+            parser.line(line)?;
+            pos += nl + 1;
+        }
+        carry.extend_from_slice(&buf[pos..]);
+        parser.check_len(carry.len())?;
+        let n = buf.len();
+        reader.consume(n);
+    }
+    if !carry.is_empty() {
+        // The last line has no `\n`: only the trailer may end that way.
+        parser.line(&carry)?;
+    }
+    parser.finish(started)
+}
+
+/// Where the parser is in the file.
+enum State {
+    Header,
+    Records(Header),
+    /// The trailer has been read (its text and line number).
+    Done(Header, String, u64),
+}
+
+/// Checks and builds a snapshot line by line.
+struct Parser {
+    state: State,
+    hasher: Sha256,
+    registry: Registry,
+    /// Scratch for one normalized name.
+    name: Vec<u8>,
+    records: u64,
+    line_no: u64,
+}
+
+impl Parser {
+    fn new() -> Self {
+        Parser {
+            state: State::Header,
+            hasher: Sha256::new(),
+            registry: Registry::new(),
+            name: Vec::with_capacity(256),
+            records: 0,
+            line_no: 0,
+        }
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), SnapshotError> {
+        if len > MAX_LINE_LEN {
             return Err(SnapshotError::new(
                 RejectReason::MalformedRecord,
-                Some(*line_no),
+                Some(self.line_no + 1),
                 format!("line longer than {MAX_LINE_LEN} bytes"),
             ));
         }
-        Ok(true)
-    };
-
-    if !next_line(&mut line, &mut line_no)? {
-        return Err(SnapshotError::new(
-            RejectReason::MalformedHeader,
-            None,
-            "the snapshot is empty",
-        ));
+        Ok(())
     }
-    hasher.update(&line);
-    let header = parse_header(body_of(&line, 1)?)
-        .map_err(|d| SnapshotError::new(RejectReason::MalformedHeader, Some(1), d))?;
 
-    let mut registry = Registry::new();
-    let mut records: u64 = 0;
-    loop {
-        if !next_line(&mut line, &mut line_no)? {
-            return Err(SnapshotError::new(
+    /// One line, with its `\n` when it has one.
+    fn line(&mut self, line: &[u8]) -> Result<(), SnapshotError> {
+        self.line_no += 1;
+        let line_no = self.line_no;
+        match &self.state {
+            State::Header => {
+                self.hasher.update(line);
+                let header = parse_header(body_of(line, 1)?)
+                    .map_err(|d| SnapshotError::new(RejectReason::MalformedHeader, Some(1), d))?;
+                self.state = State::Records(header);
+                Ok(())
+            }
+            State::Records(_) if line.starts_with(TRAILER_PREFIX) => {
+                let text = std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(line))
+                    .map_err(|_| {
+                        SnapshotError::new(RejectReason::MissingTrailer, Some(line_no), "not UTF-8")
+                    })?
+                    .to_owned();
+                let State::Records(header) = std::mem::replace(&mut self.state, State::Header)
+                else {
+                    unreachable!("matched above")
+                };
+                self.state = State::Done(header, text, line_no);
+                Ok(())
+            }
+            State::Records(_) => {
+                self.hasher.update(line);
+                self.record(body_of(line, line_no)?, line_no)
+            }
+            State::Done(..) => Err(SnapshotError::new(
                 RejectReason::MissingTrailer,
-                None,
-                format!("input ended after line {line_no} without an `end count=… sha256=…` line"),
+                Some(line_no),
+                "data after the trailer: the `end` line must be the last",
+            )),
+        }
+    }
+
+    fn record(&mut self, text: &str, line_no: u64) -> Result<(), SnapshotError> {
+        let (ip, entry) = parse_record(text, &mut self.name)
+            .map_err(|(reason, d)| SnapshotError::new(reason, Some(line_no), d))?;
+        let inserted = match ip {
+            Some(ip) => self.registry.insert(&Host::Ip(ip), entry),
+            None => self.registry.insert_domain(&self.name, entry),
+        };
+        match inserted {
+            Ok(()) => {
+                self.records += 1;
+                Ok(())
+            }
+            Err(InsertError::Duplicate) => Err(SnapshotError::new(
+                RejectReason::DuplicateName,
+                Some(line_no),
+                format!(
+                    "`{}` is listed more than once",
+                    Host::Ip(ip.expect("only IP records are refused at insert"))
+                ),
+            )),
+            Err(InsertError::TooLarge) => Err(SnapshotError::new(
+                RejectReason::MalformedRecord,
+                Some(line_no),
+                "the registry's names pass 4 GiB, more than one gate holds",
+            )),
+        }
+    }
+
+    fn finish(mut self, started: Instant) -> Result<Snapshot, SnapshotError> {
+        let (header, trailer, trailer_line) = match self.state {
+            State::Header => {
+                return Err(SnapshotError::new(
+                    RejectReason::MalformedHeader,
+                    None,
+                    "the snapshot is empty",
+                ))
+            }
+            State::Records(_) => {
+                return Err(SnapshotError::new(
+                    RejectReason::MissingTrailer,
+                    None,
+                    format!(
+                        "input ended after line {} without an `end count=… sha256=…` line",
+                        self.line_no
+                    ),
+                ))
+            }
+            State::Done(header, trailer, line) => (header, trailer, line),
+        };
+        let (count, digest) = parse_trailer(&trailer)
+            .map_err(|d| SnapshotError::new(RejectReason::MissingTrailer, Some(trailer_line), d))?;
+        let actual: [u8; 32] = self.hasher.finalize().into();
+        if actual != digest {
+            return Err(SnapshotError::new(
+                RejectReason::ChecksumMismatch,
+                Some(trailer_line),
+                format!(
+                    "trailer says sha256={} but the content hashes to {}",
+                    hex(&digest),
+                    hex(&actual)
+                ),
             ));
         }
-        if line.starts_with(TRAILER_PREFIX) {
-            break;
-        }
-        hasher.update(&line);
-        let text = body_of(&line, line_no)?;
-        let (host, entry) = parse_record(text)
-            .map_err(|(reason, d)| SnapshotError::new(reason, Some(line_no), d))?;
-        match registry.insert(&host, entry) {
-            Ok(()) => {}
-            Err(InsertError::Duplicate) => {
-                return Err(SnapshotError::new(
-                    RejectReason::DuplicateName,
-                    Some(line_no),
-                    format!("`{host}` is listed more than once"),
-                ))
-            }
-            Err(InsertError::TooLarge) => {
-                return Err(SnapshotError::new(
-                    RejectReason::MalformedRecord,
-                    Some(line_no),
-                    "the registry's names pass 4 GiB, more than one gate holds",
-                ))
-            }
-        }
-        records += 1;
-    }
-
-    let trailer_line = line_no;
-    let trailer = std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(&line))
-        .map_err(|_| {
-            SnapshotError::new(
-                RejectReason::MissingTrailer,
+        if count != self.records {
+            return Err(SnapshotError::new(
+                RejectReason::CountMismatch,
                 Some(trailer_line),
-                "not UTF-8",
+                format!(
+                    "trailer says count={count} but {} records were read",
+                    self.records
+                ),
+            ));
+        }
+        self.registry.finish().map_err(|name| {
+            SnapshotError::new(
+                RejectReason::DuplicateName,
+                None,
+                format!("`{name}` is listed more than once"),
             )
-        })?
-        .to_owned();
-    let (count, digest) = parse_trailer(&trailer)
-        .map_err(|d| SnapshotError::new(RejectReason::MissingTrailer, Some(trailer_line), d))?;
-    if next_line(&mut line, &mut line_no)? {
-        return Err(SnapshotError::new(
-            RejectReason::MissingTrailer,
-            Some(line_no),
-            "data after the trailer: the `end` line must be the last",
-        ));
+        })?;
+        Ok(Snapshot {
+            header,
+            registry: self.registry,
+            sha256: actual,
+            build_time: started.elapsed(),
+        })
     }
-    let actual: [u8; 32] = hasher.finalize().into();
-    if actual != digest {
-        return Err(SnapshotError::new(
-            RejectReason::ChecksumMismatch,
-            Some(trailer_line),
-            format!(
-                "trailer says sha256={} but the content hashes to {}",
-                hex(&digest),
-                hex(&actual)
-            ),
-        ));
-    }
-    if count != records {
-        return Err(SnapshotError::new(
-            RejectReason::CountMismatch,
-            Some(trailer_line),
-            format!("trailer says count={count} but {records} records were read"),
-        ));
-    }
-    registry.finish();
-    Ok(Snapshot {
-        header,
-        registry,
-        sha256: actual,
-        build_time: started.elapsed(),
-    })
 }
 
 /// The line without its `\n`, as UTF-8.
@@ -328,10 +444,15 @@ fn parse_header(line: &str) -> Result<Header, String> {
     })
 }
 
-fn parse_record(line: &str) -> Result<(Host, Entry), (RejectReason, String)> {
+/// One record line. A domain's normalized name is written into `name` (`Ok((None, _))`); an IP
+/// record returns its address.
+fn parse_record(
+    line: &str,
+    name: &mut Vec<u8>,
+) -> Result<(Option<IpAddr>, Entry), (RejectReason, String)> {
     let malformed = |d: String| (RejectReason::MalformedRecord, d);
     let mut fields = line.split('\t');
-    let name = fields.next().unwrap_or_default();
+    let raw_name = fields.next().unwrap_or_default();
     let status = fields.next().ok_or_else(|| {
         malformed("expected `name<TAB>status[<TAB>filing-number[<TAB>expires-at]]`".into())
     })?;
@@ -340,15 +461,16 @@ fn parse_record(line: &str) -> Result<(Host, Entry), (RejectReason, String)> {
     if fields.next().is_some() {
         return Err(malformed("more than four tab-separated fields".into()));
     }
-    let host = parse_registry_name(name)
-        .map_err(|e| malformed(format!("name `{}`: {e}", name.escape_debug())))?;
-    if let Host::Domain(d) = &host {
-        if is_public_suffix(d) {
-            return Err((
-                RejectReason::PublicSuffix,
-                format!("`{d:?}` is a public suffix and can never be filed"),
-            ));
-        }
+    let ip = parse_registry_name_into(raw_name, name)
+        .map_err(|e| malformed(format!("name `{}`: {e}", raw_name.escape_debug())))?;
+    if ip.is_none() && is_public_suffix_bytes(name) {
+        return Err((
+            RejectReason::PublicSuffix,
+            format!(
+                "`{}` is a public suffix and can never be filed",
+                String::from_utf8_lossy(name)
+            ),
+        ));
     }
     let status = Status::parse(status).ok_or_else(|| {
         malformed(format!(
@@ -357,7 +479,7 @@ fn parse_record(line: &str) -> Result<(Host, Entry), (RejectReason, String)> {
         ))
     })?;
     // Checked, not kept: no decision depends on it (see `Entry`).
-    if filing_number.is_some_and(|f| f.chars().any(char::is_control)) {
+    if filing_number.is_some_and(has_control_character) {
         return Err(malformed(
             "the filing number contains control characters".into(),
         ));
@@ -375,7 +497,15 @@ fn parse_record(line: &str) -> Result<(Host, Entry), (RejectReason, String)> {
                 .unix_timestamp(),
         ),
     };
-    Ok((host, Entry { status, expires_at }))
+    Ok((ip, Entry { status, expires_at }))
+}
+
+/// C0 controls and DEL are single bytes; C1 controls (U+0080 to U+009F) are 0xC2 0x80..0x9F.
+fn has_control_character(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().any(|&c| c < 0x20 || c == 0x7f)
+        || b.windows(2)
+            .any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]))
 }
 
 fn parse_trailer(line: &str) -> Result<(u64, [u8; 32]), String> {

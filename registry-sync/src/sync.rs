@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use crate::registry::Registry;
-use crate::snapshot::{read_snapshot, RejectReason, Snapshot, SnapshotError};
+use crate::snapshot::{read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError};
 
 /// The registry in service with the facts about where it came from.
 #[derive(Debug)]
@@ -246,7 +246,7 @@ impl Syncer {
         };
         self.last_seen = Some(print);
         let Some(state_dir) = self.state_dir.clone() else {
-            return match read_snapshot(file) {
+            return match read_snapshot_sized(file, Some(print.len)) {
                 Ok(snapshot) => self.offer(snapshot),
                 Err(e) => SyncOutcome::Rejected(e),
             };
@@ -263,10 +263,13 @@ impl Syncer {
                 None
             }
         };
-        let outcome = match read_snapshot(Tee {
-            inner: file,
-            copy: copy.as_mut(),
-        }) {
+        let outcome = match read_snapshot_sized(
+            Tee {
+                inner: file,
+                copy: copy.as_mut(),
+            },
+            Some(print.len),
+        ) {
             Ok(snapshot) => self.offer(snapshot),
             Err(e) => SyncOutcome::Rejected(e),
         };

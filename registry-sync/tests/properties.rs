@@ -440,15 +440,24 @@ fn build(records: &[Record]) -> Result<Built, TestCaseError> {
             status: r.status,
             expires_at: r.expires_at,
         };
-        let inserted = registry.insert(&host, entry).is_ok();
-        prop_assert_eq!(
-            inserted,
-            !model.contains_key(&key),
+        if model.contains_key(&key) {
+            // A duplicate: refused at insert (IP) or by `finish` (domain), on a copy so the
+            // registry under test keeps only the first.
+            let mut copy = registry.clone();
+            let refused = copy.insert(&host, entry).is_err() || copy.finish().is_err();
+            prop_assert!(refused, "duplicate {:?} was accepted", r.name);
+            continue;
+        }
+        prop_assert!(
+            registry.insert(&host, entry).is_ok(),
             "inserting {:?}",
             r.name
         );
-        model.entry(key).or_insert(entry);
+        model.insert(key, entry);
     }
+    registry
+        .finish()
+        .map_err(|name| TestCaseError::fail(format!("unexpected duplicate {name}")))?;
     prop_assert_eq!(registry.len(), model.len());
     Ok(Built {
         registry,
