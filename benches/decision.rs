@@ -3,6 +3,7 @@
 //! Run:
 //!   cargo bench --bench decision                  # full measurement: 1k, 1M and 10M records
 //!   cargo bench --bench decision -- decide        # one group (filter by name)
+//!   ICP_GATE_BENCH_SIZES=1000000 cargo bench --bench decision   # chosen registry sizes
 //!   cargo test --benches                          # each bench once, small registries only
 //!
 //! Registries come from `icp_gate_registry::synthetic` (deterministic; TLD mix of com 45%,
@@ -24,6 +25,12 @@ const NOW: i64 = 1_800_000_000;
 /// Registry sizes: the 1k, 1M and 10M under `cargo bench`; small ones when the bench
 /// only runs as a test.
 fn sizes() -> Vec<u64> {
+    if let Ok(list) = std::env::var("ICP_GATE_BENCH_SIZES") {
+        return list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+    }
     if std::env::args().any(|a| a == "--bench") {
         vec![1_000, 1_000_000, 10_000_000]
     } else {

@@ -186,8 +186,9 @@ fn verify(file: &Path) -> anyhow::Result<ExitCode> {
             }
             println!("sha256: {}", s.sha256_hex());
             println!(
-                "parse_and_build_ms: {:.1}",
-                s.build_time.as_secs_f64() * 1000.0
+                "parse_and_build_ms: {:.1} (cpu {:.1})",
+                s.build_time.as_secs_f64() * 1000.0,
+                s.build_cpu_time.as_secs_f64() * 1000.0
             );
             let (index, names) = s.registry.memory();
             let per = |bytes: usize| bytes as f64 / s.registry.len().max(1) as f64;

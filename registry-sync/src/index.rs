@@ -7,9 +7,12 @@
 //!   line; a hit touches that line and the name's bytes in the arena;
 //! - the rare records with an expiry keep it in a side table, looked at only when a slot says so.
 //!
-//! The hash is SipHash-1-3 with per-process random keys (the standard library's `RandomState`):
-//! the Host is chosen by clients, and keyed hashing is what stops them aiming names at one run
-//! of slots.
+//! The hash is foldhash (quality variant) with a random seed per registry. The Host is chosen
+//! by clients, so the hash is keyed: without the seed a client cannot tell where a name lands.
+//! A stronger hash (SipHash) would cost a lookup more than the table does: the table is built
+//! from the registry alone and never grows from client input, so even a client that learned the
+//! seed could only aim at the longest probe run the registry already has (a bounded number of
+//! sequential 16-byte compares), never create one. Every hit is confirmed by comparing the name.
 //!
 //! Building is two-phase, because a snapshot's size is only known at its trailer and random
 //! writes into a table of hundreds of megabytes are what a naive build spends its time on:
@@ -19,7 +22,9 @@
 //! `finish` see nothing.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::quality::RandomState;
 
 use crate::registry::Status;
 
@@ -86,7 +91,7 @@ impl Default for NameIndex {
             arena_reserved: false,
             expiries: HashMap::new(),
             len: 0,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 }
@@ -197,7 +202,8 @@ impl NameIndex {
         }
         // Keep the reserved arena when it is about the right size; otherwise move the names
         // into an exact, huge-page-advised allocation.
-        if self.arena.capacity() > self.arena.len() + self.arena.len() / 4 || !self.arena_reserved {
+        if self.arena.capacity() > self.arena.len() + self.arena.len() / 10 || !self.arena_reserved
+        {
             self.arena = huge_page_copy(&self.arena);
         }
         self.expiries.shrink_to_fit();

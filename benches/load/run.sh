@@ -1,0 +1,670 @@
+#!/usr/bin/env bash
+# icp-gate load harness: icp-gate against nginx (and against a plain Pingora pass-through) on one
+# machine, same registry, same block page bytes, same origin, same load tool, same run.
+# What it measures and how to read the output: benches/load/README.md.
+#
+#   benches/load/run.sh                      # 3 rounds of 10 s per (proxy, path)
+#   ROUNDS=5 DURATION=30 benches/load/run.sh
+#
+# Everything runs on 127.0.0.1 in a temporary directory; every process started here is stopped
+# when the script exits, however it exits.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+RECORDS=${RECORDS:-1000000}
+BASE_PORT=${BASE_PORT:-18080}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+ORIGIN_CPU=${ORIGIN_CPU:-$LOAD_CPU}
+BLOCK_HOST=${BLOCK_HOST:-unfiled-load-test.cn}
+FORWARD_HOST=${FORWARD_HOST:-}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+RESULTS=${RESULTS:-$HERE/results-latest.txt}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+die() {
+    echo "run.sh: error: $*" >&2
+    exit 1
+}
+note() { echo "run.sh: $*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Checks before anything is started.
+
+for var in ROUNDS DURATION WARMUP CONNECTIONS RECORDS BASE_PORT PROXY_CPU LOAD_CPU; do
+    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
+done
+[[ $ORIGIN_CPU == none || $ORIGIN_CPU =~ ^[0-9]+$ ]] ||
+    die "ORIGIN_CPU must be a CPU number or 'none' (got '$ORIGIN_CPU')"
+((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
+((DURATION >= 1)) || die "DURATION must be at least 1 second"
+((CONNECTIONS >= 1)) || die "CONNECTIONS must be at least 1"
+((BASE_PORT >= 1024 && BASE_PORT <= 65530)) || die "BASE_PORT must be from 1024 to 65530"
+((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must be different cores"
+[[ $BLOCK_HOST =~ ^[a-z0-9.-]+$ ]] || die "BLOCK_HOST must be a lower-case ASCII host name"
+
+missing=()
+for tool in nginx wrk taskset curl awk; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    packages=()
+    for tool in "${missing[@]}"; do
+        case $tool in
+            taskset) packages+=(util-linux) ;;
+            awk) packages+=(mawk) ;;
+            *) packages+=("$tool") ;;
+        esac
+    done
+    die "missing: ${missing[*]}. Install with: apt-get install -y ${packages[*]}"
+fi
+if [[ $SKIP_BUILD != 1 ]]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (or set SKIP_BUILD=1 with binaries already built in $TARGET_DIR/release)"
+fi
+
+CPUS=$(nproc --all 2>/dev/null || getconf _NPROCESSORS_ONLN)
+((PROXY_CPU < CPUS && LOAD_CPU < CPUS)) ||
+    die "PROXY_CPU=$PROXY_CPU and LOAD_CPU=$LOAD_CPU must be below the number of CPUs ($CPUS)"
+if [[ $ORIGIN_CPU != none ]]; then
+    ((ORIGIN_CPU < CPUS)) || die "ORIGIN_CPU=$ORIGIN_CPU must be below the number of CPUs ($CPUS)"
+fi
+
+GATE_PORT=$BASE_PORT
+ADMIN_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+ORIGIN_PORT=$((BASE_PORT + 3))
+PASS_PORT=$((BASE_PORT + 4))
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in $GATE_PORT $ADMIN_PORT $NGINX_PORT $ORIGIN_PORT $PASS_PORT; do
+    if port_in_use "$port"; then
+        die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+4; set BASE_PORT)"
+    fi
+done
+
+read -r LOAD1 _ </proc/loadavg
+if awk -v l="$LOAD1" 'BEGIN { exit !(l > 0.5) }'; then
+    note "warning: the 1-minute load average is $LOAD1: something else is running; figures will be noisy"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Temporary directory and cleanup: every process started below is registered in PROCS and
+# stopped on exit (Pingora processes with SIGINT, nginx with SIGTERM: both are fast shutdowns),
+# then killed if it is still there after 5 s.
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/icp-gate-load.XXXXXX")
+chmod 755 "$TMP" # nginx workers run as nobody when the harness runs as root
+PROCS=()         # "name pid signal"
+WRK_PID=         # the wrk run in progress, if any
+
+stop_all() {
+    local entry name pid sig kids i
+    for entry in "${PROCS[@]}"; do
+        read -r name pid sig <<<"$entry"
+        kill -0 "$pid" 2>/dev/null || continue
+        kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
+        kill -s "$sig" "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            note "$name (pid $pid) did not stop on SIG$sig: killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        for pid in $kids; do
+            kill -KILL "$pid" 2>/dev/null || true
+        done
+    done
+    PROCS=()
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n ${WRK_PID:-} ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
+    stop_all
+    wait 2>/dev/null || true
+    if [[ $KEEP_TMP == 1 ]]; then
+        note "kept $TMP (configurations, logs, raw wrk output)"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME SIGNAL CPU|none COMMAND...: runs COMMAND in the background (pinned to CPU), output
+# to $TMP/NAME.out; the pid is left in STARTED_PID.
+start() {
+    local name=$1 sig=$2 cpu=$3
+    shift 3
+    if [[ $cpu == none ]]; then
+        "$@" >"$TMP/$name.out" 2>&1 &
+    else
+        taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 &
+    fi
+    STARTED_PID=$!
+    PROCS+=("$name $STARTED_PID $sig")
+}
+
+# wait_http NAME PID URL [HOST] [SECONDS]: waits until URL answers at all (any status).
+wait_http() {
+    local name=$1 pid=$2 url=$3 host=${4:-localhost} secs=${5:-120} i
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || {
+            cat "$TMP/$name.out" >&2 || true
+            die "$name exited while starting (output above)"
+        }
+        if curl -s -o /dev/null -m 2 -H "Host: $host" "$url"; then return 0; fi
+        sleep 0.1
+    done
+    die "$name did not answer on $url within ${secs}s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build.
+
+GATE=$TARGET_DIR/release/icp-gate
+PASS=$TARGET_DIR/release/examples/passthrough
+if [[ $SKIP_BUILD != 1 ]]; then
+    note "building icp-gate and the passthrough example (release)"
+    (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate &&
+        cargo build --release -q -p icp-gate-proxy --example passthrough)
+fi
+[[ -x $GATE ]] || die "$GATE not found: run cargo build --release"
+[[ -x $PASS ]] || die "$PASS not found: run cargo build --release -p icp-gate-proxy --examples"
+
+# ---------------------------------------------------------------------------------------------
+# Registry: one synthetic snapshot for the gate, converted to an nginx map for nginx.
+
+REGISTRY=$TMP/registry.tsv
+note "generating a registry of $RECORDS records"
+"$GATE" registry generate "$REGISTRY" --records "$RECORDS" >/dev/null
+awk -f "$HERE/registry-to-nginx-map.awk" "$REGISTRY" >"$TMP/nginx-map.conf" 2>"$TMP/map.log" ||
+    die "converting the registry failed: $(cat "$TMP/map.log")"
+MAP_ENTRIES=$(wc -l <"$TMP/nginx-map.conf")
+((MAP_ENTRIES == RECORDS)) || note "warning: the nginx map has $MAP_ENTRIES entries for $RECORDS records ($(tr '\n' ' ' <"$TMP/map.log"))"
+
+if [[ -z $FORWARD_HOST ]]; then
+    # A connected name from the middle of the file, not the first line.
+    FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$REGISTRY")
+    [[ -n $FORWARD_HOST ]] || die "no connected record in the registry"
+fi
+if awk -F '\t' -v h="$BLOCK_HOST" '$1 == h { found = 1 } END { exit !found }' "$REGISTRY"; then
+    die "BLOCK_HOST $BLOCK_HOST is in the registry: pick a name that is not"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The origin: a second nginx, a small fixed 200 body, keep-alive without a request limit.
+
+ORIGIN_BODY="hello from the icp-gate load-test origin"
+mkdir -p "$TMP/origin"
+cat >"$TMP/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/origin/nginx.pid;
+error_log $TMP/origin/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $TMP/origin/client_body;
+    proxy_temp_path $TMP/origin/proxy;
+    fastcgi_temp_path $TMP/origin/fastcgi;
+    uwsgi_temp_path $TMP/origin/uwsgi;
+    scgi_temp_path $TMP/origin/scgi;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        location / {
+            default_type text/plain;
+            return 200 "$ORIGIN_BODY\n";
+        }
+    }
+}
+EOF
+note "starting the origin (nginx) on 127.0.0.1:$ORIGIN_PORT, cpu $ORIGIN_CPU"
+start origin TERM "$ORIGIN_CPU" nginx -e "$TMP/origin/error.log" -p "$TMP/origin" -c "$TMP/origin/nginx.conf"
+ORIGIN_PID=$STARTED_PID
+wait_http origin "$ORIGIN_PID" "http://127.0.0.1:$ORIGIN_PORT/"
+
+# ---------------------------------------------------------------------------------------------
+# icp-gate.
+
+cat >"$TMP/icp-gate.toml" <<EOF
+[[listener]]
+name = "load"
+address = "127.0.0.1:$GATE_PORT"
+require = "connected"
+mode = "enforce"
+
+[upstream]
+servers = ["127.0.0.1:$ORIGIN_PORT"]
+
+[registry]
+source = "file://$REGISTRY"
+refresh_interval_seconds = 86400
+
+[admin]
+address = "127.0.0.1:$ADMIN_PORT"
+
+[log]
+level = "warn"
+access_log = false
+
+[server]
+threads = 1
+grace_period_seconds = 0
+shutdown_timeout_seconds = 1
+pid_file = "$TMP/icp-gate.pid"
+upgrade_sock = "$TMP/icp-gate-upgrade.sock"
+EOF
+"$GATE" -t -c "$TMP/icp-gate.toml" >/dev/null || die "the generated icp-gate configuration is invalid"
+note "starting icp-gate on 127.0.0.1:$GATE_PORT (admin $ADMIN_PORT), cpu $PROXY_CPU"
+start icp-gate INT "$PROXY_CPU" "$GATE" -c "$TMP/icp-gate.toml"
+GATE_PID=$STARTED_PID
+for ((i = 0; ; i++)); do
+    kill -0 "$GATE_PID" 2>/dev/null || {
+        cat "$TMP/icp-gate.out" >&2
+        die "icp-gate exited while starting (output above)"
+    }
+    curl -sf -o /dev/null -m 2 "http://127.0.0.1:$ADMIN_PORT/readyz" && break
+    ((i < 1200)) || die "icp-gate not ready (/readyz) within 120 s"
+    sleep 0.1
+done
+wait_http icp-gate "$GATE_PID" "http://127.0.0.1:$GATE_PORT/" "$FORWARD_HOST"
+
+# The gate's block page for the block host, once: nginx serves exactly these bytes.
+curl -s -o "$TMP/block.html" -D "$TMP/block.headers" -H "Host: $BLOCK_HOST" "http://127.0.0.1:$GATE_PORT/"
+grep -qi '^HTTP/1.1 403' "$TMP/block.headers" || die "icp-gate did not answer 403 for $BLOCK_HOST: $(head -1 "$TMP/block.headers")"
+grep -qi '^x-icp-block-reason: unfiled' "$TMP/block.headers" ||
+    die "icp-gate's answer for $BLOCK_HOST is not X-ICP-Block-Reason: unfiled"
+BLOCK_BYTES=$(wc -c <"$TMP/block.html")
+
+# ---------------------------------------------------------------------------------------------
+# nginx in front: the same map decision, the same 403 bytes and headers, proxy_pass with
+# upstream keep-alive for what passes.
+
+NGX=$TMP/nginx
+mkdir -p "$NGX"
+BLOCK_HEADERS=$(
+    cat <<'EOF'
+            add_header Cache-Control no-store always;
+            add_header X-ICP-Block-Reason unfiled always;
+            add_header X-Request-Id $request_id always;
+            add_header Content-Security-Policy "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'" always;
+            add_header X-Content-Type-Options nosniff always;
+            add_header Referrer-Policy no-referrer always;
+EOF
+)
+# The page goes inline into `return 403 '...'` (one write, nginx's cheapest way) when it can:
+# nginx reads a configuration token into a 4 KiB buffer and `$` would start a variable. Otherwise
+# it is served from a file through error_page and an internal location.
+if ((BLOCK_BYTES < 3800)) && ! grep -q '\$' "$TMP/block.html"; then
+    NGINX_BLOCK_STYLE="inline return 403"
+    {
+        printf "            return 403 '"
+        sed -e 's/\\/\\\\/g' -e "s/'/\\\\'/g" "$TMP/block.html"
+        printf "';\n"
+    } >"$NGX/block-return.conf"
+    BLOCK_IN_IF="$BLOCK_HEADERS
+            include $NGX/block-return.conf;"
+    BLOCK_LOCATION=""
+else
+    NGINX_BLOCK_STYLE="return 403 + error_page file"
+    cp "$TMP/block.html" "$NGX/__icp_blocked.html"
+    BLOCK_IN_IF="            return 403;"
+    BLOCK_LOCATION="        error_page 403 /__icp_blocked.html;
+        location = /__icp_blocked.html {
+            internal;
+            root $NGX;
+            default_type \"text/html; charset=utf-8\";
+$BLOCK_HEADERS
+        }"
+fi
+
+cat >"$NGX/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server_tokens off;
+    # Pingora puts no limit on requests per client connection; nginx's default (1000) would make
+    # wrk reconnect every 1000 requests.
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $NGX/client_body;
+    proxy_temp_path $NGX/proxy;
+    fastcgi_temp_path $NGX/fastcgi;
+    uwsgi_temp_path $NGX/uwsgi;
+    scgi_temp_path $NGX/scgi;
+
+    map_hash_max_size 4194304;
+    map_hash_bucket_size 128;
+    # Converted from the gate's registry by registry-to-nginx-map.awk: 0 = connected (forward),
+    # 1 = any other status; a host no record covers is unfiled (default 1).
+    map \$host \$icp_block {
+        hostnames;
+        default 1;
+        include $TMP/nginx-map.conf;
+    }
+
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive $CONNECTIONS;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }
+
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        server_name _;
+        default_type "text/html; charset=utf-8";
+$BLOCK_LOCATION
+        location / {
+            if (\$icp_block) {
+$BLOCK_IN_IF
+            }
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # What the gate does to a forwarded request: Host unchanged, its own forwarding headers.
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }
+}
+EOF
+note "starting nginx on 127.0.0.1:$NGINX_PORT, cpu $PROXY_CPU (loading a $MAP_ENTRIES-entry map takes a few seconds)"
+start nginx TERM "$PROXY_CPU" nginx -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf"
+NGINX_PID=$STARTED_PID
+wait_http nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" "$FORWARD_HOST" 300
+
+# ---------------------------------------------------------------------------------------------
+# Plain Pingora pass-through.
+
+note "starting the Pingora pass-through on 127.0.0.1:$PASS_PORT, cpu $PROXY_CPU"
+start passthrough INT "$PROXY_CPU" "$PASS" "127.0.0.1:$PASS_PORT" "127.0.0.1:$ORIGIN_PORT"
+PASS_PID=$STARTED_PID
+wait_http passthrough "$PASS_PID" "http://127.0.0.1:$PASS_PORT/" "$FORWARD_HOST"
+
+# ---------------------------------------------------------------------------------------------
+# Every proxy answers each path as it should, before any load.
+
+# probe PORT HOST FILE: prints "status header-bytes body-bytes", the body in FILE.
+probe() {
+    curl -s -o "$3" -w '%{http_code} %{size_header} %{size_download}' -H "Host: $2" "http://127.0.0.1:$1/"
+}
+read -r st hb bb <<<"$(probe "$GATE_PORT" "$BLOCK_HOST" "$TMP/probe-gate-block")"
+[[ $st == 403 ]] || die "icp-gate block path: status $st, expected 403"
+GATE_BLOCK_SIZES="$hb+$bb"
+read -r st hb bb <<<"$(probe "$NGINX_PORT" "$BLOCK_HOST" "$TMP/probe-nginx-block")"
+[[ $st == 403 ]] || die "nginx block path: status $st, expected 403"
+((bb == BLOCK_BYTES)) || die "nginx's block page is $bb bytes, icp-gate's $BLOCK_BYTES"
+cmp -s "$TMP/probe-nginx-block" "$TMP/block.html" || die "nginx's block page differs from icp-gate's"
+NGINX_BLOCK_SIZES="$hb+$bb"
+curl -s -D "$TMP/probe-nginx-block.headers" -o /dev/null -H "Host: $BLOCK_HOST" "http://127.0.0.1:$NGINX_PORT/"
+grep -qi '^content-type: text/html; charset=utf-8' "$TMP/probe-nginx-block.headers" || die "nginx's block page has the wrong Content-Type"
+grep -qi '^x-icp-block-reason: unfiled' "$TMP/probe-nginx-block.headers" || die "nginx's block page has no X-ICP-Block-Reason"
+FWD_SIZES=()
+for pair in "icp-gate $GATE_PORT" "nginx $NGINX_PORT" "passthrough $PASS_PORT"; do
+    read -r name port <<<"$pair"
+    read -r st hb bb <<<"$(probe "$port" "$FORWARD_HOST" "$TMP/probe-$name-forward")"
+    [[ $st == 200 ]] || die "$name forward path ($FORWARD_HOST): status $st, expected 200"
+    grep -qF "$ORIGIN_BODY" "$TMP/probe-$name-forward" || die "$name forward path: not the origin's body"
+    FWD_SIZES+=("$name $hb+$bb")
+done
+
+# ---------------------------------------------------------------------------------------------
+# Load.
+
+# CPU counters from /proc/stat: "total steal busy(PROXY_CPU) total(PROXY_CPU) busy(LOAD_CPU) total(LOAD_CPU)".
+cpu_snapshot() {
+    awk -v p="cpu$PROXY_CPU" -v l="cpu$LOAD_CPU" '
+        function tot() { return $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }
+        function busy() { return $2 + $3 + $4 + $7 + $8 }
+        $1 == "cpu" { t = tot(); s = $9 }
+        $1 == p { pb = busy(); pt = tot() }
+        $1 == l { lb = busy(); lt = tot() }
+        END { print t, s, pb, pt, lb, lt }' /proc/stat
+}
+
+# gate_counter DECISION REASON: the gate's icp_gate_requests_total for the load listener.
+gate_counter() {
+    curl -s -m 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk -v d="$1" -v r="$2" '
+            index($0, "icp_gate_requests_total{") == 1 && index($0, "decision=\"" d "\"") &&
+                index($0, "listener=\"load\"") && index($0, "reason=\"" r "\"") { v = $NF }
+            END { printf "%d\n", v }'
+}
+
+# wrk output -> "req/s p50(us) p99(us) requests non-2xx/3xx socket-errors"
+parse_wrk() {
+    awk '
+        function us(v) {
+            if (v ~ /us$/) return v + 0
+            if (v ~ /ms$/) return (v + 0) * 1000
+            if (v ~ /m$/) return (v + 0) * 60000000
+            if (v ~ /s$/) return (v + 0) * 1000000
+            return v + 0
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "50%" { p50 = us($2) }
+        $1 == "99%" { p99 = us($2) }
+        / requests in / { req = $1 }
+        /Non-2xx or 3xx responses:/ { non = $NF }
+        /Socket errors:/ { gsub(",", ""); err = $4 + $6 + $8 + $10 }
+        END { printf "%s %s %s %s %d %d\n", rps, p50, p99, req, non, err }' "$1"
+}
+
+fmt_lat() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'; }
+
+ANOMALIES=()
+ROUND_LINES=()
+HANGUP_PATTERN='Broken pipe|Connection reset|ConnectionClosed|Prematurely before response'
+HANGUP_LINES=0
+RAW=$TMP/rounds.tsv
+: >"$RAW"
+
+# load ROUND PROXY PATH: one wrk run; ROUND "warmup" is not recorded.
+load() {
+    local round=$1 proxy=$2 path=$3 port host pid out before after c0 c1
+    local log log_before
+    case $proxy in
+        icp-gate) port=$GATE_PORT pid=$GATE_PID log=$TMP/icp-gate.out ;;
+        nginx) port=$NGINX_PORT pid=$NGINX_PID log=$NGX/error.log ;;
+        passthrough) port=$PASS_PORT pid=$PASS_PID log=$TMP/passthrough.out ;;
+    esac
+    log_before=$(wc -l <"$log")
+    case $path in
+        block) host=$BLOCK_HOST ;;
+        forward) host=$FORWARD_HOST ;;
+    esac
+    local secs=$DURATION
+    [[ $round == warmup ]] && secs=$WARMUP
+    out=$TMP/wrk-$round-$proxy-$path.txt
+    if [[ $proxy == icp-gate ]]; then
+        if [[ $path == block ]]; then c0=$(gate_counter blocked unfiled); else c0=$(gate_counter allowed ""); fi
+    fi
+    before=$(cpu_snapshot)
+    # In the background and waited for, so that a signal to the script is acted on at once.
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency -H "Host: $host" \
+        "http://127.0.0.1:$port/" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || true
+    WRK_PID=
+    after=$(cpu_snapshot)
+    sleep 0.2 # let the proxy log what happened when wrk closed its connections
+    [[ $round == warmup ]] && return 0
+
+    local rps p50 p99 req non err problems=()
+    read -r rps p50 p99 req non err <<<"$(parse_wrk "$out")"
+    if [[ -z $rps || -z $req ]]; then
+        problems+=("wrk output unreadable: $(tr '\n' ' ' <"$out" | head -c 300)")
+        rps=0 p50=0 p99=0 req=0
+    fi
+    if [[ $path == block ]] && ((non != req)); then
+        problems+=("$((req - non)) of $req answers were 2xx/3xx on the block path")
+    fi
+    if [[ $path == forward ]] && ((non != 0)); then
+        problems+=("$non of $req answers were not 2xx/3xx on the forward path")
+    fi
+    ((err == 0)) || problems+=("wrk socket errors: $(grep 'Socket errors' "$out" | sed 's/^ *//')")
+    kill -0 "$pid" 2>/dev/null || problems+=("$proxy is no longer running")
+    local counted=""
+    if [[ $proxy == icp-gate ]] && kill -0 "$pid" 2>/dev/null; then
+        if [[ $path == block ]]; then c1=$(gate_counter blocked unfiled); else c1=$(gate_counter allowed ""); fi
+        counted=$((c1 - c0))
+        # The gate counts a request when it decides it; wrk counts answers it read before it stopped.
+        if ((counted < req || counted > req + CONNECTIONS)); then
+            problems+=("the gate counted $counted ${path} decisions for $req answers wrk read")
+        fi
+    fi
+
+    # What the proxy logged during the run. A client that closes its connection with a request
+    # in flight (wrk does, when it stops) is logged by Pingora at ERROR level: counted apart.
+    local logged hangups others
+    logged=$(tail -n +$((log_before + 1)) "$log")
+    hangups=$(grep -cE "$HANGUP_PATTERN" <<<"$logged" || true)
+    others=$(grep -vE "$HANGUP_PATTERN" <<<"$logged" | grep -ciE 'error|panic|\[(crit|alert|emerg)\]' || true)
+    HANGUP_LINES=$((HANGUP_LINES + hangups))
+    if ((others > 0)); then
+        problems+=("$proxy logged $others error lines, first: $(grep -vE "$HANGUP_PATTERN" <<<"$logged" | grep -iE -m1 'error|panic|\[(crit|alert|emerg)\]' | cut -c1-300)")
+    fi
+
+    local cpu
+    cpu=$(awk -v b="$before" -v a="$after" -v pc="$PROXY_CPU" -v lc="$LOAD_CPU" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        t = y[1] - x[1]; pt = y[4] - x[4]; lt = y[6] - x[6]
+        printf "cpu%s %3.0f%%  cpu%s %3.0f%%  steal %.1f%%",
+            pc, pt ? 100 * (y[3] - x[3]) / pt : 0,
+            lc, lt ? 100 * (y[5] - x[5]) / lt : 0,
+            t ? 100 * (y[2] - x[2]) / t : 0 }')
+    local line
+    line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s' \
+        "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu")
+    if ((${#problems[@]})); then
+        line+="  PROBLEM: $(
+            IFS=';'
+            echo "${problems[*]}"
+        )"
+        ANOMALIES+=("round $round $proxy $path: ${problems[*]}")
+    fi
+    echo "$line"
+    ROUND_LINES+=("$line")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" >>"$RAW"
+}
+SEQUENCE=("icp-gate block" "nginx block" "icp-gate forward" "nginx forward" "passthrough forward")
+
+GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null || true) ]]; then GIT_REV+="+uncommitted"; fi
+NGINX_VERSION=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+WRK_VERSION=$( (wrk -v 2>&1 || true) | awk 'NR == 1 { print $2 }')
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+HEADER=$(
+    cat <<EOF
+icp-gate load test, $(date -u +%Y-%m-%dT%H:%M:%SZ), icp-gate $GIT_REV
+machine: $CPUS CPUs ($CPU_MODEL), $(uname -sr), $NGINX_VERSION, wrk $WRK_VERSION
+registry: $RECORDS records (nginx map: $MAP_ENTRIES entries, hostnames)
+load: wrk -t1 -c$CONNECTIONS, keep-alive, $ROUNDS rounds x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s
+pinning: proxies on cpu $PROXY_CPU (one at a time under load), wrk on cpu $LOAD_CPU, origin on cpu $ORIGIN_CPU
+block path: Host $BLOCK_HOST -> 403 unfiled, body $BLOCK_BYTES bytes (nginx: $NGINX_BLOCK_STYLE)
+  response header+body bytes: icp-gate $GATE_BLOCK_SIZES, nginx $NGINX_BLOCK_SIZES
+forward path: Host $FORWARD_HOST -> origin 200
+  response header+body bytes: ${FWD_SIZES[*]}
+EOF
+)
+echo
+echo "$HEADER"
+echo
+
+if ((WARMUP > 0)); then
+    note "warming up (${WARMUP}s per proxy and path)"
+    for item in "${SEQUENCE[@]}"; do
+        load warmup $item
+    done
+fi
+for ((round = 1; round <= ROUNDS; round++)); do
+    for item in "${SEQUENCE[@]}"; do
+        load "$round" $item
+    done
+done
+
+for pair in "icp-gate $GATE_PID" "nginx $NGINX_PID" "passthrough $PASS_PID" "origin $ORIGIN_PID"; do
+    read -r name pid <<<"$pair"
+    kill -0 "$pid" 2>/dev/null || ANOMALIES+=("$name exited during the run (kept output: KEEP_TMP=1, $TMP/$name.out)")
+done
+
+# ---------------------------------------------------------------------------------------------
+# Summary: medians over the rounds, side by side, and the ratios.
+
+median() { # FIELD PROXY PATH
+    awk -F '\t' -v f="$1" -v p="$2" -v k="$3" '$1 == p && $2 == k { print $f }' "$RAW" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+cell() { # FIELD PROXY PATH
+    local v
+    v=$(median "$1" "$2" "$3")
+    if [[ -z $v ]]; then echo "-"; elif [[ $1 == 3 ]]; then printf '%.0f' "$v"; else fmt_lat "$v"; fi
+}
+
+TABLE=$(
+    printf '%-8s %-12s %12s %12s %12s %12s %17s\n' path metric icp-gate nginx passthrough gate/nginx gate/passthrough
+    for path in block forward; do
+        for f in 3 4 5; do
+            case $f in 3) metric="req/s" ;; 4) metric="p50 latency" ;; 5) metric="p99 latency" ;; esac
+            g=$(median $f icp-gate $path)
+            n=$(median $f nginx $path)
+            p=$(median $f passthrough $path)
+            printf '%-8s %-12s %12s %12s %12s %12s %17s\n' "$path" "$metric" \
+                "$(cell $f icp-gate $path)" "$(cell $f nginx $path)" "$(cell $f passthrough $path)" \
+                "$(ratio "$g" "$n")" "$(ratio "$g" "$p")"
+        done
+    done
+    echo
+    echo "medians over $ROUNDS round(s). req/s ratio above 1: icp-gate serves more; latency ratio below 1: icp-gate answers faster."
+    if ((HANGUP_LINES > 0)); then
+        echo "note: the Pingora proxies logged $HANGUP_LINES ERROR lines for clients that closed with a request in flight (wrk stopping); not counted as problems."
+    fi
+)
+echo
+echo "$TABLE"
+
+{
+    echo "$HEADER"
+    echo
+    printf '%s\n' "${ROUND_LINES[@]}"
+    echo
+    echo "$TABLE"
+    if ((${#ANOMALIES[@]})); then
+        echo
+        echo "problems:"
+        printf '  %s\n' "${ANOMALIES[@]}"
+    fi
+} >"$RESULTS"
+note "table written to $RESULTS"
+
+if ((${#ANOMALIES[@]})); then
+    echo
+    echo "problems seen during the run:"
+    printf '  %s\n' "${ANOMALIES[@]}"
+    exit 1
+fi
