@@ -25,6 +25,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 ORIGIN_CPU=${ORIGIN_CPU:-$LOAD_CPU}
 BLOCK_HOST=${BLOCK_HOST:-unfiled-load-test.cn}
 FORWARD_HOST=${FORWARD_HOST:-}
+NGINX_BLOCK=${NGINX_BLOCK:-auto}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 RESULTS=${RESULTS:-$HERE/results-latest.txt}
@@ -49,6 +50,8 @@ done
 ((CONNECTIONS >= 1)) || die "CONNECTIONS must be at least 1"
 ((BASE_PORT >= 1024 && BASE_PORT <= 65530)) || die "BASE_PORT must be from 1024 to 65530"
 ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must be different cores"
+[[ $NGINX_BLOCK == auto || $NGINX_BLOCK == inline || $NGINX_BLOCK == file ]] ||
+    die "NGINX_BLOCK must be auto, inline or file (got '$NGINX_BLOCK')"
 [[ $BLOCK_HOST =~ ^[a-z0-9.-]+$ ]] || die "BLOCK_HOST must be a lower-case ASCII host name"
 
 missing=()
@@ -312,7 +315,12 @@ EOF
 # The page goes inline into `return 403 '...'` (one write, nginx's cheapest way) when it can:
 # nginx reads a configuration token into a 4 KiB buffer and `$` would start a variable. Otherwise
 # it is served from a file through error_page and an internal location.
-if ((BLOCK_BYTES < 3800)) && ! grep -q '\$' "$TMP/block.html"; then
+INLINE_OK=0
+if ((BLOCK_BYTES < 3800)) && ! grep -q '\$' "$TMP/block.html"; then INLINE_OK=1; fi
+if [[ $NGINX_BLOCK == inline && $INLINE_OK == 0 ]]; then
+    die "NGINX_BLOCK=inline: the block page ($BLOCK_BYTES bytes) cannot go into an nginx return (over ~3.8 KB or contains \$)"
+fi
+if [[ $NGINX_BLOCK != file && $INLINE_OK == 1 ]]; then
     NGINX_BLOCK_STYLE="inline return 403"
     {
         printf "            return 403 '"
@@ -330,7 +338,10 @@ else
         location = /__icp_blocked.html {
             internal;
             root $NGX;
+            types { }
             default_type \"text/html; charset=utf-8\";
+            open_file_cache max=16 valid=3600s;
+            etag off;
 $BLOCK_HEADERS
         }"
 fi

@@ -58,7 +58,7 @@ pub enum InsertError {
     ArenaFull,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct NameIndex {
     /// The table, once `finish`ed; empty before.
     slots: Vec<Slot>,
@@ -79,20 +79,6 @@ impl std::fmt::Debug for NameIndex {
             .field("slots", &self.slots.len())
             .field("arena_bytes", &self.arena.len())
             .finish()
-    }
-}
-
-impl Default for NameIndex {
-    fn default() -> Self {
-        NameIndex {
-            slots: Vec::new(),
-            pending: Vec::new(),
-            arena: Vec::new(),
-            arena_reserved: false,
-            expiries: HashMap::new(),
-            len: 0,
-            hasher: RandomState::default(),
-        }
     }
 }
 
