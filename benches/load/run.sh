@@ -6,6 +6,13 @@
 #   benches/load/run.sh                      # 3 rounds of 10 s per (proxy, path)
 #   ROUNDS=5 DURATION=30 benches/load/run.sh
 #
+# Environment (defaults in brackets): ROUNDS [3], DURATION seconds per run [10], WARMUP seconds
+# per (proxy, path) before round 1 [2], CONNECTIONS [64], RECORDS [1000000], BASE_PORT [18080]
+# (uses BASE_PORT..BASE_PORT+4), PROXY_CPU [0], LOAD_CPU [1], ORIGIN_CPU [LOAD_CPU, or "none"],
+# BLOCK_HOST [unfiled-load-test.cn], FORWARD_HOST [a connected name from the registry],
+# NGINX_BLOCK [auto: inline return when the page fits, else file], SKIP_BUILD [0], KEEP_TMP [0],
+# RESULTS [benches/load/results-latest.txt].
+#
 # Everything runs on 127.0.0.1 in a temporary directory; every process started here is stopped
 # when the script exits, however it exits.
 set -euo pipefail
@@ -122,10 +129,11 @@ stop_all() {
         if kill -0 "$pid" 2>/dev/null; then
             note "$name (pid $pid) did not stop on SIG$sig: killing it"
             kill -KILL "$pid" 2>/dev/null || true
+            # nginx workers do not follow a killed master.
+            for pid in $kids; do
+                kill -KILL "$pid" 2>/dev/null || true
+            done
         fi
-        for pid in $kids; do
-            kill -KILL "$pid" 2>/dev/null || true
-        done
     done
     PROCS=()
 }
@@ -582,6 +590,7 @@ load() {
     ROUND_LINES+=("$line")
     printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" >>"$RAW"
 }
+
 SEQUENCE=("icp-gate block" "nginx block" "icp-gate forward" "nginx forward" "passthrough forward")
 
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -653,7 +662,7 @@ TABLE=$(
     echo
     echo "medians over $ROUNDS round(s). req/s ratio above 1: icp-gate serves more; latency ratio below 1: icp-gate answers faster."
     if ((HANGUP_LINES > 0)); then
-        echo "note: the Pingora proxies logged $HANGUP_LINES ERROR lines for clients that closed with a request in flight (wrk stopping); not counted as problems."
+        echo "note: $HANGUP_LINES ERROR lines logged by icp-gate for clients that closed a connection with a request in flight (wrk stopping); not counted as problems."
     fi
 )
 echo

@@ -425,3 +425,30 @@ fn upstream_down_is_a_502_not_a_hang() {
     assert_eq!(get_host(gate.addr, "www.example.com").status, 502);
     assert_eq!(get_host(gate.addr, "unfiled.cn").status, 403);
 }
+
+#[test]
+fn a_client_that_hangs_up_mid_request_is_not_an_error_of_the_gate() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    {
+        let mut s = std::net::TcpStream::connect(gate.addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: www.example.com\r\nX-Test-Delay-Ms: 300\r\n\r\n")
+            .unwrap();
+        // Dropped here, before the origin answers.
+    }
+    wait_for(
+        "the access line of the abandoned request",
+        std::time::Duration::from_secs(10),
+        || {
+            gate.log()
+                .contains(r#"host="www.example.com" decision="allowed""#)
+                .then_some(())
+        },
+    );
+    let log = gate.log();
+    assert!(
+        !log.lines().any(|l| l.contains(" ERROR ")),
+        "a client hang-up was logged as an error:\n{log}"
+    );
+}
