@@ -30,6 +30,7 @@ pub struct ListenerSettings {
     pub name: String,
     pub require: Requirement,
     pub mode: Mode,
+    pub write_buffer_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -315,6 +316,12 @@ impl Validator {
                 self.error(&key, format!("`{address}` is used by another listener"));
                 continue;
             }
+            if !(1460..=1 << 20).contains(&l.write_buffer_bytes) {
+                self.error(
+                    &format!("listener[{i}].write_buffer_bytes"),
+                    format!("{} is out of range (1460 to 1048576)", l.write_buffer_bytes),
+                );
+            }
             let name = l.name.clone().unwrap_or_else(|| address.to_string());
             if name.is_empty() || name.len() > 64 {
                 self.error(&format!("listener[{i}].name"), "must be 1 to 64 characters");
@@ -330,6 +337,7 @@ impl Validator {
                     ModeFile::Enforce => Mode::Enforce,
                     ModeFile::Monitor => Mode::Monitor,
                 },
+                write_buffer_bytes: l.write_buffer_bytes,
             });
         }
         out

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use icp_gate_config::{LogFormat, LogSettings, Settings};
 use icp_gate_registry::{RegistryHandle, Syncer};
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -106,7 +108,12 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             gate,
             &format!("gate {}", listener.name),
         );
-        service.add_tcp(&listener.address.to_string());
+        // A block page's head and body leave in one write when they fit the buffer (Pingora's
+        // default, 1460 bytes, is smaller than the page, which costs a second syscall).
+        service.add_listener(
+            ListenerConfig::tcp(listener.address.to_string())
+                .l4_buffer(L4BufferSettings::default().write(listener.write_buffer_bytes)),
+        );
         server.add_service(service);
         tracing::info!(
             listener = listener.name,
