@@ -181,6 +181,19 @@ fn one_keep_alive_connection_is_decided_per_request() {
     assert_eq!(head.status, 403);
     assert_eq!(head.block_reason(), Some("denied"));
     assert_eq!(conn.send(get("example.com").as_bytes()).status, 200);
+    // An allowed request's body reaches the origin intact, chunked or not.
+    let post =
+        "POST /upload HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 11\r\n\r\nhello world";
+    assert_eq!(conn.send(post.as_bytes()).status, 200);
+    let chunked = "POST /upload HTTP/1.1\r\nHost: www.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    assert_eq!(conn.send(chunked.as_bytes()).status, 200);
+    let bodies: Vec<Vec<u8>> = origin
+        .received()
+        .iter()
+        .skip(3)
+        .map(|r| r.body.clone())
+        .collect();
+    assert_eq!(bodies, [b"hello world".to_vec(), b"hello world".to_vec()]);
     // A blocked request whose body was not read: answered, then the connection is closed
     // (Pingora does not reuse a connection with an unread request body).
     let post = "POST /upload HTTP/1.1\r\nHost: unfiled.cn\r\nContent-Length: 11\r\n\r\nhello world";
@@ -190,7 +203,13 @@ fn one_keep_alive_connection_is_decided_per_request() {
     assert!(conn.is_closed());
     assert_eq!(
         origin.hosts(),
-        ["www.example.com", "img.example.com", "example.com"]
+        [
+            "www.example.com",
+            "img.example.com",
+            "example.com",
+            "www.example.com",
+            "www.example.com"
+        ]
     );
 }
 

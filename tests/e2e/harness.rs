@@ -66,10 +66,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
@@ -148,13 +145,35 @@ fn serve_origin_conn(id: usize, conn: TcpStream, rec: Arc<Mutex<Vec<Received>>>)
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
+    let (line, headers) = read_head(reader)?;
+    let mut parts = line.splitn(3, ' ');
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let body = read_body(reader, &headers, false)?;
+    Some(Received {
+        method,
+        target,
+        headers,
+        body,
+        conn: 0,
+    })
+}
+
+type Headers = Vec<(String, String)>;
+
+fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The start line and the header fields of a message; None at end of stream.
+fn read_head(reader: &mut impl BufRead) -> Option<(String, Headers)> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
     }
-    let mut parts = line.trim_end().splitn(3, ' ');
-    let method = parts.next()?.to_owned();
-    let target = parts.next()?.to_owned();
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -168,22 +187,17 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
         let (n, v) = h.split_once(':')?;
         headers.push((n.trim().to_owned(), v.trim().to_owned()));
     }
-    let mut req = Received {
-        method,
-        target,
-        headers,
-        body: Vec::new(),
-        conn: 0,
-    };
-    if let Some(len) = req
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        let mut body = vec![0; len];
+    Some((line.trim_end().to_owned(), headers))
+}
+
+/// A message body framed by Content-Length or chunked; with `to_close`, a body with neither
+/// runs to the end of the stream (responses).
+fn read_body(reader: &mut impl BufRead, headers: &Headers, to_close: bool) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    if let Some(len) = find_header(headers, "content-length").and_then(|v| v.parse().ok()) {
+        body = vec![0; len];
         reader.read_exact(&mut body).ok()?;
-        req.body = body;
-    } else if req
-        .header("transfer-encoding")
+    } else if find_header(headers, "transfer-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     {
         loop {
@@ -195,10 +209,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
             if n == 0 {
                 break;
             }
-            req.body.extend_from_slice(&chunk[..n]);
+            body.extend_from_slice(&chunk[..n]);
         }
+    } else if to_close {
+        reader.read_to_end(&mut body).ok()?;
     }
-    Some(req)
+    Some(body)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,10 +521,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
@@ -546,53 +559,18 @@ impl Conn {
     }
 
     pub fn read_response(&mut self, head_only: bool) -> Option<Response> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
+        let (line, headers) = read_head(&mut self.reader)?;
         let status = line.split(' ').nth(1)?.parse().ok()?;
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            self.reader.read_line(&mut h).ok()?;
-            let h = h.trim_end_matches(['\r', '\n']);
-            if h.is_empty() {
-                break;
-            }
-            let (n, v) = h.split_once(':')?;
-            headers.push((n.trim().to_owned(), v.trim().to_owned()));
-        }
-        let mut resp = Response {
+        let body = if head_only {
+            Vec::new()
+        } else {
+            read_body(&mut self.reader, &headers, true)?
+        };
+        Some(Response {
             status,
             headers,
-            body: Vec::new(),
-        };
-        if head_only {
-            return Some(resp);
-        }
-        if let Some(len) = resp.header("content-length").and_then(|v| v.parse().ok()) {
-            let mut body = vec![0; len];
-            self.reader.read_exact(&mut body).ok()?;
-            resp.body = body;
-        } else if resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let mut size = String::new();
-                self.reader.read_line(&mut size).ok()?;
-                let n = usize::from_str_radix(size.trim(), 16).ok()?;
-                let mut chunk = vec![0; n + 2];
-                self.reader.read_exact(&mut chunk).ok()?;
-                if n == 0 {
-                    break;
-                }
-                resp.body.extend_from_slice(&chunk[..n]);
-            }
-        } else {
-            self.reader.read_to_end(&mut resp.body).ok()?;
-        }
-        Some(resp)
+            body,
+        })
     }
 
     /// True when the server has closed the connection (reads end of stream).
