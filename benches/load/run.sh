@@ -259,6 +259,9 @@ cat >"$TMP/icp-gate.toml" <<EOF
 name = "load"
 address = "127.0.0.1:$GATE_PORT"
 require = "connected"
+# As nginx below (keepalive_requests 1000000): no reconnects in the middle of a round.
+max_requests_per_connection = 1000000
+keepalive_timeout_seconds = 300
 mode = "enforce"
 
 [upstream]

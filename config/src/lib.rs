@@ -31,6 +31,9 @@ pub struct ListenerSettings {
     pub require: Requirement,
     pub mode: Mode,
     pub write_buffer_bytes: usize,
+    /// None: keep-alive off.
+    pub keepalive_timeout: Option<Duration>,
+    pub max_requests_per_connection: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -322,6 +325,21 @@ impl Validator {
                     format!("{} is out of range (1460 to 1048576)", l.write_buffer_bytes),
                 );
             }
+            if l.keepalive_timeout_seconds > 3600 {
+                self.error(
+                    &format!("listener[{i}].keepalive_timeout_seconds"),
+                    format!(
+                        "{} is out of range (0 to 3600)",
+                        l.keepalive_timeout_seconds
+                    ),
+                );
+            }
+            if l.max_requests_per_connection == 0 {
+                self.error(
+                    &format!("listener[{i}].max_requests_per_connection"),
+                    "must be at least 1",
+                );
+            }
             let name = l.name.clone().unwrap_or_else(|| address.to_string());
             if name.is_empty() || name.len() > 64 {
                 self.error(&format!("listener[{i}].name"), "must be 1 to 64 characters");
@@ -338,6 +356,9 @@ impl Validator {
                     ModeFile::Monitor => Mode::Monitor,
                 },
                 write_buffer_bytes: l.write_buffer_bytes,
+                keepalive_timeout: (l.keepalive_timeout_seconds > 0)
+                    .then(|| Duration::from_secs(l.keepalive_timeout_seconds)),
+                max_requests_per_connection: l.max_requests_per_connection,
             });
         }
         out

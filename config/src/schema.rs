@@ -18,6 +18,20 @@ pub struct ListenerFile {
     /// write. The built-in block page is about 2.8 KiB.
     #[serde(default = "default_write_buffer")]
     pub write_buffer_bytes: usize,
+    /// How long an idle keep-alive connection waits for its next request; 0 turns keep-alive
+    /// off (one request per connection).
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_seconds: u64,
+    /// Requests served on one connection before the gate closes it.
+    #[serde(default = "default_max_requests")]
+    pub max_requests_per_connection: u32,
+}
+
+fn default_keepalive_timeout() -> u64 {
+    60
+}
+fn default_max_requests() -> u32 {
+    1000
 }
 
 fn default_write_buffer() -> usize {

@@ -117,6 +117,8 @@ pub struct Gate {
     pub access_log: AccessLog,
     pub request_ids: Arc<RequestIds>,
     next_upstream: AtomicUsize,
+    /// Pingora's form of the listener's keep-alive timeout: None is off.
+    keepalive_seconds: Option<u64>,
 }
 
 impl Gate {
@@ -130,6 +132,7 @@ impl Gate {
         access_log: AccessLog,
         request_ids: Arc<RequestIds>,
     ) -> Self {
+        let keepalive_seconds = listener.keepalive_timeout.map(|d| d.as_secs().max(1));
         Gate {
             listener,
             registry,
@@ -139,6 +142,8 @@ impl Gate {
             access_log,
             request_ids,
             next_upstream: AtomicUsize::new(0),
+            // Pingora reads Some(0) as "no timeout": keep at least a second.
+            keepalive_seconds,
         }
     }
 
@@ -293,6 +298,9 @@ impl ProxyHttp for Gate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // How long this connection may then wait for its next request (Pingora's own default
+        // applies only to the first).
+        session.set_keepalive(self.keepalive_seconds);
         let host = match request_host(session.req_header()) {
             Ok(host) => host,
             Err(invalid) => {

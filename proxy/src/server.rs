@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use icp_gate_config::{LogFormat, LogSettings, Settings};
 use icp_gate_registry::{RegistryHandle, Syncer};
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -103,11 +104,13 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             access_log,
             request_ids.clone(),
         );
-        let mut service = http_proxy_service_with_name(
-            &server.configuration,
-            gate,
-            &format!("gate {}", listener.name),
-        );
+        let mut options = HttpServerOptions::default();
+        // Pingora counts reuses: a limit of N serves N + 1 requests.
+        options.keepalive_request_limit = Some(listener.max_requests_per_connection - 1);
+        let mut service = ProxyServiceBuilder::new(&server.configuration, gate)
+            .name(format!("gate {}", listener.name))
+            .server_options(options)
+            .build();
         // A block page's head and body leave in one write when they fit the buffer (Pingora's
         // default, 1460 bytes, is smaller than the page, which costs a second syscall).
         service.add_listener(

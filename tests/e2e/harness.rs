@@ -286,6 +286,8 @@ pub struct GateOptions {
     pub refresh_seconds: u64,
     /// Extra TOML appended to the generated config.
     pub extra: String,
+    /// Extra keys for the `[[listener]]` table.
+    pub listener_extra: String,
     /// Write the registry before start (false: the source is missing at start).
     pub registry: Option<Vec<u8>>,
     pub upstream: Option<SocketAddr>,
@@ -301,6 +303,7 @@ impl Default for GateOptions {
             mode: "enforce",
             refresh_seconds: 1,
             extra: String::new(),
+            listener_extra: String::new(),
             registry: Some(snapshot_bytes(1, &standard_records())),
             upstream: None,
             wait_ready: true,
@@ -334,6 +337,7 @@ name = "test"
 address = "127.0.0.1:{port}"
 require = "{require}"
 mode = "{mode}"
+{listener_extra}
 
 [upstream]
 servers = ["{upstream}"]
@@ -365,6 +369,7 @@ level = "info"
             refresh = opts.refresh_seconds,
             dir = dir.path().display(),
             extra = opts.extra,
+            listener_extra = opts.listener_extra,
             state_dir = opts
                 .state_dir
                 .as_ref()

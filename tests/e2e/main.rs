@@ -4,4 +4,5 @@
 mod cli;
 mod decisions;
 mod harness;
+mod hostile;
 mod registry_sync;
