@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use icp_gate_registry::{BlockReason, Requirement, SnapshotSource};
+use icp_gate_registry::{
+    parse_authority, BlockReason, Canary, Decision, Requirement, SafetyGates, SnapshotSource,
+};
 use serde::de::DeserializeOwned;
 
 use schema::*;
@@ -50,6 +52,7 @@ pub struct RegistrySettings {
     pub source: SnapshotSource,
     pub refresh_interval: Duration,
     pub state_dir: Option<PathBuf>,
+    pub gates: SafetyGates,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,10 +427,62 @@ impl Validator {
                 );
             }
         }
+        if !(0.0..=100.0).contains(&r.max_shrink_percent) {
+            self.error(
+                "registry.max_shrink_percent",
+                format!("{} is out of range (0 to 100)", r.max_shrink_percent),
+            );
+        }
+        if r.max_snapshot_bytes < 1024 {
+            self.error("registry.max_snapshot_bytes", "must be at least 1024");
+        }
+        let mut canaries = Vec::new();
+        for (i, c) in r.canary.iter().enumerate() {
+            let host = match parse_authority(c.host.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.error(
+                        &format!("registry.canary[{i}].host"),
+                        format!("`{}`: {e}", c.host),
+                    );
+                    None
+                }
+            };
+            let expect = match c.expect.as_str() {
+                "allowed" => Some(Decision::Allow),
+                other => match BlockReason::parse(other) {
+                    Some(BlockReason::InvalidHost) | None => {
+                        self.error(
+                            &format!("registry.canary[{i}].expect"),
+                            format!(
+                                "`{other}` is not one of allowed, unfiled, unconnected, revoked, denied, ip_unfiled"
+                            ),
+                        );
+                        None
+                    }
+                    Some(reason) => Some(Decision::Block(reason)),
+                },
+            };
+            if let (Some(host), Some(expect)) = (host, expect) {
+                canaries.push(Canary {
+                    host,
+                    expect,
+                    require: match c.require {
+                        RequireFile::Connected => Requirement::Connected,
+                        RequireFile::Filed => Requirement::Filed,
+                    },
+                });
+            }
+        }
         Some(RegistrySettings {
             source: source?,
             refresh_interval: Duration::from_secs(r.refresh_interval_seconds),
             state_dir,
+            gates: SafetyGates {
+                min_kept_fraction: 1.0 - r.max_shrink_percent.clamp(0.0, 100.0) / 100.0,
+                max_bytes: r.max_snapshot_bytes,
+                canaries,
+            },
         })
     }
 

@@ -93,6 +93,34 @@ pub struct RegistryFile {
     #[serde(default = "default_refresh")]
     pub refresh_interval_seconds: u64,
     pub state_dir: Option<String>,
+    /// Refuse a snapshot that loses more than this percentage of the entries in service;
+    /// 100 turns the check off.
+    #[serde(default = "default_max_shrink")]
+    pub max_shrink_percent: f64,
+    /// Refuse a snapshot whose text (after decompression) passes this many bytes.
+    #[serde(default = "default_max_snapshot_bytes")]
+    pub max_snapshot_bytes: u64,
+    /// Hosts that must decide a given way before a snapshot is accepted.
+    #[serde(default)]
+    pub canary: Vec<CanaryFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    pub host: String,
+    /// `allowed`, or the block reason expected (`unfiled`, `unconnected`, `revoked`, `denied`,
+    /// `ip_unfiled`).
+    pub expect: String,
+    #[serde(default = "default_require")]
+    pub require: RequireFile,
+}
+
+fn default_max_shrink() -> f64 {
+    10.0
+}
+fn default_max_snapshot_bytes() -> u64 {
+    4 << 30
 }
 
 fn default_refresh() -> u64 {

@@ -1,11 +1,12 @@
 //! The admin listener: `/metrics`, `/healthz` (the process answers), `/readyz` (a registry is in
-//! service, so the gate decides), `/registry` (facts about the registry in service).
+//! service, so the gate decides), `/registry` (facts about the registry in service), and
+//! `POST /sync` (sync the registry now and say what happened).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use icp_gate_registry::RegistryHandle;
+use icp_gate_registry::{RegistryHandle, SyncOutcome, Syncer};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
@@ -14,6 +15,46 @@ use crate::metrics::Metrics;
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<RegistryHandle>,
+    pub syncer: Arc<Mutex<Syncer>>,
+}
+
+impl AdminApp {
+    async fn sync_now(&self) -> serde_json::Value {
+        let syncer = self.syncer.clone();
+        let (outcome, source) = match tokio::task::spawn_blocking(move || {
+            let mut s = syncer.lock().expect("sync lock");
+            let source = s.source().to_string();
+            (s.sync_once(), source)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => return serde_json::json!({ "result": "error", "detail": e.to_string() }),
+        };
+        crate::sync_service::report(&outcome, &self.registry, &self.metrics, &source);
+        let serial = self.registry.load().as_ref().map(|r| r.serial);
+        match outcome {
+            SyncOutcome::Loaded {
+                serial, entries, ..
+            } => {
+                serde_json::json!({ "result": "loaded", "serial": serial, "entries": entries })
+            }
+            SyncOutcome::Unchanged => {
+                serde_json::json!({ "result": "unchanged", "serial": serial })
+            }
+            SyncOutcome::Rejected(e) => serde_json::json!({
+                "result": "rejected", "reason": e.reason.as_str(), "line": e.line,
+                "detail": e.detail, "serial": serial,
+            }),
+            SyncOutcome::StillRejected(reason) => serde_json::json!({
+                "result": "rejected", "reason": reason.as_str(), "serial": serial,
+                "detail": "the source still offers the snapshot that was rejected",
+            }),
+            SyncOutcome::SourceError(e) => {
+                serde_json::json!({ "result": "error", "detail": e, "serial": serial })
+            }
+        }
+    }
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -48,6 +89,18 @@ impl ServeHttp for AdminApp {
                     )
                 }
             }
+            "/sync" => {
+                if session.req_header().method != http::Method::POST {
+                    return reply(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        b"use POST /sync\n".to_vec(),
+                    );
+                }
+                let mut body = serde_json::to_vec_pretty(&self.sync_now().await).expect("JSON");
+                body.push(b'\n');
+                reply(StatusCode::OK, "application/json", body)
+            }
             "/registry" => {
                 let guard = self.registry.load();
                 let body = match guard.as_ref() {
@@ -68,7 +121,7 @@ impl ServeHttp for AdminApp {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found: try /metrics, /healthz, /readyz or /registry\n".to_vec(),
+                b"not found: try /metrics, /healthz, /readyz, /registry or POST /sync\n".to_vec(),
             ),
         }
     }

@@ -54,7 +54,8 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
 
     // First load before the listeners open, so a gate with a reachable source is ready at once.
     let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone())
-        .with_state_dir(settings.registry.state_dir.clone());
+        .with_state_dir(settings.registry.state_dir.clone())
+        .with_gates(settings.registry.gates.clone());
     let source = syncer.source().to_string();
     report(&syncer.sync_once(), &registry, &metrics, &source);
     if !registry.is_ready() {
@@ -127,17 +128,22 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         );
     }
 
+    let syncer = Arc::new(Mutex::new(syncer));
     if let Some(admin) = settings.admin {
         let mut service = Service::new(
             "admin".to_string(),
             AdminApp {
                 metrics: metrics.clone(),
                 registry: registry.clone(),
+                syncer: syncer.clone(),
             },
         );
         service.add_tcp(&admin.to_string());
         server.add_service(service);
-        tracing::info!(address = %admin, "admin listener configured (/metrics /healthz /readyz /registry)");
+        tracing::info!(
+            address = %admin,
+            "admin listener configured (/metrics /healthz /readyz /registry, POST /sync)"
+        );
     }
 
     if let Some(origin) = options.demo_origin {
@@ -149,7 +155,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     server.add_service(background_service(
         "registry sync",
         SyncService {
-            syncer: Arc::new(Mutex::new(syncer)),
+            syncer,
             registry,
             interval: settings.registry.refresh_interval,
             metrics,

@@ -14,4 +14,6 @@ pub use registry::{BlockReason, Decision, Entry, InsertError, Registry, Requirem
 pub use snapshot::{
     read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError, SnapshotWriter,
 };
-pub use sync::{LoadedRegistry, RegistryHandle, SnapshotSource, SyncOutcome, Syncer};
+pub use sync::{
+    Canary, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource, SyncOutcome, Syncer,
+};

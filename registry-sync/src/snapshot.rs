@@ -38,10 +38,16 @@ pub enum RejectReason {
     PublicSuffix,
     SerialRegression,
     SerialReused,
+    /// Larger than `registry.max_snapshot_bytes` (counted after decompression).
+    TooLarge,
+    /// Loses more of the entries in service than `registry.max_shrink_percent` allows.
+    ShrinkLimit,
+    /// A configured canary host did not decide as expected.
+    Canary,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::ReadError,
         RejectReason::MalformedHeader,
         RejectReason::MalformedRecord,
@@ -52,6 +58,9 @@ impl RejectReason {
         RejectReason::PublicSuffix,
         RejectReason::SerialRegression,
         RejectReason::SerialReused,
+        RejectReason::TooLarge,
+        RejectReason::ShrinkLimit,
+        RejectReason::Canary,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +75,9 @@ impl RejectReason {
             RejectReason::PublicSuffix => "public_suffix",
             RejectReason::SerialRegression => "serial_regression",
             RejectReason::SerialReused => "serial_reused",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::ShrinkLimit => "shrink_limit",
+            RejectReason::Canary => "canary",
         }
     }
 }
@@ -155,14 +167,26 @@ pub fn read_snapshot_sized<R: Read>(
     reader: R,
     size_hint: Option<u64>,
 ) -> Result<Snapshot, SnapshotError> {
-    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    read_snapshot_limited(reader, size_hint, u64::MAX)
+}
+
+/// `read_snapshot_sized` that refuses (`too_large`) a snapshot whose text, after
+/// decompression, passes `max_bytes`: checked while streaming, so a gzip bomb is stopped at the
+/// limit rather than after it.
+pub fn read_snapshot_limited<R: Read>(
+    reader: R,
+    size_hint: Option<u64>,
+    max_bytes: u64,
+) -> Result<Snapshot, SnapshotError> {
+    // The limit applies to what is read and, for gzip, again to what it decompresses to.
+    let mut reader = BufReader::with_capacity(256 * 1024, Limited::new(reader, max_bytes));
     let gzip = reader
         .fill_buf()
         .map(|b| b.starts_with(&[0x1f, 0x8b]))
         .map_err(read_error)?;
     if gzip {
         // The compressed size says little about the text's.
-        let decoder = flate2::bufread::MultiGzDecoder::new(reader);
+        let decoder = Limited::new(flate2::bufread::MultiGzDecoder::new(reader), max_bytes);
         parse(BufReader::with_capacity(256 * 1024, decoder), None)
     } else {
         parse(reader, size_hint)
@@ -170,7 +194,57 @@ pub fn read_snapshot_sized<R: Read>(
 }
 
 fn read_error(e: io::Error) -> SnapshotError {
+    if let Some(limit) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<OverLimit>())
+    {
+        return SnapshotError::new(
+            RejectReason::TooLarge,
+            None,
+            format!("the snapshot passes the limit of {} bytes", limit.0),
+        );
+    }
     SnapshotError::new(RejectReason::ReadError, None, e.to_string())
+}
+
+/// The error a `Limited` reader fails with.
+#[derive(Debug)]
+struct OverLimit(u64);
+
+impl fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "more than {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+/// A reader that fails once more than `limit` bytes have come through it.
+struct Limited<R> {
+    inner: R,
+    limit: u64,
+    read: u64,
+}
+
+impl<R> Limited<R> {
+    fn new(inner: R, limit: u64) -> Self {
+        Limited {
+            inner,
+            limit,
+            read: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::other(OverLimit(self.limit)));
+        }
+        Ok(n)
+    }
 }
 
 /// Typical shape of a record line, for reserving memory from a snapshot's size: a line of about
@@ -698,6 +772,13 @@ mod tests {
         let gz = enc.finish().unwrap();
         assert_eq!(read_snapshot(&gz[..]).unwrap().registry.len(), 6);
         assert_eq!(reason(&gz[..gz.len() / 2]), RejectReason::ReadError);
+        // The limit counts the text after decompression.
+        let err = read_snapshot_limited(&gz[..], None, 100).unwrap_err();
+        assert_eq!(err.reason, RejectReason::TooLarge);
+        let plain = sample();
+        let err = read_snapshot_limited(&plain[..], None, plain.len() as u64 - 1).unwrap_err();
+        assert_eq!(err.reason, RejectReason::TooLarge);
+        assert!(read_snapshot_limited(&plain[..], None, plain.len() as u64).is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use crate::registry::Registry;
-use crate::snapshot::{read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError};
+use crate::snapshot::{read_snapshot_limited, RejectReason, Snapshot, SnapshotError};
 
 /// The registry in service with the facts about where it came from.
 #[derive(Debug)]
@@ -160,6 +160,36 @@ fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
     })
 }
 
+/// Checks a snapshot must pass, beyond its own format, before it may replace the one in service.
+#[derive(Clone, Debug)]
+pub struct SafetyGates {
+    /// Refuse a snapshot with fewer than this fraction of the entries in service (0.9: refuse
+    /// losing more than 10%). 0 turns the check off.
+    pub min_kept_fraction: f64,
+    /// Refuse a snapshot whose text passes this many bytes (after decompression).
+    pub max_bytes: u64,
+    /// Hosts that must decide a given way in a new snapshot.
+    pub canaries: Vec<Canary>,
+}
+
+impl Default for SafetyGates {
+    fn default() -> Self {
+        SafetyGates {
+            min_kept_fraction: 0.9,
+            max_bytes: u64::MAX,
+            canaries: Vec::new(),
+        }
+    }
+}
+
+/// A host and the decision a good registry gives it.
+#[derive(Clone, Debug)]
+pub struct Canary {
+    pub host: crate::Host,
+    pub require: crate::Requirement,
+    pub expect: crate::Decision,
+}
+
 /// File name of the last accepted snapshot in `state_dir`.
 pub const STATE_FILE: &str = "registry.snapshot";
 
@@ -175,6 +205,7 @@ pub struct Syncer {
     /// Where the last accepted snapshot is kept, so a restarted gate can serve before (or
     /// without) its source.
     state_dir: Option<PathBuf>,
+    gates: SafetyGates,
 }
 
 impl Syncer {
@@ -185,7 +216,14 @@ impl Syncer {
             last_seen: None,
             last_rejection: None,
             state_dir: None,
+            gates: SafetyGates::default(),
         }
+    }
+
+    /// The checks beyond the format (see `SafetyGates`).
+    pub fn with_gates(mut self, gates: SafetyGates) -> Self {
+        self.gates = gates;
+        self
     }
 
     /// Keep a copy of every accepted snapshot in `dir` (see `restore_from_state`).
@@ -211,10 +249,12 @@ impl Syncer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => return Some(SyncOutcome::SourceError(format!("{}: {e}", path.display()))),
         };
-        Some(match read_snapshot(file) {
-            Ok(snapshot) => self.offer(snapshot),
-            Err(e) => SyncOutcome::Rejected(e),
-        })
+        Some(
+            match read_snapshot_limited(file, None, self.gates.max_bytes) {
+                Ok(snapshot) => self.offer(snapshot),
+                Err(e) => SyncOutcome::Rejected(e),
+            },
+        )
     }
 
     /// One sync attempt. Blocking: run it off the request threads.
@@ -234,6 +274,19 @@ impl Syncer {
             Ok(p) => p,
             Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
         };
+        if print.len > self.gates.max_bytes {
+            self.last_seen = Some(print);
+            return SyncOutcome::Rejected(SnapshotError::new(
+                RejectReason::TooLarge,
+                None,
+                format!(
+                    "{} is {} bytes, over the limit of {}",
+                    path.display(),
+                    print.len,
+                    self.gates.max_bytes
+                ),
+            ));
+        }
         if self.last_seen == Some(print) {
             return match self.last_rejection {
                 Some(reason) => SyncOutcome::StillRejected(reason),
@@ -246,7 +299,7 @@ impl Syncer {
         };
         self.last_seen = Some(print);
         let Some(state_dir) = self.state_dir.clone() else {
-            return match read_snapshot_sized(file, Some(print.len)) {
+            return match read_snapshot_limited(file, Some(print.len), self.gates.max_bytes) {
                 Ok(snapshot) => self.offer(snapshot),
                 Err(e) => SyncOutcome::Rejected(e),
             };
@@ -263,12 +316,13 @@ impl Syncer {
                 None
             }
         };
-        let outcome = match read_snapshot_sized(
+        let outcome = match read_snapshot_limited(
             Tee {
                 inner: file,
                 copy: copy.as_mut(),
             },
             Some(print.len),
+            self.gates.max_bytes,
         ) {
             Ok(snapshot) => self.offer(snapshot),
             Err(e) => SyncOutcome::Rejected(e),
@@ -316,7 +370,38 @@ impl Syncer {
                 ));
             }
         }
+        if let Some(current) = current.as_ref() {
+            let kept = snapshot.registry.len() as f64;
+            let floor = current.entries as f64 * self.gates.min_kept_fraction;
+            if kept < floor {
+                return SyncOutcome::Rejected(SnapshotError::new(
+                    RejectReason::ShrinkLimit,
+                    None,
+                    format!(
+                        "{} entries against {} in service: more than the {:.0}% shrink allowed \
+                         (registry.max_shrink_percent)",
+                        snapshot.registry.len(),
+                        current.entries,
+                        (1.0 - self.gates.min_kept_fraction) * 100.0
+                    ),
+                ));
+            }
+        }
         drop(current);
+        let now = unix_now();
+        for canary in &self.gates.canaries {
+            let got = snapshot.registry.decide(&canary.host, canary.require, now);
+            if got != canary.expect {
+                return SyncOutcome::Rejected(SnapshotError::new(
+                    RejectReason::Canary,
+                    None,
+                    format!(
+                        "canary {} decides {got:?}, expected {:?}",
+                        canary.host, canary.expect
+                    ),
+                ));
+            }
+        }
         let serial = snapshot.header.serial;
         let build_time = snapshot.build_time;
         let loaded = LoadedRegistry::from_snapshot(snapshot);
@@ -407,6 +492,60 @@ mod tests {
             w.record(n, Status::Connected, None, None).unwrap();
         }
         w.finish().unwrap()
+    }
+
+    #[test]
+    fn safety_gates_refuse_shrinks_oversize_and_failed_canaries() {
+        use crate::{Decision, Requirement};
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.tsv");
+        let names: Vec<String> = (0..100).map(|i| format!("n{i}.example.cn")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        std::fs::write(&source, snapshot(1, &refs)).unwrap();
+        let gates = SafetyGates {
+            min_kept_fraction: 0.9,
+            max_bytes: 10_000,
+            canaries: vec![Canary {
+                host: crate::parse_authority(b"www.n0.example.cn").unwrap(),
+                require: Requirement::Connected,
+                expect: Decision::Allow,
+            }],
+        };
+        let handle = RegistryHandle::new();
+        let mut syncer =
+            Syncer::new(SnapshotSource::File(source.clone()), handle.clone()).with_gates(gates);
+        assert!(matches!(
+            syncer.sync_once(),
+            SyncOutcome::Loaded { serial: 1, .. }
+        ));
+
+        let reason = |syncer: &mut Syncer, bytes: Vec<u8>| {
+            std::fs::write(&source, bytes).unwrap();
+            match syncer.sync_once() {
+                SyncOutcome::Rejected(e) => Some(e.reason),
+                _ => None,
+            }
+        };
+        // 89 of 100: more than a 10% shrink.
+        assert_eq!(
+            reason(&mut syncer, snapshot(2, &refs[..89])),
+            Some(RejectReason::ShrinkLimit)
+        );
+        // The canary's name gone.
+        assert_eq!(
+            reason(&mut syncer, snapshot(3, &refs[1..])),
+            Some(RejectReason::Canary)
+        );
+        // Over the size limit.
+        let big: Vec<String> = (0..400).map(|i| format!("big{i}.example.cn")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        assert_eq!(
+            reason(&mut syncer, snapshot(4, &big)),
+            Some(RejectReason::TooLarge)
+        );
+        // 90 of 100 with the canary: accepted.
+        assert_eq!(reason(&mut syncer, snapshot(5, &refs[..90])), None);
+        assert_eq!(handle.load().as_ref().unwrap().serial, 5);
     }
 
     #[test]

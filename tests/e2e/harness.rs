@@ -288,6 +288,8 @@ pub struct GateOptions {
     pub extra: String,
     /// Extra keys for the `[[listener]]` table.
     pub listener_extra: String,
+    /// Extra keys and sub-tables for `[registry]`, placed after it.
+    pub registry_extra: String,
     /// Write the registry before start (false: the source is missing at start).
     pub registry: Option<Vec<u8>>,
     pub upstream: Option<SocketAddr>,
@@ -304,6 +306,7 @@ impl Default for GateOptions {
             refresh_seconds: 1,
             extra: String::new(),
             listener_extra: String::new(),
+            registry_extra: String::new(),
             registry: Some(snapshot_bytes(1, &standard_records())),
             upstream: None,
             wait_ready: true,
@@ -347,6 +350,7 @@ connect_timeout_seconds = 2
 source = "file://{registry}"
 refresh_interval_seconds = {refresh}
 {state_dir}
+{registry_extra}
 
 [admin]
 address = "127.0.0.1:{admin_port}"
@@ -370,6 +374,7 @@ level = "info"
             dir = dir.path().display(),
             extra = opts.extra,
             listener_extra = opts.listener_extra,
+            registry_extra = opts.registry_extra,
             state_dir = opts
                 .state_dir
                 .as_ref()

@@ -243,3 +243,78 @@ fn sighup_syncs_now_and_a_rejected_file_is_not_counted_twice() {
     assert_eq!(m.value("icp_gate_registry_serial", &[]), 2.0);
     assert!(gate.terminate().success());
 }
+
+#[test]
+fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
+    let origin = Origin::start();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            refresh_seconds: 3600,
+            extra: String::new(),
+            registry_extra:
+                "[[registry.canary]]\nhost = \"www.example.com\"\nexpect = \"allowed\"\n\
+                             [[registry.canary]]\nhost = \"bad.example.com\"\nexpect = \"denied\"\n"
+                    .into(),
+            ..Default::default()
+        },
+    );
+    let sync = || {
+        let resp = request(
+            gate.admin,
+            "POST /sync HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(resp.status, 200);
+        serde_json::from_slice::<serde_json::Value>(&resp.body).unwrap()
+    };
+    assert_eq!(
+        request(
+            gate.admin,
+            "GET /sync HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        405
+    );
+    // Keep one record in ten: a 90% shrink.
+    let records = standard_records();
+    let shrunk: Vec<Rec<'_>> = records.iter().take(1).cloned().collect();
+    write_atomically(&gate.registry_path, &snapshot_bytes(2, &shrunk));
+    let v = sync();
+    assert_eq!(v["result"], "rejected", "{v}");
+    assert_eq!(v["reason"], "shrink_limit", "{v}");
+    // All records, but the denial is gone: the canary fails.
+    let no_denial: Vec<Rec<'_>> = records
+        .iter()
+        .filter(|r| r.0 != "bad.example.com")
+        .cloned()
+        .collect();
+    write_atomically(&gate.registry_path, &snapshot_bytes(3, &no_denial));
+    let v = sync();
+    assert_eq!(v["reason"], "canary", "{v}");
+    // Through both, the registry in service (serial 1) decides.
+    assert_eq!(
+        get_host(gate.addr, "bad.example.com").block_reason(),
+        Some("denied")
+    );
+    assert_eq!(get(gate.admin, "/readyz").status, 200);
+    let m = gate.metrics();
+    assert_eq!(
+        m.value(
+            "icp_gate_registry_rejected_total",
+            &[("reason", "shrink_limit")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value("icp_gate_registry_rejected_total", &[("reason", "canary")]),
+        1.0
+    );
+    assert_eq!(m.value("icp_gate_registry_serial", &[]), 1.0);
+    // A good one passes.
+    let mut more = records.clone();
+    more.push(("new.cn", Status::Connected, None, None));
+    write_atomically(&gate.registry_path, &snapshot_bytes(4, &more));
+    let v = sync();
+    assert_eq!(v["result"], "loaded", "{v}");
+    assert_eq!(v["serial"], 4);
+}
