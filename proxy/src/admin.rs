@@ -75,7 +75,8 @@ impl ServeHttp for AdminApp {
             "/metrics" => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(),
+                self.metrics
+                    .render(self.registry.load().as_ref().map(|r| r.generated_at_unix)),
             ),
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {

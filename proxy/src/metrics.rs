@@ -18,6 +18,8 @@ pub struct Metrics {
     pub registry_last_attempt: Gauge,
     pub registry_load_seconds: Gauge,
     pub registry_ready: IntGauge,
+    /// Set at each scrape: how old the export in service is.
+    registry_age: Gauge,
     sync_total: IntCounterVec,
     rejected_total: IntCounterVec,
 }
@@ -80,6 +82,11 @@ impl Metrics {
                 "icp_gate_registry_ready",
                 "1 once a registry is in service (the gate decides), 0 before",
             ),
+            registry_age: fgauge(
+                "icp_gate_registry_snapshot_age_seconds",
+                "Seconds since the registry in service was exported (its generated_at); \
+                 grows when the exporter stops publishing, even if the source still answers",
+            ),
             sync_total: IntCounterVec::new(
                 Opts::new(
                     "icp_gate_registry_sync_total",
@@ -110,6 +117,7 @@ impl Metrics {
         r.register(Box::new(m.registry_load_seconds.clone()))
             .unwrap();
         r.register(Box::new(m.registry_ready.clone())).unwrap();
+        r.register(Box::new(m.registry_age.clone())).unwrap();
         r.register(Box::new(m.sync_total.clone())).unwrap();
         r.register(Box::new(m.rejected_total.clone())).unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
@@ -158,8 +166,13 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// The text exposition of every metric. `generated_at` is the unix time the registry in
+    /// service was exported, if one is loaded.
+    pub fn render(&self, generated_at: Option<i64>) -> Vec<u8> {
+        if let Some(at) = generated_at {
+            let now = icp_gate_registry::sync::unix_now();
+            self.registry_age.set((now - at).max(0) as f64);
+        }
         let mut out = Vec::with_capacity(8 * 1024);
         prometheus::TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

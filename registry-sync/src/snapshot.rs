@@ -117,6 +117,8 @@ pub struct Header {
     pub serial: u64,
     /// As written in the header (RFC 3339).
     pub generated_at: String,
+    /// The same instant, in unix seconds.
+    pub generated_at_unix: i64,
 }
 
 /// A snapshot that passed every check.
@@ -525,16 +527,18 @@ fn parse_header(line: &str) -> Result<Header, String> {
                 )
             }
             Some(("generated_at", v)) => {
-                OffsetDateTime::parse(v, &Rfc3339)
+                let at = OffsetDateTime::parse(v, &Rfc3339)
                     .map_err(|e| format!("generated_at `{v}` is not RFC 3339: {e}"))?;
-                generated_at = Some(v.to_owned());
+                generated_at = Some((v.to_owned(), at.unix_timestamp()));
             }
             _ => return Err(format!("unexpected header field `{field}`")),
         }
     }
+    let (generated_at, generated_at_unix) = generated_at.ok_or("generated_at= is missing")?;
     Ok(Header {
         serial: serial.ok_or("serial= is missing")?,
-        generated_at: generated_at.ok_or("generated_at= is missing")?,
+        generated_at,
+        generated_at_unix,
     })
 }
 

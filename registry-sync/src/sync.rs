@@ -17,6 +17,8 @@ pub struct LoadedRegistry {
     pub registry: Registry,
     pub serial: u64,
     pub generated_at: String,
+    /// `generated_at` in unix seconds.
+    pub generated_at_unix: i64,
     pub sha256: [u8; 32],
     pub entries: usize,
     /// When it was swapped in (unix seconds).
@@ -30,6 +32,7 @@ impl LoadedRegistry {
             registry: s.registry,
             serial: s.header.serial,
             generated_at: s.header.generated_at,
+            generated_at_unix: s.header.generated_at_unix,
             sha256: s.sha256,
             loaded_at: unix_now() as u64,
         }

@@ -314,6 +314,17 @@ fn metrics_move_with_every_decision() {
     assert_eq!(before.value("icp_gate_registry_entries", &[]), 12.0);
     assert_eq!(before.value("icp_gate_registry_serial", &[]), 1.0);
     assert!(before.value("icp_gate_registry_last_success_timestamp_seconds", &[]) > 1.7e9);
+    // The test snapshots say generated_at=2026-11-22T03:00:00Z.
+    let age = before.value("icp_gate_registry_snapshot_age_seconds", &[]);
+    let expected = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - 1_795_316_400.0;
+    assert!(
+        (age - expected).abs() < 120.0,
+        "age {age}, expected about {expected}"
+    );
     assert_eq!(
         before.value("icp_gate_registry_sync_total", &[("result", "success")]),
         1.0
