@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use icp_gate_registry::{
-    parse_authority, BlockReason, Canary, Decision, Requirement, SafetyGates, SnapshotSource,
+    parse_authority, BlockReason, Canary, Decision, HttpSettings, Requirement, SafetyGates,
+    SnapshotSource,
 };
 use serde::de::DeserializeOwned;
 
@@ -53,6 +54,7 @@ pub struct RegistrySettings {
     pub refresh_interval: Duration,
     pub state_dir: Option<PathBuf>,
     pub gates: SafetyGates,
+    pub http: HttpSettings,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,8 +476,29 @@ impl Validator {
                 });
             }
         }
+        if r.fetch_retries > 10 {
+            self.error(
+                "registry.fetch_retries",
+                format!("{} is out of range (0 to 10)", r.fetch_retries),
+            );
+        }
+        let http = HttpSettings {
+            connect_timeout: self.duration(
+                "registry.connect_timeout_seconds",
+                r.connect_timeout_seconds,
+                0.001,
+            ),
+            total_timeout: self.duration(
+                "registry.fetch_timeout_seconds",
+                r.fetch_timeout_seconds,
+                0.001,
+            ),
+            retries: r.fetch_retries,
+            ..HttpSettings::default()
+        };
         Some(RegistrySettings {
             source: source?,
+            http,
             refresh_interval: Duration::from_secs(r.refresh_interval_seconds),
             state_dir,
             gates: SafetyGates {

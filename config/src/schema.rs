@@ -103,6 +103,25 @@ pub struct RegistryFile {
     /// Hosts that must decide a given way before a snapshot is accepted.
     #[serde(default)]
     pub canary: Vec<CanaryFile>,
+    /// http(s) sources: time to connect.
+    #[serde(default = "default_connect_timeout_registry")]
+    pub connect_timeout_seconds: f64,
+    /// http(s) sources: the whole fetch, body included.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout_seconds: f64,
+    /// http(s) sources: further tries after a failed fetch (backoff with jitter).
+    #[serde(default = "default_fetch_retries")]
+    pub fetch_retries: u32,
+}
+
+fn default_connect_timeout_registry() -> f64 {
+    5.0
+}
+fn default_fetch_timeout() -> f64 {
+    300.0
+}
+fn default_fetch_retries() -> u32 {
+    2
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -55,7 +55,8 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     // First load before the listeners open, so a gate with a reachable source is ready at once.
     let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone())
         .with_state_dir(settings.registry.state_dir.clone())
-        .with_gates(settings.registry.gates.clone());
+        .with_gates(settings.registry.gates.clone())
+        .with_http(settings.registry.http.clone());
     let source = syncer.source().to_string();
     report(&syncer.sync_once(), &registry, &metrics, &source);
     if !registry.is_ready() {

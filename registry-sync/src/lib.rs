@@ -15,5 +15,6 @@ pub use snapshot::{
     read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError, SnapshotWriter,
 };
 pub use sync::{
-    Canary, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource, SyncOutcome, Syncer,
+    Canary, HttpSettings, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource, SyncOutcome,
+    Syncer,
 };

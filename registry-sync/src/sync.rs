@@ -91,10 +91,12 @@ pub fn unix_now() -> i64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotSource {
     File(PathBuf),
+    /// An `http://` or `https://` URL (object storage, any HTTP server).
+    Http(String),
 }
 
 impl SnapshotSource {
-    /// Parses a `registry.source` value. Only `file://` is read by this build.
+    /// Parses a `registry.source` value.
     pub fn parse(url: &str) -> Result<Self, String> {
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
@@ -105,11 +107,16 @@ impl SnapshotSource {
             return Ok(SnapshotSource::File(PathBuf::from(path)));
         }
         if url.starts_with("http://") || url.starts_with("https://") {
-            return Err(format!(
-                "`{url}`: http(s) sources are not implemented in this build yet; use file://"
-            ));
+            return match url.parse::<ureq::http::Uri>() {
+                Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {
+                    Ok(SnapshotSource::Http(url.to_owned()))
+                }
+                _ => Err(format!("`{url}` is not a valid http(s) URL")),
+            };
         }
-        Err(format!("`{url}`: the source must be a file:// URL"))
+        Err(format!(
+            "`{url}`: the source must be a file://, http:// or https:// URL"
+        ))
     }
 }
 
@@ -117,8 +124,98 @@ impl std::fmt::Display for SnapshotSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SnapshotSource::File(p) => write!(f, "file://{}", p.display()),
+            SnapshotSource::Http(url) => f.write_str(url),
         }
     }
+}
+
+/// Timeouts and retries for an http(s) source.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    /// The whole fetch, body included.
+    pub total_timeout: Duration,
+    /// Further tries after a failed one (connection error, timeout, 5xx), with exponential
+    /// backoff and jitter.
+    pub retries: u32,
+    pub backoff: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(300),
+            retries: 2,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// An http(s) source's client and what it last fetched.
+struct HttpState {
+    agent: ureq::Agent,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+enum Fetched {
+    NotModified,
+    Body(ureq::http::Response<ureq::Body>),
+}
+
+impl HttpState {
+    fn new(settings: &HttpSettings) -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(settings.connect_timeout))
+            .timeout_global(Some(settings.total_timeout))
+            .http_status_as_error(false)
+            .user_agent(concat!("icp-gate/", env!("CARGO_PKG_VERSION")))
+            .build();
+        HttpState {
+            agent: config.into(),
+            etag: None,
+            last_modified: None,
+        }
+    }
+
+    /// A conditional GET, retried on failures that may pass.
+    fn get(&self, url: &str, settings: &HttpSettings) -> Result<Fetched, String> {
+        let mut attempt = 0;
+        loop {
+            let mut request = self.agent.get(url);
+            if let Some(etag) = &self.etag {
+                request = request.header("If-None-Match", etag);
+            }
+            if let Some(modified) = &self.last_modified {
+                request = request.header("If-Modified-Since", modified);
+            }
+            let failure = match request.call() {
+                Ok(r) if r.status() == 304 => return Ok(Fetched::NotModified),
+                Ok(r) if r.status().is_success() => return Ok(Fetched::Body(r)),
+                Ok(r) if r.status().is_server_error() => format!("HTTP {}", r.status()),
+                Ok(r) => return Err(format!("HTTP {}", r.status())),
+                Err(e) => e.to_string(),
+            };
+            if attempt >= settings.retries {
+                return Err(format!("{failure} (after {} tries)", attempt + 1));
+            }
+            // Exponential backoff with full jitter, so a fleet of gates does not retry in step.
+            let ceiling = settings.backoff.saturating_mul(1 << attempt.min(6));
+            std::thread::sleep(ceiling.mul_f64(0.5 + fastrand::f64() / 2.0));
+            attempt += 1;
+        }
+    }
+}
+
+fn header_text(
+    headers: &ureq::http::HeaderMap,
+    name: ureq::http::header::HeaderName,
+) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// What one sync attempt did.
@@ -209,6 +306,8 @@ pub struct Syncer {
     /// without) its source.
     state_dir: Option<PathBuf>,
     gates: SafetyGates,
+    http_settings: HttpSettings,
+    http: Option<HttpState>,
 }
 
 impl Syncer {
@@ -220,7 +319,16 @@ impl Syncer {
             last_rejection: None,
             state_dir: None,
             gates: SafetyGates::default(),
+            http_settings: HttpSettings::default(),
+            http: None,
         }
+    }
+
+    /// Timeouts and retries for an http(s) source.
+    pub fn with_http(mut self, settings: HttpSettings) -> Self {
+        self.http_settings = settings;
+        self.http = None;
+        self
     }
 
     /// The checks beyond the format (see `SafetyGates`).
@@ -272,43 +380,88 @@ impl Syncer {
     }
 
     fn read_source(&mut self) -> SyncOutcome {
-        let SnapshotSource::File(path) = &self.source;
+        match self.source.clone() {
+            SnapshotSource::File(path) => self.read_file(&path),
+            SnapshotSource::Http(url) => self.read_http(&url),
+        }
+    }
+
+    fn read_file(&mut self, path: &Path) -> SyncOutcome {
         let print = match fingerprint(path) {
             Ok(p) => p,
             Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
         };
         if print.len > self.gates.max_bytes {
             self.last_seen = Some(print);
-            return SyncOutcome::Rejected(SnapshotError::new(
-                RejectReason::TooLarge,
-                None,
-                format!(
-                    "{} is {} bytes, over the limit of {}",
-                    path.display(),
-                    print.len,
-                    self.gates.max_bytes
-                ),
-            ));
+            return self.too_large(&path.display().to_string(), print.len);
         }
         if self.last_seen == Some(print) {
-            return match self.last_rejection {
-                Some(reason) => SyncOutcome::StillRejected(reason),
-                None => SyncOutcome::Unchanged,
-            };
+            return self.unchanged();
         }
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) => return SyncOutcome::SourceError(format!("{}: {e}", path.display())),
         };
         self.last_seen = Some(print);
+        self.load(file, Some(print.len))
+    }
+
+    fn read_http(&mut self, url: &str) -> SyncOutcome {
+        let http = self
+            .http
+            .get_or_insert_with(|| HttpState::new(&self.http_settings));
+        let response = match http.get(url, &self.http_settings) {
+            Ok(Fetched::NotModified) => return self.unchanged(),
+            Ok(Fetched::Body(response)) => response,
+            Err(e) => return SyncOutcome::SourceError(format!("{url}: {e}")),
+        };
+        let (parts, body) = response.into_parts();
+        let length = parts
+            .headers
+            .get(ureq::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // Remember what was fetched, good or bad: the next poll asks only for something newer,
+        // and a rejected export is not downloaded and counted again until it changes.
+        let http = self.http.as_mut().expect("set above");
+        http.etag = header_text(&parts.headers, ureq::http::header::ETAG);
+        http.last_modified = header_text(&parts.headers, ureq::http::header::LAST_MODIFIED);
+        if let Some(len) = length.filter(|len| *len > self.gates.max_bytes) {
+            return self.too_large(url, len);
+        }
+        // gzip on the wire is decoded by the client; a gzip snapshot file is decoded by the
+        // parser. The size limit applies after both.
+        self.load(body.into_reader(), length)
+    }
+
+    fn unchanged(&self) -> SyncOutcome {
+        match self.last_rejection {
+            Some(reason) => SyncOutcome::StillRejected(reason),
+            None => SyncOutcome::Unchanged,
+        }
+    }
+
+    fn too_large(&self, what: &str, len: u64) -> SyncOutcome {
+        SyncOutcome::Rejected(SnapshotError::new(
+            RejectReason::TooLarge,
+            None,
+            format!(
+                "{what} is {len} bytes, over the limit of {}",
+                self.gates.max_bytes
+            ),
+        ))
+    }
+
+    /// Reads, checks and offers a snapshot, keeping a copy in `state_dir` if it goes into
+    /// service. The copy is taken from the bytes as they are parsed: what is kept is exactly
+    /// what was checked, even if the source changes meanwhile.
+    fn load<R: Read>(&self, reader: R, size_hint: Option<u64>) -> SyncOutcome {
         let Some(state_dir) = self.state_dir.clone() else {
-            return match read_snapshot_limited(file, Some(print.len), self.gates.max_bytes) {
+            return match read_snapshot_limited(reader, size_hint, self.gates.max_bytes) {
                 Ok(snapshot) => self.offer(snapshot),
                 Err(e) => SyncOutcome::Rejected(e),
             };
         };
-        // Copy the bytes as they are parsed: what is kept is exactly what was checked, even if
-        // the source file changes meanwhile.
         let mut copy = match StateCopy::create(&state_dir) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -321,10 +474,10 @@ impl Syncer {
         };
         let outcome = match read_snapshot_limited(
             Tee {
-                inner: file,
+                inner: reader,
                 copy: copy.as_mut(),
             },
-            Some(print.len),
+            size_hint,
             self.gates.max_bytes,
         ) {
             Ok(snapshot) => self.offer(snapshot),

@@ -218,6 +218,114 @@ fn read_body(reader: &mut impl BufRead, headers: &Headers, to_close: bool) -> Op
 }
 
 // ---------------------------------------------------------------------------------------------
+// A snapshot server
+
+/// What the snapshot server does with the next requests.
+#[derive(Clone)]
+pub enum Serve {
+    /// 200 with an ETag (or 304 when the client already has it).
+    Snapshot(Vec<u8>),
+    /// Accepts and closes the connection without answering.
+    Down,
+    Status(u16),
+    /// Announces the whole length, sends only this many bytes, closes.
+    Truncated(Vec<u8>, usize),
+    /// Waits, then serves.
+    Slow(Vec<u8>, Duration),
+}
+
+/// A real HTTP server on 127.0.0.1 serving registry snapshots, and misbehaving on demand.
+pub struct SnapshotServer {
+    pub addr: SocketAddr,
+    serve: Arc<Mutex<Serve>>,
+    /// The If-None-Match of every request received.
+    pub conditional: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl SnapshotServer {
+    pub fn start(first: Serve) -> SnapshotServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = Arc::new(Mutex::new(first));
+        let conditional = Arc::new(Mutex::new(Vec::new()));
+        let (s, c) = (serve.clone(), conditional.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (s, c) = (s.clone(), c.clone());
+                std::thread::spawn(move || serve_snapshot(conn, &s, &c));
+            }
+        });
+        SnapshotServer {
+            addr,
+            serve,
+            conditional,
+        }
+    }
+
+    pub fn set(&self, serve: Serve) {
+        *self.serve.lock().unwrap() = serve;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/registry.tsv", self.addr)
+    }
+}
+
+fn serve_snapshot(conn: TcpStream, serve: &Mutex<Serve>, conditional: &Mutex<Vec<Option<String>>>) {
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    let Some((_, headers)) = read_head(&mut reader) else {
+        return;
+    };
+    let if_none_match = find_header(&headers, "if-none-match").map(str::to_owned);
+    conditional.lock().unwrap().push(if_none_match.clone());
+    let behavior = serve.lock().unwrap().clone();
+    let ok = |bytes: &[u8]| {
+        use sha2::Digest;
+        let etag = format!(
+            "\"{}\"",
+            icp_gate_registry::snapshot::hex(&sha2::Sha256::digest(bytes)[..8])
+        );
+        if if_none_match.as_deref() == Some(etag.as_str()) {
+            return format!(
+                "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes();
+        }
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
+            bytes.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(bytes);
+        out
+    };
+    let answer = match behavior {
+        Serve::Snapshot(bytes) => ok(&bytes),
+        Serve::Down => return,
+        Serve::Status(code) => {
+            format!("HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .into_bytes()
+        }
+        Serve::Truncated(bytes, keep) => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&bytes[..keep]);
+            out
+        }
+        Serve::Slow(bytes, wait) => {
+            std::thread::sleep(wait);
+            ok(&bytes)
+        }
+    };
+    let _ = writer.write_all(&answer);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Snapshots
 
 /// One record of a test snapshot.
@@ -296,6 +404,8 @@ pub struct GateOptions {
     pub wait_ready: bool,
     /// `registry.state_dir`, when set.
     pub state_dir: Option<PathBuf>,
+    /// `registry.source` instead of the file in the gate's directory.
+    pub source: Option<String>,
 }
 
 impl Default for GateOptions {
@@ -311,6 +421,7 @@ impl Default for GateOptions {
             upstream: None,
             wait_ready: true,
             state_dir: None,
+            source: None,
         }
     }
 }
@@ -347,7 +458,7 @@ servers = ["{upstream}"]
 connect_timeout_seconds = 2
 
 [registry]
-source = "file://{registry}"
+source = "{source}"
 refresh_interval_seconds = {refresh}
 {state_dir}
 {registry_extra}
@@ -369,7 +480,10 @@ level = "info"
             require = opts.require,
             mode = opts.mode,
             upstream = opts.upstream.unwrap_or(origin.addr),
-            registry = registry_path.display(),
+            source = opts
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("file://{}", registry_path.display())),
             refresh = opts.refresh_seconds,
             dir = dir.path().display(),
             extra = opts.extra,

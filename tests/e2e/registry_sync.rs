@@ -318,3 +318,120 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
     assert_eq!(v["result"], "loaded", "{v}");
     assert_eq!(v["serial"], 4);
 }
+
+fn post_sync(gate: &Gate) -> serde_json::Value {
+    let resp = request(
+        gate.admin,
+        "POST /sync HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    serde_json::from_slice(&resp.body).unwrap()
+}
+
+#[test]
+fn an_http_source_survives_every_failure_and_keeps_the_last_good_registry() {
+    let origin = Origin::start();
+    let good = snapshot_bytes(1, &standard_records());
+    let server = SnapshotServer::start(Serve::Snapshot(good.clone()));
+    let state = tempfile::tempdir().unwrap();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            source: Some(server.url()),
+            refresh_seconds: 3600,
+            state_dir: Some(state.path().to_owned()),
+            registry_extra: "max_snapshot_bytes = 4096\nfetch_timeout_seconds = 1\n\
+                             connect_timeout_seconds = 1\nfetch_retries = 1\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
+
+    // Unchanged: a conditional request answered 304.
+    assert_eq!(post_sync(&gate)["result"], "unchanged");
+    let sent = server.conditional.lock().unwrap().clone();
+    assert!(
+        sent.last().unwrap().is_some(),
+        "no If-None-Match sent: {sent:?}"
+    );
+
+    let mut records = standard_records();
+    records.push(("sneaky.cn", Status::Connected, None, None));
+    let next = snapshot_bytes(2, &records);
+    let corrupt = String::from_utf8(next.clone())
+        .unwrap()
+        .replace("sneaky", "sneakz");
+    let mut big = standard_records();
+    let filler: Vec<String> = (0..200).map(|i| format!("filler{i}.cn")).collect();
+    big.extend(
+        filler
+            .iter()
+            .map(|n| (n.as_str(), Status::Connected, None, None)),
+    );
+    let cases: Vec<(Serve, &str, Option<&str>)> = vec![
+        (Serve::Down, "error", None),
+        (Serve::Status(503), "error", None),
+        (
+            Serve::Slow(next.clone(), Duration::from_millis(2500)),
+            "error",
+            None,
+        ),
+        (
+            Serve::Truncated(next.clone(), next.len() / 2),
+            "rejected",
+            None,
+        ),
+        (
+            Serve::Snapshot(corrupt.into_bytes()),
+            "rejected",
+            Some("checksum_mismatch"),
+        ),
+        (
+            Serve::Snapshot(snapshot_bytes(0, &records)),
+            "rejected",
+            Some("serial_regression"),
+        ),
+        (
+            Serve::Snapshot(snapshot_bytes(3, &records[..1])),
+            "rejected",
+            Some("shrink_limit"),
+        ),
+        (
+            Serve::Snapshot(snapshot_bytes(4, &big)),
+            "rejected",
+            Some("too_large"),
+        ),
+    ];
+    for (serve, result, reason) in cases {
+        server.set(serve);
+        let v = post_sync(&gate);
+        assert_eq!(v["result"], result, "{v}");
+        if let Some(reason) = reason {
+            assert_eq!(v["reason"], reason, "{v}");
+        }
+        // Still ready, still the first registry.
+        assert_eq!(get(gate.admin, "/readyz").status, 200);
+        assert_eq!(
+            get_host(gate.addr, "sneaky.cn").block_reason(),
+            Some("unfiled")
+        );
+        assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
+    }
+    let m = gate.metrics();
+    assert_eq!(m.value("icp_gate_registry_serial", &[]), 1.0);
+    assert_eq!(
+        m.value("icp_gate_registry_sync_total", &[("result", "error")]),
+        3.0
+    );
+    assert_eq!(
+        m.value("icp_gate_registry_sync_total", &[("result", "rejected")]),
+        5.0
+    );
+
+    // And a good new export goes in.
+    server.set(Serve::Snapshot(next));
+    assert_eq!(post_sync(&gate)["result"], "loaded");
+    assert_eq!(get_host(gate.addr, "sneaky.cn").status, 200);
+    assert!(state.path().join("registry.snapshot").exists());
+}
