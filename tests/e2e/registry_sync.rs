@@ -259,14 +259,6 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
             ..Default::default()
         },
     );
-    let sync = || {
-        let resp = request(
-            gate.admin,
-            "POST /sync HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-        assert_eq!(resp.status, 200);
-        serde_json::from_slice::<serde_json::Value>(&resp.body).unwrap()
-    };
     assert_eq!(
         request(
             gate.admin,
@@ -279,7 +271,7 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
     let records = standard_records();
     let shrunk: Vec<Rec<'_>> = records.iter().take(1).cloned().collect();
     write_atomically(&gate.registry_path, &snapshot_bytes(2, &shrunk));
-    let v = sync();
+    let v = post_sync(&gate);
     assert_eq!(v["result"], "rejected", "{v}");
     assert_eq!(v["reason"], "shrink_limit", "{v}");
     // All records, but the denial is gone: the canary fails.
@@ -289,7 +281,7 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
         .cloned()
         .collect();
     write_atomically(&gate.registry_path, &snapshot_bytes(3, &no_denial));
-    let v = sync();
+    let v = post_sync(&gate);
     assert_eq!(v["reason"], "canary", "{v}");
     // Through both, the registry in service (serial 1) decides.
     assert_eq!(
@@ -314,7 +306,7 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
     let mut more = records.clone();
     more.push(("new.cn", Status::Connected, None, None));
     write_atomically(&gate.registry_path, &snapshot_bytes(4, &more));
-    let v = sync();
+    let v = post_sync(&gate);
     assert_eq!(v["result"], "loaded", "{v}");
     assert_eq!(v["serial"], 4);
 }
