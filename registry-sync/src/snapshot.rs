@@ -498,8 +498,31 @@ fn body_of(line: &[u8], line_no: u64) -> Result<&str, SnapshotError> {
             "carriage return at the end of the line: lines end with \\n only",
         ));
     }
-    std::str::from_utf8(body)
-        .map_err(|_| SnapshotError::new(reason, Some(line_no), "the line is not valid UTF-8"))
+    let text = std::str::from_utf8(body)
+        .map_err(|_| SnapshotError::new(reason, Some(line_no), "the line is not valid UTF-8"))?;
+    // Tabs separate a record's fields; no other control character belongs anywhere (parsers
+    // of the fields, such as RFC 3339's, may be more lenient than the format).
+    let controls = if line_no == 1 {
+        has_control_character(text) || text.contains('\t')
+    } else {
+        text.split('\t').any(has_control_character)
+    };
+    if controls {
+        return Err(SnapshotError::new(
+            reason,
+            Some(line_no),
+            "the line holds a control character (only a tab between a record's fields)",
+        ));
+    }
+    Ok(text)
+}
+
+/// RFC 3339 with `T` between date and time (the `time` crate accepts any byte there).
+fn parse_rfc3339(v: &str) -> Result<OffsetDateTime, String> {
+    if !matches!(v.as_bytes().get(10), Some(b'T' | b't')) {
+        return Err("expected `T` between the date and the time".into());
+    }
+    OffsetDateTime::parse(v, &Rfc3339).map_err(|e| e.to_string())
 }
 
 fn parse_header(line: &str) -> Result<Header, String> {
@@ -527,7 +550,7 @@ fn parse_header(line: &str) -> Result<Header, String> {
                 )
             }
             Some(("generated_at", v)) => {
-                let at = OffsetDateTime::parse(v, &Rfc3339)
+                let at = parse_rfc3339(v)
                     .map_err(|e| format!("generated_at `{v}` is not RFC 3339: {e}"))?;
                 generated_at = Some((v.to_owned(), at.unix_timestamp()));
             }
@@ -585,7 +608,7 @@ fn parse_record(
     let expires_at = match expires_at {
         None => None,
         Some(t) => Some(
-            OffsetDateTime::parse(t, &Rfc3339)
+            parse_rfc3339(t)
                 .map_err(|e| {
                     malformed(format!(
                         "expires-at `{}` is not RFC 3339: {e}",
@@ -766,6 +789,34 @@ mod tests {
         assert_eq!(s.header.serial, 42);
         assert_eq!(s.registry.len(), 6);
         assert_eq!(s.registry.status_counts(), [4, 1, 0, 0, 1]);
+    }
+
+    #[test]
+    fn control_characters_inside_fields_are_refused() {
+        // Found by fuzzing: RFC 3339 parsing alone lets a control byte through as the
+        // date/time separator.
+        let build = |line: &str| {
+            let mut w = SnapshotWriter::new(Vec::new(), 1, "2026-11-22T03:00:00Z").unwrap();
+            w.raw_line(line).unwrap();
+            w.finish().unwrap()
+        };
+        for line in [
+            "example.com\tconnected\t\t2026-12-31\r00:00:00Z\n",
+            "example.com\tconnected\tX\u{1b}Y\n",
+            "example.com\tconnected\tX\u{85}Y\n",
+            "example.com\tconnected\t\t2026-12-31x00:00:00Z\n",
+        ] {
+            assert_eq!(
+                reason(&build(line)),
+                RejectReason::MalformedRecord,
+                "{line:?}"
+            );
+        }
+        let header = b"icp-gate-registry 1 serial=1 generated_at=2026-11-22\x1b03:00:00Z\n";
+        assert_eq!(reason(header), RejectReason::MalformedHeader);
+        assert!(
+            read_snapshot(&build("example.com\tconnected\tX\t2026-12-31T00:00:00Z\n")[..]).is_ok()
+        );
     }
 
     #[test]
