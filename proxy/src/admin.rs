@@ -20,18 +20,15 @@ pub struct AdminApp {
 
 impl AdminApp {
     async fn sync_now(&self) -> serde_json::Value {
-        let syncer = self.syncer.clone();
-        let (outcome, source) = match tokio::task::spawn_blocking(move || {
-            let mut s = syncer.lock().expect("sync lock");
-            let source = s.source().to_string();
-            (s.sync_once(), source)
-        })
+        let Some(outcome) = crate::sync_service::sync_now(
+            self.syncer.clone(),
+            self.registry.clone(),
+            self.metrics.clone(),
+        )
         .await
-        {
-            Ok(done) => done,
-            Err(e) => return serde_json::json!({ "result": "error", "detail": e.to_string() }),
+        else {
+            return serde_json::json!({ "result": "error", "detail": "the sync task failed" });
         };
-        crate::sync_service::report(&outcome, &self.registry, &self.metrics, &source);
         let serial = self.registry.load().as_ref().map(|r| r.serial);
         match outcome {
             SyncOutcome::Loaded {

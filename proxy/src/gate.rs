@@ -132,6 +132,7 @@ impl Gate {
         access_log: AccessLog,
         request_ids: Arc<RequestIds>,
     ) -> Self {
+        // Pingora reads Some(0) as "no timeout": keep at least a second.
         let keepalive_seconds = listener.keepalive_timeout.map(|d| d.as_secs().max(1));
         Gate {
             listener,
@@ -142,7 +143,6 @@ impl Gate {
             access_log,
             request_ids,
             next_upstream: AtomicUsize::new(0),
-            // Pingora reads Some(0) as "no timeout": keep at least a second.
             keepalive_seconds,
         }
     }

@@ -18,9 +18,26 @@ pub struct SyncService {
     pub metrics: Arc<Metrics>,
 }
 
-impl SyncService {
-    fn source_name(&self) -> String {
-        self.syncer.lock().expect("sync lock").source().to_string()
+/// One sync attempt, logged and counted, run entirely off the runtime's threads: parsing a
+/// large snapshot and freeing the old one take time, and the sync lock may be held that long by
+/// another attempt (timer, SIGHUP or `POST /sync`). None if the blocking task failed.
+pub async fn sync_now(
+    syncer: Arc<Mutex<Syncer>>,
+    registry: Arc<RegistryHandle>,
+    metrics: Arc<Metrics>,
+) -> Option<SyncOutcome> {
+    let task = tokio::task::spawn_blocking(move || {
+        let mut syncer = syncer.lock().expect("sync lock");
+        let outcome = syncer.sync_once();
+        report(&outcome, &registry, &metrics, &syncer.source().to_string());
+        outcome
+    });
+    match task.await {
+        Ok(outcome) => Some(outcome),
+        Err(e) => {
+            tracing::error!("registry sync task failed: {e}");
+            None
+        }
     }
 }
 
@@ -115,16 +132,12 @@ impl BackgroundService for SyncService {
                     tracing::info!("SIGHUP: syncing the registry now");
                 }
             }
-            let syncer = self.syncer.clone();
-            let source = self.source_name();
-            // Parsing a large snapshot and freeing the old one take time: keep both off the
-            // runtime's threads.
-            match tokio::task::spawn_blocking(move || syncer.lock().expect("sync lock").sync_once())
-                .await
-            {
-                Ok(outcome) => report(&outcome, &self.registry, &self.metrics, &source),
-                Err(e) => tracing::error!("registry sync task failed: {e}"),
-            }
+            sync_now(
+                self.syncer.clone(),
+                self.registry.clone(),
+                self.metrics.clone(),
+            )
+            .await;
         }
     }
 }
