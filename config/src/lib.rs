@@ -37,6 +37,8 @@ pub struct ListenerSettings {
     /// None: keep-alive off.
     pub keepalive_timeout: Option<Duration>,
     pub max_requests_per_connection: u32,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -345,6 +347,21 @@ impl Validator {
                     "must be at least 1",
                 );
             }
+            if !(1..=3600).contains(&l.header_read_timeout_seconds) {
+                self.error(
+                    &format!("listener[{i}].header_read_timeout_seconds"),
+                    format!(
+                        "{} is out of range (1 to 3600)",
+                        l.header_read_timeout_seconds
+                    ),
+                );
+            }
+            if !(1024..=1 << 20).contains(&l.max_header_bytes) {
+                self.error(
+                    &format!("listener[{i}].max_header_bytes"),
+                    format!("{} is out of range (1024 to 1048576)", l.max_header_bytes),
+                );
+            }
             let name = l.name.clone().unwrap_or_else(|| address.to_string());
             if name.is_empty() || name.len() > 64 {
                 self.error(&format!("listener[{i}].name"), "must be 1 to 64 characters");
@@ -364,6 +381,8 @@ impl Validator {
                 keepalive_timeout: (l.keepalive_timeout_seconds > 0)
                     .then(|| Duration::from_secs(l.keepalive_timeout_seconds)),
                 max_requests_per_connection: l.max_requests_per_connection,
+                header_read_timeout: Duration::from_secs(l.header_read_timeout_seconds),
+                max_header_bytes: l.max_header_bytes,
             });
         }
         out

@@ -25,6 +25,20 @@ pub struct ListenerFile {
     /// Requests served on one connection before the gate closes it.
     #[serde(default = "default_max_requests")]
     pub max_requests_per_connection: u32,
+    /// How long a client may take to send a whole request head, counted from its first byte
+    /// (from the accept for a connection's first request): the slowloris limit.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// The largest request head (request line and headers) accepted; larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn default_header_read_timeout() -> u64 {
+    15
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
 }
 
 fn default_keepalive_timeout() -> u64 {

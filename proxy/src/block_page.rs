@@ -179,19 +179,49 @@ impl BlockPages {
         request_id: &str,
         json: bool,
     ) -> BlockBody {
-        if json {
-            return BlockBody {
-                content_type: "application/json; charset=utf-8",
-                body: render_json(reason, host, detail, request_id),
-            };
+        let mut out = String::with_capacity(self.templates[reason.index()].size_hint);
+        let content_type = self.render_into(&mut out, reason, host, detail, request_id, json);
+        BlockBody {
+            content_type,
+            body: Bytes::from(out),
         }
+    }
+
+    /// Appends the page (or the JSON) for `reason` to `out` and returns its content type.
+    pub fn render_into(
+        &self,
+        out: &mut String,
+        reason: BlockReason,
+        host: &str,
+        detail: Option<&str>,
+        request_id: &str,
+        json: bool,
+    ) -> &'static str {
+        if json {
+            out.push_str(&render_json(reason, host, detail, request_id));
+            "application/json; charset=utf-8"
+        } else {
+            self.render_html_into(out, reason, host, detail, request_id);
+            "text/html; charset=utf-8"
+        }
+    }
+
+    /// Appends the HTML page for `reason` to `out` (which a connection reuses from one
+    /// request to the next, so a block allocates nothing).
+    pub fn render_html_into(
+        &self,
+        out: &mut String,
+        reason: BlockReason,
+        host: &str,
+        detail: Option<&str>,
+        request_id: &str,
+    ) {
         let text = reason_text(reason);
         let template = &self.templates[reason.index()];
-        let mut out = String::with_capacity(template.size_hint);
         for part in &template.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
-                Part::Host => escape_html_into(&mut out, cap(host)),
+                Part::Host => escape_html_into(out, cap(host)),
                 Part::Reason => out.push_str(reason.as_str()),
                 Part::Status => {
                     out.push_str(itoa_status(reason.http_status()));
@@ -203,19 +233,15 @@ impl BlockPages {
                 Part::LegalBasisZh => out.push_str(LEGAL_BASIS_ZH),
                 Part::LegalBasisEn => out.push_str(LEGAL_BASIS_EN),
                 Part::FilingSite => out.push_str(FILING_SITE),
-                Part::RequestId => escape_html_into(&mut out, request_id),
+                Part::RequestId => escape_html_into(out, request_id),
                 Part::Detail => {
                     if let Some(d) = detail {
                         out.push_str(" (");
-                        escape_html_into(&mut out, d);
+                        escape_html_into(out, d);
                         out.push(')');
                     }
                 }
             }
-        }
-        BlockBody {
-            content_type: "text/html; charset=utf-8",
-            body: Bytes::from(out),
         }
     }
 }
@@ -252,7 +278,7 @@ pub fn escape_html_into(out: &mut String, s: &str) {
     }
 }
 
-fn render_json(reason: BlockReason, host: &str, detail: Option<&str>, request_id: &str) -> Bytes {
+fn render_json(reason: BlockReason, host: &str, detail: Option<&str>, request_id: &str) -> String {
     let text = reason_text(reason);
     let value = serde_json::json!({
         "status": reason.http_status(),
@@ -268,9 +294,9 @@ fn render_json(reason: BlockReason, host: &str, detail: Option<&str>, request_id
         "request_id": request_id,
         "detail": detail,
     });
-    let mut body = serde_json::to_vec(&value).expect("JSON of strings");
-    body.push(b'\n');
-    Bytes::from(body)
+    let mut body = value.to_string();
+    body.push('\n');
+    body
 }
 
 /// True when the client asked for JSON rather than HTML (`Accept` names `application/json` and

@@ -26,7 +26,7 @@ use crate::metrics::ListenerCounters;
 
 pub const BLOCK_REASON_HEADER: &str = "x-icp-block-reason";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Headers a client may send but that only the gate may set on the forwarded request.
 const CLIENT_FORWARDING_HEADERS: [&str; 5] = [
@@ -51,12 +51,39 @@ impl RequestIds {
         }
     }
 
+    /// The next id, on the stack: minting one costs no allocation.
+    pub fn next_id(&self) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 24];
+        for (i, b) in id[..8].iter_mut().enumerate() {
+            *b = HEX[(self.prefix >> (28 - 4 * i) & 0xf) as usize];
+        }
+        for (i, b) in id[8..].iter_mut().enumerate() {
+            *b = HEX[(n >> (60 - 4 * i) & 0xf) as usize];
+        }
+        RequestId(id)
+    }
+
     fn next(&self) -> String {
-        format!(
-            "{:08x}{:016x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        self.next_id().as_str().to_owned()
+    }
+}
+
+/// 24 lower-case hex digits: the process's random prefix, then a counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 24]);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -118,7 +145,7 @@ pub struct Gate {
     pub request_ids: Arc<RequestIds>,
     next_upstream: AtomicUsize,
     /// Pingora's form of the listener's keep-alive timeout: None is off.
-    keepalive_seconds: Option<u64>,
+    pub keepalive_seconds: Option<u64>,
 }
 
 impl Gate {
@@ -147,7 +174,7 @@ impl Gate {
         }
     }
 
-    fn decide(&self, host: &Host) -> Outcome {
+    pub fn decide(&self, host: &Host) -> Outcome {
         // The guard lives only for this lookup: nothing about the request keeps a snapshot alive.
         let guard = self.registry.load();
         let Some(loaded) = guard.as_ref() else {
@@ -165,7 +192,7 @@ impl Gate {
         }
     }
 
-    fn count(&self, outcome: Outcome) {
+    pub fn count(&self, outcome: Outcome) {
         match outcome {
             Outcome::Allowed => self.counters.allowed.inc(),
             Outcome::Blocked(r) => self.counters.blocked[r.index()].inc(),
@@ -282,8 +309,19 @@ fn raw_host(req: &RequestHeader) -> String {
     String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned()
 }
 
+/// The gate as Pingora's proxy sees it. The same `Gate` is shared with the front end
+/// (`crate::front`), which decides simple requests before Pingora does.
+pub struct GateProxy(pub Arc<Gate>);
+
+impl std::ops::Deref for GateProxy {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.0
+    }
+}
+
 #[async_trait]
-impl ProxyHttp for Gate {
+impl ProxyHttp for GateProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {

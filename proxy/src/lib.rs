@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod block_page;
 pub mod demo_origin;
+pub mod front;
 pub mod gate;
 pub mod metrics;
 pub mod server;

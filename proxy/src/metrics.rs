@@ -22,6 +22,28 @@ pub struct Metrics {
     registry_age: Gauge,
     sync_total: IntCounterVec,
     rejected_total: IntCounterVec,
+    bad_requests: IntCounterVec,
+}
+
+/// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
+/// never reach a decision, so they are not in `icp_gate_requests_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum BadRequest {
+    /// The head grew past `max_header_bytes`: answered 431, connection closed.
+    HeadTooLarge,
+    /// The head was not complete within `header_read_timeout_seconds`: connection closed.
+    HeadTimeout,
+}
+
+impl BadRequest {
+    pub const ALL: [BadRequest; 2] = [BadRequest::HeadTooLarge, BadRequest::HeadTimeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRequest::HeadTooLarge => "head_too_large",
+            BadRequest::HeadTimeout => "head_timeout",
+        }
+    }
 }
 
 /// Sync results, the `result` label of `icp_gate_registry_sync_total`.
@@ -103,6 +125,15 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            bad_requests: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_bad_requests_total",
+                    "Request heads refused before any decision, by listener and reason \
+                     (head_too_large, head_timeout)",
+                ),
+                &["listener", "reason"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -120,6 +151,7 @@ impl Metrics {
         r.register(Box::new(m.registry_age.clone())).unwrap();
         r.register(Box::new(m.sync_total.clone())).unwrap();
         r.register(Box::new(m.rejected_total.clone())).unwrap();
+        r.register(Box::new(m.bad_requests.clone())).unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -163,6 +195,8 @@ impl Metrics {
             blocked: BlockReason::ALL.map(|r| c("blocked", r.as_str())),
             monitored: BlockReason::ALL.map(|r| c("monitored", r.as_str())),
             not_ready: c("blocked", NOT_READY),
+            bad: BadRequest::ALL
+                .map(|r| self.bad_requests.with_label_values(&[listener, r.as_str()])),
         }
     }
 
@@ -186,4 +220,6 @@ pub struct ListenerCounters {
     pub blocked: [IntCounter; 6],
     pub monitored: [IntCounter; 6],
     pub not_ready: IntCounter,
+    /// Indexed by `BadRequest as usize`.
+    pub bad: [IntCounter; 2],
 }

@@ -9,7 +9,7 @@ use icp_gate_registry::{RegistryHandle, Syncer};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -19,7 +19,8 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::block_page::BlockPages;
 use crate::demo_origin::DemoOrigin;
-use crate::gate::{Gate, RequestIds};
+use crate::front::GateApp;
+use crate::gate::{Gate, GateProxy, RequestIds};
 use crate::metrics::Metrics;
 use crate::sync_service::{report, SyncService};
 
@@ -97,7 +98,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let request_ids = Arc::new(RequestIds::new());
     let access_log = AccessLog::new(settings.log.access_log, settings.log.access_log_sample);
     for listener in &settings.listeners {
-        let gate = Gate::new(
+        let gate = Arc::new(Gate::new(
             listener.clone(),
             registry.clone(),
             settings.upstream.clone(),
@@ -105,14 +106,14 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             metrics.listener(&listener.name),
             access_log,
             request_ids.clone(),
-        );
+        ));
         let mut options = HttpServerOptions::default();
         // Pingora counts reuses: a limit of N serves N + 1 requests.
         options.keepalive_request_limit = Some(listener.max_requests_per_connection - 1);
-        let mut service = ProxyServiceBuilder::new(&server.configuration, gate)
-            .name(format!("gate {}", listener.name))
-            .server_options(options)
-            .build();
+        let mut proxy = http_proxy(&server.configuration, GateProxy(gate.clone()));
+        proxy.server_options = Some(options);
+        let mut service =
+            Service::new(format!("gate {}", listener.name), GateApp::new(gate, proxy));
         // A block page's head and body leave in one write when they fit the buffer (Pingora's
         // default, 1460 bytes, is smaller than the page, which costs a second syscall).
         service.add_listener(

@@ -1,5 +1,7 @@
 //! The decision table of the design brief, against the real gate and a real origin.
 
+use std::io::Write;
+
 use crate::harness::*;
 
 /// Asserts a block answer per the contract and returns its body.
@@ -481,4 +483,67 @@ fn a_client_that_hangs_up_mid_request_is_not_an_error_of_the_gate() {
         !log.lines().any(|l| l.contains(" ERROR ")),
         "a client hang-up was logged as an error:\n{log}"
     );
+}
+
+#[test]
+fn blocks_answered_up_front_then_a_forward_on_the_same_connection() {
+    // The front end answers blocks itself and hands the connection to the proxy at the first
+    // request it lets through; every request is still decided on its own, pipelined or not.
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    let mut conn = Conn::open(gate.addr);
+    let get = |host: &str| format!("GET /{host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let first = conn.send(get("unfiled.cn").as_bytes());
+    assert_eq!(first.status, 403);
+    assert_eq!(first.block_reason(), Some("unfiled"));
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    assert_eq!(
+        first.header("content-length"),
+        Some(first.body.len().to_string().as_str())
+    );
+    let head = conn.send(b"HEAD / HTTP/1.1\r\nHost: bad.example.com\r\n\r\n");
+    assert_eq!(head.block_reason(), Some("denied"));
+    assert!(head.body.is_empty());
+    assert!(
+        head.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 1000
+    );
+    let json =
+        conn.send(b"GET / HTTP/1.1\r\nHost: gone.com.cn\r\nAccept: application/json\r\n\r\n");
+    assert_eq!(
+        json.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert!(
+        json.text().contains("\"reason\":\"revoked\""),
+        "{}",
+        json.text()
+    );
+    // Pipelined in one write: blocked, allowed, blocked, allowed.
+    let burst = [
+        get("a.unfiled.cn"),
+        get("www.example.com"),
+        get("b.unfiled.cn"),
+        get("img.example.com"),
+    ]
+    .concat();
+    conn.writer.write_all(burst.as_bytes()).unwrap();
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| conn.read_response(false).expect("an answer").status)
+        .collect();
+    assert_eq!(statuses, [403, 200, 403, 200]);
+    assert_eq!(
+        origin.hosts(),
+        ["www.example.com", "img.example.com"],
+        "{:#?}",
+        origin.received()
+    );
+    let m = gate.metrics();
+    assert_eq!(m.requests("blocked", "unfiled"), 3.0);
+    assert_eq!(m.requests("blocked", "denied"), 1.0);
+    assert_eq!(m.requests("blocked", "revoked"), 1.0);
+    assert_eq!(m.requests("allowed", ""), 2.0);
 }

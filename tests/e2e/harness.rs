@@ -660,7 +660,7 @@ impl Response {
 /// A raw HTTP/1.1 client connection: sends exactly the bytes given.
 pub struct Conn {
     reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    pub writer: TcpStream,
 }
 
 impl Conn {

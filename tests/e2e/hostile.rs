@@ -213,3 +213,88 @@ fn connections_end_after_the_configured_requests_or_idle_time() {
         "the idle connection was kept past keepalive_timeout_seconds"
     );
 }
+
+#[test]
+fn a_request_head_must_be_complete_within_the_header_deadline() {
+    let origin = Origin::start();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            listener_extra: "header_read_timeout_seconds = 1\nkeepalive_timeout_seconds = 30\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    // A first request trickled in: the deadline counts from the accept.
+    let mut trickle = Conn::open(gate.addr);
+    let mut silent = Conn::open(gate.addr);
+    let mut second = Conn::open(gate.addr);
+    let blocked = b"GET / HTTP/1.1\r\nHost: unfiled.cn\r\n\r\n";
+    assert_eq!(second.send(blocked).status, 403);
+    trickle.writer.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    // A later request on a kept-alive connection: the deadline counts from its first byte,
+    // well after the connection was opened.
+    std::thread::sleep(Duration::from_millis(600));
+    second.writer.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = trickle.writer.write_all(b"s");
+    }
+    assert!(trickle.is_closed(), "a trickled head outlived the deadline");
+    assert!(
+        silent.is_closed(),
+        "a silent connection outlived the deadline"
+    );
+    assert!(
+        second.is_closed(),
+        "a trickled second head outlived the deadline"
+    );
+    let m = gate.metrics();
+    assert!(
+        m.value("icp_gate_bad_requests_total", &[("reason", "head_timeout")]) >= 3.0,
+        "{}",
+        m.0
+    );
+    // An idle kept-alive connection is not an offence: it waits the keep-alive timeout.
+    let mut idle = Conn::open(gate.addr);
+    assert_eq!(idle.send(blocked).status, 403);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(idle.send(blocked).status, 403);
+    assert_origin_saw_only(&origin, &[]);
+}
+
+#[test]
+fn a_head_over_max_header_bytes_gets_431_and_the_connection_ends() {
+    let origin = Origin::start();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            listener_extra: "max_header_bytes = 4096\n".into(),
+            ..Default::default()
+        },
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: {FILED}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
+    let mut conn = Conn::open(gate.addr);
+    let resp = conn.send(big.as_bytes());
+    assert_eq!(resp.status, 431);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(conn.is_closed());
+    // Just under the limit passes.
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: {FILED}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(3900)
+    );
+    assert_eq!(Conn::open(gate.addr).send(fits.as_bytes()).status, 200);
+    let m = gate.metrics();
+    assert_eq!(
+        m.value(
+            "icp_gate_bad_requests_total",
+            &[("reason", "head_too_large")]
+        ),
+        1.0
+    );
+    assert_eq!(origin.received().len(), 1);
+}

@@ -1,0 +1,583 @@
+//! The HTTP/1 front end of a gate listener.
+//!
+//! Pingora's proxy framework builds a header map, a session and a context for every request and
+//! runs its phases one after the other; for a request the gate blocks, that costs several times
+//! more than the decision itself (profile in `docs/performance.md`). So every connection is read
+//! here first. A request whose framing leaves no doubt (no body, no upgrade, no `Expect`, an
+//! origin-form target and exactly one `Host` that normalizes) is decided on the spot, and when it
+//! is blocked its whole answer leaves in one write and the connection goes on to its next
+//! request. Everything else, including every request the gate lets through, goes to Pingora's
+//! proxy together with the bytes read so far, and the same `Gate` decides it again there: this
+//! path can only answer, never forward.
+//!
+//! The front end also holds the limits Pingora 0.9 does not have: a deadline for a whole request
+//! head (`header_read_timeout_seconds`, the slowloris limit) and a head size limit
+//! (`max_header_bytes`), for every request of a connection, the first one included.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use icp_gate_registry::{parse_authority, BlockReason, Host};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::date::get_cached_date;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::access_log::AccessRecord;
+use crate::block_page::wants_json;
+use crate::gate::{Gate, GateProxy, Outcome, RequestId, CSP};
+use crate::metrics::BadRequest;
+
+/// Headers parsed per request; a head with more goes to Pingora (which allows 256).
+const MAX_HEADERS: usize = 96;
+/// How long a client may take to accept an answer before the gate drops it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the last answer on a connection, how long and how much the gate keeps reading (and
+/// discarding) before it closes, so that a client still sending does not get a reset that
+/// destroys the answer in flight (a "lingering close", as nginx does).
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// A gate listener's connection handler: the front end, with Pingora's proxy behind it.
+pub struct GateApp {
+    gate: Arc<Gate>,
+    proxy: Arc<HttpProxy<GateProxy>>,
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    max_requests: u32,
+}
+
+impl GateApp {
+    pub fn new(gate: Arc<Gate>, proxy: HttpProxy<GateProxy>) -> Self {
+        GateApp {
+            header_timeout: gate.listener.header_read_timeout,
+            max_header_bytes: gate.listener.max_header_bytes,
+            max_requests: gate.listener.max_requests_per_connection,
+            gate,
+            proxy: Arc::new(proxy),
+        }
+    }
+}
+
+/// One client connection while the front end holds it.
+struct Conn {
+    stream: Stream,
+    /// Bytes read and not yet consumed: the current head, and anything pipelined behind it.
+    buf: BytesMut,
+    /// The answer being assembled (head and body), reused from one request to the next.
+    out: Vec<u8>,
+    page: String,
+    shown_host: String,
+    /// Requests answered on this connection so far.
+    served: u32,
+}
+
+/// What one complete request head that the front end may answer says.
+struct SimpleRequest {
+    head_len: usize,
+    host: Host,
+    method: &'static str,
+    /// HEAD: the answer has the body's length but no body.
+    head_only: bool,
+    json: bool,
+    keep_alive: bool,
+}
+
+// Both live on the stack for one request; boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    Simple(SimpleRequest),
+    /// A complete head that the front end leaves to Pingora.
+    Complex,
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Simple(SimpleRequest),
+    Complex,
+    TooLarge,
+    TimedOut,
+    /// The client closed (or the connection failed) between requests.
+    Closed,
+}
+
+#[async_trait]
+impl ServerApp for GateApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let accepted = Instant::now();
+        // TLS (ALPN may have chosen HTTP/2) is Pingora's to handle whole.
+        if stream.get_ssl_digest().is_some() {
+            return self.hand_over(stream, BytesMut::new(), 0, shutdown).await;
+        }
+        let mut c = Conn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            out: Vec::new(),
+            page: String::new(),
+            shown_host: String::new(),
+            served: 0,
+        };
+        loop {
+            let first_deadline = (c.served == 0).then(|| accepted + self.header_timeout);
+            match self.read_head(&mut c, first_deadline).await {
+                Head::Simple(req) => {
+                    let started = Instant::now();
+                    let outcome = self.gate.decide(&req.host);
+                    let Outcome::Blocked(reason) = outcome else {
+                        // Forwarded (or monitored, or not ready): Pingora's to do.
+                        let Conn {
+                            stream,
+                            buf,
+                            served,
+                            ..
+                        } = c;
+                        return self.hand_over(stream, buf, served, shutdown).await;
+                    };
+                    self.gate.count(outcome);
+                    c.served += 1;
+                    let keep_alive = req.keep_alive
+                        && self.gate.listener.keepalive_timeout.is_some()
+                        && c.served < self.max_requests
+                        && !*shutdown.borrow();
+                    let (written, id) = self.answer_block(&mut c, &req, reason, keep_alive).await;
+                    c.buf.advance(req.head_len);
+                    self.log(&c, &req, outcome, reason.http_status(), started, id);
+                    if !written {
+                        return None;
+                    }
+                    if !keep_alive {
+                        linger_close(c.stream).await;
+                        return None;
+                    }
+                }
+                Head::Complex => {
+                    let Conn {
+                        stream,
+                        buf,
+                        served,
+                        ..
+                    } = c;
+                    return self.hand_over(stream, buf, served, shutdown).await;
+                }
+                Head::TooLarge => {
+                    self.gate.counters.bad[BadRequest::HeadTooLarge as usize].inc();
+                    const BODY: &str = "request header fields too large\n";
+                    let answer = format!(
+                        "HTTP/1.1 431 Request Header Fields Too Large\r\n\
+                         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{BODY}",
+                        BODY.len()
+                    );
+                    if write_all(&mut c.stream, answer.as_bytes()).await {
+                        linger_close(c.stream).await;
+                    }
+                    return None;
+                }
+                Head::TimedOut => {
+                    self.gate.counters.bad[BadRequest::HeadTimeout as usize].inc();
+                    return None;
+                }
+                Head::Closed => return None,
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl GateApp {
+    /// Reads until the buffer holds a complete head (or the limits end the connection).
+    /// `first_deadline` is set for a connection's first request: its head must be complete
+    /// that long after the accept. Later requests may wait the keep-alive timeout for their
+    /// first byte, then have `header_timeout` from it.
+    async fn read_head(&self, c: &mut Conn, first_deadline: Option<Instant>) -> Head {
+        let mut deadline = first_deadline;
+        loop {
+            if !c.buf.is_empty() {
+                match parse(&c.buf) {
+                    Parsed::Simple(req) => return Head::Simple(req),
+                    Parsed::Complex => return Head::Complex,
+                    Parsed::Partial => {}
+                }
+                if c.buf.len() >= self.max_header_bytes {
+                    return Head::TooLarge;
+                }
+                deadline.get_or_insert_with(|| Instant::now() + self.header_timeout);
+            }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                // Idle between requests. Keep-alive off means no second request at all.
+                None => match self.gate.listener.keepalive_timeout {
+                    Some(idle) => idle,
+                    None => return Head::Closed,
+                },
+            };
+            if c.buf.capacity() - c.buf.len() < 1024 {
+                c.buf.reserve(4096);
+            }
+            match tokio::time::timeout(wait, c.stream.read_buf(&mut c.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+                Ok(Ok(_)) => {}
+                // Quiet between requests is the keep-alive timeout, not an offence.
+                Err(_) if c.buf.is_empty() && first_deadline.is_none() => return Head::Closed,
+                Err(_) => return Head::TimedOut,
+            }
+        }
+    }
+
+    /// Writes the whole block answer in one write; false when the client is gone.
+    async fn answer_block(
+        &self,
+        c: &mut Conn,
+        req: &SimpleRequest,
+        reason: BlockReason,
+        keep_alive: bool,
+    ) -> (bool, RequestId) {
+        let id = self.gate.request_ids.next_id();
+        c.shown_host.clear();
+        let _ = write!(c.shown_host, "{}", req.host);
+        c.page.clear();
+        let content_type = self.gate.pages.render_into(
+            &mut c.page,
+            reason,
+            &c.shown_host,
+            None,
+            id.as_str(),
+            req.json,
+        );
+        let out = &mut c.out;
+        out.clear();
+        out.extend_from_slice(match reason.http_status() {
+            400 => b"HTTP/1.1 400 Bad Request\r\nContent-Type: ",
+            _ => b"HTTP/1.1 403 Forbidden\r\nContent-Type: ",
+        });
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa(c.page.len(), &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\nCache-Control: no-store\r\nX-ICP-Block-Reason: ");
+        out.extend_from_slice(reason.as_str().as_bytes());
+        out.extend_from_slice(b"\r\nX-Request-Id: ");
+        out.extend_from_slice(id.as_str().as_bytes());
+        out.extend_from_slice(b"\r\nContent-Security-Policy: ");
+        out.extend_from_slice(CSP.as_bytes());
+        out.extend_from_slice(
+            b"\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nDate: ",
+        );
+        out.extend_from_slice(get_cached_date().as_bytes());
+        out.extend_from_slice(if keep_alive {
+            &b"\r\nConnection: keep-alive\r\n\r\n"[..]
+        } else {
+            &b"\r\nConnection: close\r\n\r\n"[..]
+        });
+        if !req.head_only {
+            out.extend_from_slice(c.page.as_bytes());
+        }
+        (write_all(&mut c.stream, &c.out).await, id)
+    }
+
+    fn log(
+        &self,
+        c: &Conn,
+        req: &SimpleRequest,
+        outcome: Outcome,
+        status: u16,
+        started: Instant,
+        id: RequestId,
+    ) {
+        self.gate.access_log.record(AccessRecord {
+            listener: &self.gate.listener.name,
+            client: c
+                .stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied()),
+            method: req.method,
+            host: Some(&req.host),
+            raw_host: String::new,
+            invalid: None,
+            outcome,
+            status,
+            duration: started.elapsed(),
+            request_id: Some(id.as_str()),
+            error: None,
+        });
+    }
+
+    /// Gives the connection, with the bytes already read, to Pingora's proxy for the rest of
+    /// its life, as Pingora's own HTTP/1 loop would run it.
+    async fn hand_over(
+        self: &Arc<Self>,
+        stream: Stream,
+        read: BytesMut,
+        served: u32,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        if let ServerSession::H1(h1) = &mut session {
+            // The front end answers pipelined requests in order; so does Pingora from here on
+            // (its default would drop every request after the first of a burst and close).
+            h1.set_pipelining_enabled(true);
+            if !read.is_empty() {
+                h1.set_pipelined_prefix(read);
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            // The first read is bounded by the head deadline; Gate sets the idle time per request.
+            session.set_keepalive(Some(self.header_timeout.as_secs().max(1)));
+        }
+        // Pingora counts reuses after this request: a connection serves `max_requests` in all.
+        session.set_keepalive_reuses_remaining(Some(
+            self.max_requests.saturating_sub(served).saturating_sub(1),
+        ));
+        let mut result = self.proxy.process_new_http(session, shutdown).await;
+        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.proxy.process_new_http(session, shutdown).await;
+        }
+        None
+    }
+}
+
+/// Parses one request head and sorts it: simple enough to answer here, or Pingora's.
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Not parseable here (too many headers, or a target Pingora repairs, or garbage):
+        // Pingora's once the head is all there, so the size and time limits cover it too.
+        Err(_) => {
+            return if head_complete(buf) {
+                Parsed::Complex
+            } else {
+                Parsed::Partial
+            }
+        }
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Parsed::Complex;
+    };
+    let Some(method) = known_method(method) else {
+        return Parsed::Complex;
+    };
+    if !path.starts_with('/') {
+        // Absolute-form, authority-form and `*` targets: Pingora checks them against Host.
+        return Parsed::Complex;
+    }
+    let mut host = None;
+    let mut accept = None;
+    let mut content_length = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return Parsed::Complex;
+            }
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // Only an explicit empty body; any other length (or a second one) is framing
+            // Pingora checks.
+            if content_length || h.value != b"0" {
+                return Parsed::Complex;
+            }
+            content_length = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"http2-settings")
+        {
+            return Parsed::Complex;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if !token.is_empty() {
+                    return Parsed::Complex;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"accept") && accept.is_none() {
+            accept = Some(h.value);
+        }
+    }
+    let Some(Ok(host)) = host.map(parse_authority) else {
+        // No Host, or one that does not normalize: Pingora and the gate answer invalid_host.
+        return Parsed::Complex;
+    };
+    let keep_alive = match version {
+        1 => !close,
+        _ => keep_alive && !close,
+    };
+    Parsed::Simple(SimpleRequest {
+        head_len,
+        host,
+        method,
+        head_only: method == "HEAD",
+        json: wants_json(accept),
+        keep_alive,
+    })
+}
+
+fn known_method(m: &str) -> Option<&'static str> {
+    Some(match m {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => return None,
+    })
+}
+
+/// Whether `buf` holds the end of a head (lenient about bare LF, as the parsers are).
+fn head_complete(buf: &[u8]) -> bool {
+    memchr::memmem::find(buf, b"\r\n\r\n").is_some() || memchr::memmem::find(buf, b"\n\n").is_some()
+}
+
+fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+async fn write_all(stream: &mut Stream, bytes: &[u8]) -> bool {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+/// Closes after a last answer without resetting it away: stop sending, then read and discard
+/// what the client still sends for a short while.
+async fn linger_close(mut stream: Stream) {
+    let drain = async {
+        stream.shutdown().await.ok()?;
+        let mut scratch = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        Some(())
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn simple(raw: &[u8]) -> SimpleRequest {
+        match parse(raw) {
+            Parsed::Simple(r) => r,
+            Parsed::Partial => panic!("partial: {}", raw.escape_ascii()),
+            Parsed::Complex => panic!("complex: {}", raw.escape_ascii()),
+        }
+    }
+
+    fn is_complex(raw: &[u8]) -> bool {
+        matches!(parse(raw), Parsed::Complex)
+    }
+
+    #[test]
+    fn plain_requests_are_simple() {
+        let r = simple(b"GET /x HTTP/1.1\r\nHost: WWW.Example.COM:80\r\nAccept: */*\r\n\r\nGET");
+        assert_eq!(r.host.to_string(), "www.example.com");
+        assert_eq!(r.head_len, 58);
+        assert!(r.keep_alive && !r.head_only && !r.json);
+        let r = simple(b"HEAD / HTTP/1.1\r\nhost: a.cn\r\nconnection: Close\r\n\r\n");
+        assert!(r.head_only && !r.keep_alive);
+        let r = simple(b"GET / HTTP/1.0\r\nHost: a.cn\r\n\r\n");
+        assert!(!r.keep_alive, "HTTP/1.0 closes unless asked");
+        let r = simple(b"GET / HTTP/1.0\r\nHost: a.cn\r\nConnection: keep-alive\r\n\r\n");
+        assert!(r.keep_alive);
+        let r = simple(b"POST / HTTP/1.1\r\nHost: a.cn\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(r.method, "POST");
+        let r = simple(b"GET / HTTP/1.1\r\nHost: a.cn\r\nAccept: application/json\r\n\r\n");
+        assert!(r.json);
+    }
+
+    #[test]
+    fn anything_with_framing_doubt_goes_to_pingora() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a.cn\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nHost: a.cn\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a.cn\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.cn\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.cn\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.cn\r\nHost: b.cn\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a..cn\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@a.cn\r\n\r\n",
+            b"GET http://a.cn/ HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+            b"CONNECT a.cn:443 HTTP/1.1\r\nHost: a.cn:443\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+            b"BREW / HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.cn\r\nConnection: keep-alive, te\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.cn\r\nBad Header: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.cn\x00b.cn\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+        ] {
+            assert!(is_complex(raw), "{}", raw.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a.cn\r\n"[..],
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n",
+            b"\x00\x01\x02",
+        ] {
+            assert!(
+                matches!(parse(raw), Parsed::Partial),
+                "{}",
+                raw.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn itoa_writes_decimal() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(2334, &mut [0; 20]), b"2334");
+        assert_eq!(
+            itoa(usize::MAX, &mut [0; 20]),
+            usize::MAX.to_string().as_bytes()
+        );
+    }
+}
