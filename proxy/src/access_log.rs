@@ -41,6 +41,11 @@ impl AccessLog {
         self.enabled && (self.sample >= 1.0 || fastrand::f64() < self.sample)
     }
 
+    /// Whether access lines are written at all: lets a caller skip gathering the fields.
+    pub fn wants_line(&self) -> bool {
+        self.enabled && tracing::enabled!(target: "icp_gate::access", tracing::Level::INFO)
+    }
+
     pub fn record<F: FnOnce() -> String>(&self, r: AccessRecord<'_, F>) {
         if !self.sampled() || !tracing::enabled!(target: "icp_gate::access", tracing::Level::INFO) {
             return;

@@ -547,3 +547,60 @@ fn blocks_answered_up_front_then_a_forward_on_the_same_connection() {
     assert_eq!(m.requests("blocked", "revoked"), 1.0);
     assert_eq!(m.requests("allowed", ""), 2.0);
 }
+
+#[test]
+fn forwarded_answers_keep_their_framing_and_the_origin_connection() {
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    let mut conn = Conn::open(gate.addr);
+    let get = |shape: &str| {
+        format!(
+            "GET /{shape} HTTP/1.1\r\nHost: www.example.com\r\nX-Test-Response: {shape}\r\n\r\n"
+        )
+    };
+    let plain = conn.send(get("plain").as_bytes());
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (200, "origin saw www.example.com")
+    );
+    let chunked = conn.send(get("chunked").as_bytes());
+    assert_eq!(chunked.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(chunked.text(), "origin saw www.example.com, done");
+    let hints = conn.send(get("early-hints").as_bytes());
+    assert_eq!(
+        hints.status, 200,
+        "an interim 103 must not be taken for the answer"
+    );
+    assert_eq!(hints.text(), "origin saw www.example.com");
+    let empty = conn.send(get("no-content").as_bytes());
+    assert_eq!(empty.status, 204);
+    let big = conn.send(get("big").as_bytes());
+    assert_eq!(big.body.len(), BIG_BODY);
+    assert!(big
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == b'a' + (i % 26) as u8));
+    let head = conn.send(b"HEAD / HTTP/1.1\r\nHost: www.example.com\r\n\r\n");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    // All of that on one origin connection: every answer's end was found exactly.
+    let conns: std::collections::BTreeSet<usize> =
+        origin.received().iter().map(|r| r.conn).collect();
+    assert_eq!(conns.len(), 1, "{:#?}", origin.received());
+    // An origin that drops a kept-alive connection: the next request still gets through, on
+    // a new origin connection.
+    assert_eq!(conn.send(get("then-close").as_bytes()).status, 200);
+    assert_eq!(conn.send(get("plain").as_bytes()).status, 200);
+    let received = origin.received();
+    let last_two: Vec<usize> = received.iter().rev().take(2).map(|r| r.conn).collect();
+    assert_ne!(last_two[0], last_two[1], "{received:#?}");
+    // A body that ends when the origin closes ends the client connection too.
+    let until_close = conn.send(get("until-close").as_bytes());
+    assert_eq!(until_close.text(), "origin saw www.example.com");
+    assert_eq!(until_close.header("connection"), Some("close"));
+    assert!(conn.is_closed());
+    // The next client gets a fresh origin connection, not the closed one.
+    assert_eq!(get_host(gate.addr, "www.example.com").status, 200);
+    assert_eq!(gate.metrics().requests("allowed", ""), 10.0);
+}

@@ -133,15 +133,76 @@ fn serve_origin_conn(id: usize, conn: TcpStream, rec: Arc<Mutex<Vec<Received>>>)
         if let Some(ms) = delay {
             std::thread::sleep(Duration::from_millis(ms));
         }
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Origin: test\r\n{}\r\n{body}",
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        if writer.write_all(resp.as_bytes()).is_err() || close {
+        // `X-Test-Response` picks how the answer is framed, to exercise the gate's relay.
+        let shape = req_shape(&rec, id);
+        let conn_close = "Connection: close\r\n";
+        let written = match shape.as_deref() {
+            Some("chunked") => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: test\r\n{}\r\n",
+                    if close { conn_close } else { "" }
+                );
+                // Two chunks with a pause between, so the relay sees them in separate reads.
+                writer
+                    .write_all(format!("{head}{:x}\r\n{body}\r\n", body.len()).as_bytes())
+                    .and_then(|_| writer.flush())
+                    .map(|_| std::thread::sleep(Duration::from_millis(50)))
+                    .and_then(|_| writer.write_all(b"6;ext=1\r\n, done\r\n0\r\nX-Trailer: t\r\n\r\n"))
+            }
+            Some("until-close") => {
+                let _ = writer.write_all(
+                    format!("HTTP/1.1 200 OK\r\nX-Origin: test\r\n\r\n{body}").as_bytes(),
+                );
+                return;
+            }
+            Some("early-hints") => writer.write_all(
+                format!(
+                    "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                     HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{}\r\n{body}",
+                    body.len(),
+                    if close { conn_close } else { "" }
+                )
+                .as_bytes(),
+            ),
+            Some("then-close") => {
+                // A normal answer, then the origin drops the kept-alive connection unannounced.
+                let _ = writer.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                        .as_bytes(),
+                );
+                return;
+            }
+            Some("no-content") => writer.write_all(b"HTTP/1.1 204 No Content\r\nX-Origin: test\r\n\r\n"),
+            Some("big") => {
+                let big: Vec<u8> = (0..BIG_BODY).map(|i| b'a' + (i % 26) as u8).collect();
+                writer
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_BODY}\r\n\r\n").as_bytes())
+                    .and_then(|_| writer.write_all(&big))
+            }
+            _ => writer.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Origin: test\r\n{}\r\n{body}",
+                    body.len(),
+                    if close { conn_close } else { "" }
+                )
+                .as_bytes(),
+            ),
+        };
+        if written.is_err() || close {
             return;
         }
     }
+}
+
+/// The size of the body the origin sends for `X-Test-Response: big`.
+pub const BIG_BODY: usize = 3 * 1024 * 1024 + 17;
+
+fn req_shape(rec: &Arc<Mutex<Vec<Received>>>, conn: usize) -> Option<String> {
+    let rec = rec.lock().unwrap();
+    rec.iter()
+        .rev()
+        .find(|r| r.conn == conn)
+        .and_then(|r| r.header("x-test-response").map(str::to_owned))
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Received> {
@@ -204,11 +265,19 @@ fn read_body(reader: &mut impl BufRead, headers: &Headers, to_close: bool) -> Op
             let mut size = String::new();
             reader.read_line(&mut size).ok()?;
             let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
-            let mut chunk = vec![0; n + 2];
-            reader.read_exact(&mut chunk).ok()?;
             if n == 0 {
+                // Trailer fields, then the empty line.
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).ok()?;
+                    if line.trim_end_matches(['\r', '\n']).is_empty() {
+                        break;
+                    }
+                }
                 break;
             }
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
             body.extend_from_slice(&chunk[..n]);
         }
     } else if to_close {
@@ -685,7 +754,7 @@ impl Conn {
     pub fn read_response(&mut self, head_only: bool) -> Option<Response> {
         let (line, headers) = read_head(&mut self.reader)?;
         let status = line.split(' ').nth(1)?.parse().ok()?;
-        let body = if head_only {
+        let body = if head_only || status == 204 || status == 304 {
             Vec::new()
         } else {
             read_body(&mut self.reader, &headers, true)?

@@ -4,11 +4,12 @@
 //! runs its phases one after the other; for a request the gate blocks, that costs several times
 //! more than the decision itself (profile in `docs/performance.md`). So every connection is read
 //! here first. A request whose framing leaves no doubt (no body, no upgrade, no `Expect`, an
-//! origin-form target and exactly one `Host` that normalizes) is decided on the spot, and when it
-//! is blocked its whole answer leaves in one write and the connection goes on to its next
-//! request. Everything else, including every request the gate lets through, goes to Pingora's
-//! proxy together with the bytes read so far, and the same `Gate` decides it again there: this
-//! path can only answer, never forward.
+//! origin-form target and exactly one `Host` that normalizes) is decided on the spot: a block is
+//! answered in one write, and an HTTP/1.1 request the gate lets through is forwarded by
+//! `forward`, on the front end's own kept-alive origin connections. Everything else (bodies,
+//! upgrades, HTTP/1.0 forwards, anything unusual) goes to Pingora's proxy together with the bytes
+//! read so far, which serves the connection from then on, and the same `Gate` decides it again
+//! there.
 //!
 //! The front end also holds the limits Pingora 0.9 does not have: a deadline for a whole request
 //! head (`header_read_timeout_seconds`, the slowloris limit) and a head size limit
@@ -28,6 +29,12 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+mod chunked;
+mod forward;
+
+use forward::{upstream_head, Exchange, Upstreams};
 
 use crate::access_log::AccessRecord;
 use crate::block_page::wants_json;
@@ -43,11 +50,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// destroys the answer in flight (a "lingering close", as nginx does).
 const LINGER_TIME: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1 << 20;
+const STOP_SHARDS: usize = 16;
 
 /// A gate listener's connection handler: the front end, with Pingora's proxy behind it.
 pub struct GateApp {
     gate: Arc<Gate>,
     proxy: Arc<HttpProxy<GateProxy>>,
+    upstreams: Upstreams,
+    /// Woken at shutdown, so idle kept-alive connections close at once; sharded so that the
+    /// threads do not all queue on one lock.
+    stopping: [Notify; STOP_SHARDS],
     header_timeout: Duration,
     max_header_bytes: usize,
     max_requests: u32,
@@ -59,6 +71,8 @@ impl GateApp {
             header_timeout: gate.listener.header_read_timeout,
             max_header_bytes: gate.listener.max_header_bytes,
             max_requests: gate.listener.max_requests_per_connection,
+            upstreams: Upstreams::new(gate.upstream.clone()),
+            stopping: std::array::from_fn(|_| Notify::new()),
             gate,
             proxy: Arc::new(proxy),
         }
@@ -74,8 +88,26 @@ struct Conn {
     out: Vec<u8>,
     page: String,
     shown_host: String,
+    /// The request head for the origin, and the origin's bytes on their way.
+    up_head: Vec<u8>,
+    up_buf: BytesMut,
+    /// The client's address, looked up once when first needed.
+    client: Option<Option<std::net::SocketAddr>>,
     /// Requests answered on this connection so far.
     served: u32,
+    /// Which of `GateApp::stopping` this connection waits on.
+    shard: usize,
+}
+
+impl Conn {
+    fn client(&mut self) -> Option<std::net::SocketAddr> {
+        let stream = &self.stream;
+        *self.client.get_or_insert_with(|| {
+            stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+        })
+    }
 }
 
 /// What one complete request head that the front end may answer says.
@@ -87,6 +119,7 @@ struct SimpleRequest {
     head_only: bool,
     json: bool,
     keep_alive: bool,
+    http11: bool,
 }
 
 // Both live on the stack for one request; boxing the request would cost an allocation each.
@@ -127,7 +160,11 @@ impl ServerApp for GateApp {
             out: Vec::new(),
             page: String::new(),
             shown_host: String::new(),
+            up_head: Vec::new(),
+            up_buf: BytesMut::new(),
+            client: None,
             served: 0,
+            shard: fastrand::usize(..STOP_SHARDS),
         };
         loop {
             let first_deadline = (c.served == 0).then(|| accepted + self.header_timeout);
@@ -135,29 +172,43 @@ impl ServerApp for GateApp {
                 Head::Simple(req) => {
                     let started = Instant::now();
                     let outcome = self.gate.decide(&req.host);
-                    let Outcome::Blocked(reason) = outcome else {
-                        // Forwarded (or monitored, or not ready): Pingora's to do.
-                        let Conn {
-                            stream,
-                            buf,
-                            served,
-                            ..
-                        } = c;
-                        return self.hand_over(stream, buf, served, shutdown).await;
+                    let open = match outcome {
+                        Outcome::Blocked(reason) => {
+                            let keep_alive = self.keep_alive(&mut c, &req, shutdown);
+                            let (written, id) =
+                                self.answer_block(&mut c, &req, reason, keep_alive).await;
+                            self.gate.count(outcome);
+                            c.buf.advance(req.head_len);
+                            self.log(
+                                &mut c,
+                                &req,
+                                outcome,
+                                reason.http_status(),
+                                started,
+                                id,
+                                None,
+                            );
+                            written && keep_alive
+                        }
+                        Outcome::Allowed | Outcome::Monitored(_) if req.http11 => {
+                            let keep_alive = self.keep_alive(&mut c, &req, shutdown);
+                            self.gate.count(outcome);
+                            self.forward(&mut c, &req, outcome, keep_alive, started)
+                                .await
+                        }
+                        // HTTP/1.0 forwards (the answer may need re-framing) and not ready:
+                        // Pingora's to do.
+                        _ => {
+                            let Conn {
+                                stream,
+                                buf,
+                                served,
+                                ..
+                            } = c;
+                            return self.hand_over(stream, buf, served, shutdown).await;
+                        }
                     };
-                    self.gate.count(outcome);
-                    c.served += 1;
-                    let keep_alive = req.keep_alive
-                        && self.gate.listener.keepalive_timeout.is_some()
-                        && c.served < self.max_requests
-                        && !*shutdown.borrow();
-                    let (written, id) = self.answer_block(&mut c, &req, reason, keep_alive).await;
-                    c.buf.advance(req.head_len);
-                    self.log(&c, &req, outcome, reason.http_status(), started, id);
-                    if !written {
-                        return None;
-                    }
-                    if !keep_alive {
+                    if !open {
                         linger_close(c.stream).await;
                         return None;
                     }
@@ -195,11 +246,111 @@ impl ServerApp for GateApp {
     }
 
     async fn cleanup(&self) {
+        for shard in &self.stopping {
+            shard.notify_waiters();
+        }
         self.proxy.http_cleanup().await;
     }
 }
 
 impl GateApp {
+    /// Counts the request as served and says whether the connection stays open after it.
+    fn keep_alive(&self, c: &mut Conn, req: &SimpleRequest, shutdown: &ShutdownWatch) -> bool {
+        c.served += 1;
+        req.keep_alive
+            && self.gate.listener.keepalive_timeout.is_some()
+            && c.served < self.max_requests
+            && !*shutdown.borrow()
+    }
+
+    /// Forwards an allowed request and relays the answer; false when the connection ends.
+    async fn forward(
+        &self,
+        c: &mut Conn,
+        req: &SimpleRequest,
+        outcome: Outcome,
+        keep_alive: bool,
+        started: Instant,
+    ) -> bool {
+        let id = self.gate.request_ids.next_id();
+        let client_ip = match c.client() {
+            Some(addr) => addr.ip(),
+            None => std::net::IpAddr::from([0, 0, 0, 0]),
+        };
+        let mut ip_text = String::new();
+        let _ = write!(ip_text, "{client_ip}");
+        let built = upstream_head(
+            &c.buf[..req.head_len],
+            &ip_text,
+            id.as_str(),
+            &mut c.up_head,
+        );
+        c.buf.advance(req.head_len);
+        if built.is_err() {
+            // Unreachable: the same bytes parsed a moment ago.
+            return false;
+        }
+        let exchange = Exchange {
+            upstreams: &self.upstreams,
+            request: &c.up_head,
+            head_request: req.head_only,
+            close_client: !keep_alive,
+            up_buf: &mut c.up_buf,
+            out: &mut c.out,
+        };
+        match exchange.run(&mut c.stream, WRITE_TIMEOUT).await {
+            Ok(relayed) => {
+                self.log(c, req, outcome, relayed.status, started, id, None);
+                relayed.client_open
+            }
+            Err(e) => {
+                tracing::warn!(
+                    listener = self.gate.listener.name,
+                    request_id = id.as_str(),
+                    error = %e,
+                    "forwarding failed"
+                );
+                let error =
+                    pingora::Error::explain(pingora::ErrorType::ConnectError, e.to_string());
+                let written = self
+                    .answer_bad_gateway(c, id, keep_alive, req.head_only)
+                    .await;
+                self.log(c, req, outcome, 502, started, id, Some(&error));
+                written && keep_alive
+            }
+        }
+    }
+
+    async fn answer_bad_gateway(
+        &self,
+        c: &mut Conn,
+        id: RequestId,
+        keep_alive: bool,
+        head_only: bool,
+    ) -> bool {
+        const BODY: &str = "502 Bad Gateway: the origin server could not be reached\n";
+        let out = &mut c.out;
+        out.clear();
+        out.extend_from_slice(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
+              Cache-Control: no-store\r\nContent-Length: ",
+        );
+        out.extend_from_slice(itoa(BODY.len(), &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\nX-Request-Id: ");
+        out.extend_from_slice(id.as_str().as_bytes());
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(get_cached_date().as_bytes());
+        out.extend_from_slice(if keep_alive {
+            &b"\r\nConnection: keep-alive\r\n\r\n"[..]
+        } else {
+            &b"\r\nConnection: close\r\n\r\n"[..]
+        });
+        if !head_only {
+            out.extend_from_slice(BODY.as_bytes());
+        }
+        write_all(&mut c.stream, &c.out).await
+    }
+
     /// Reads until the buffer holds a complete head (or the limits end the connection).
     /// `first_deadline` is set for a connection's first request: its head must be complete
     /// that long after the accept. Later requests may wait the keep-alive timeout for their
@@ -229,7 +380,21 @@ impl GateApp {
             if c.buf.capacity() - c.buf.len() < 1024 {
                 c.buf.reserve(4096);
             }
-            match tokio::time::timeout(wait, c.stream.read_buf(&mut c.buf)).await {
+            let idle = c.buf.is_empty() && first_deadline.is_none();
+            let read = tokio::time::timeout(wait, c.stream.read_buf(&mut c.buf));
+            let read = if idle {
+                // Between requests a shutting-down gate stops waiting at once (in-flight
+                // requests are not affected: they are not here).
+                let shard = &self.stopping[c.shard];
+                tokio::select! {
+                    biased;
+                    read = read => read,
+                    _ = shard.notified() => return Head::Closed,
+                }
+            } else {
+                read.await
+            };
+            match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
                 Ok(Ok(_)) => {}
                 // Quiet between requests is the keep-alive timeout, not an offence.
@@ -289,21 +454,23 @@ impl GateApp {
         (write_all(&mut c.stream, &c.out).await, id)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
-        c: &Conn,
+        c: &mut Conn,
         req: &SimpleRequest,
         outcome: Outcome,
         status: u16,
         started: Instant,
         id: RequestId,
+        error: Option<&pingora::Error>,
     ) {
+        if !self.gate.access_log.wants_line() {
+            return;
+        }
         self.gate.access_log.record(AccessRecord {
             listener: &self.gate.listener.name,
-            client: c
-                .stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied()),
+            client: c.client(),
             method: req.method,
             host: Some(&req.host),
             raw_host: String::new,
@@ -312,7 +479,7 @@ impl GateApp {
             status,
             duration: started.elapsed(),
             request_id: Some(id.as_str()),
-            error: None,
+            error,
         });
     }
 
@@ -438,6 +605,7 @@ fn parse(buf: &[u8]) -> Parsed {
         head_only: method == "HEAD",
         json: wants_json(accept),
         keep_alive,
+        http11: version == 1,
     })
 }
 

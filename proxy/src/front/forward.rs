@@ -1,0 +1,626 @@
+//! Forwarding a simple request (no body, HTTP/1.1) from the front end: the request head is
+//! rewritten once into a buffer, sent on a kept-alive origin connection, and the response is
+//! relayed as it comes, head rewritten, body bytes unchanged, with its framing followed so the
+//! origin connection can be reused.
+//!
+//! What the origin receives is what the proxy path sends (`GateProxy::upstream_request_filter`):
+//! the client's head with `Host` unchanged, minus hop-by-hop headers and every client-sent
+//! forwarding header, plus the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use icp_gate_config::UpstreamSettings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::ChunkedTracker;
+
+/// Response heads larger than this are refused (502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// Request headers the origin never gets from the client: hop-by-hop ones, and the forwarding
+/// headers only the gate may set.
+fn dropped_request_header(name: &[u8]) -> bool {
+    const DROPPED: [&[u8]; 11] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+        b"x-request-id",
+    ];
+    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+fn hop_by_hop_response_header(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 5] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"trailer",
+        b"upgrade",
+    ];
+    HOP.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// The origin servers of a listener, with their idle kept-alive connections.
+pub struct Upstreams {
+    servers: Vec<SocketAddr>,
+    next: AtomicUsize,
+    idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
+    settings: UpstreamSettings,
+}
+
+impl Upstreams {
+    pub fn new(settings: UpstreamSettings) -> Self {
+        Upstreams {
+            servers: settings.servers.clone(),
+            next: AtomicUsize::new(0),
+            idle: settings.servers.iter().map(|_| Mutex::default()).collect(),
+            settings,
+        }
+    }
+
+    /// An idle connection to server `i` that is still open, if there is one.
+    fn take(&self, i: usize) -> Option<TcpStream> {
+        let mut idle = self.idle[i].lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() >= self.settings.idle_timeout {
+                continue;
+            }
+            // Readable while idle means the origin closed it (or sent garbage): either way it
+            // cannot carry a request. This asks the reactor's cached readiness first, so an
+            // idle connection that is fine costs no syscall.
+            match stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn put(&self, i: usize, stream: TcpStream) {
+        if self.settings.idle_timeout.is_zero() {
+            return;
+        }
+        let mut idle = self.idle[i].lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.settings.keepalive_pool_size {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, i: usize) -> Result<TcpStream, UpstreamError> {
+        let addr = self.servers[i];
+        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => Err(UpstreamError::Connect(addr, e.to_string())),
+            Err(_) => Err(UpstreamError::Connect(addr, "connect timed out".into())),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum UpstreamError {
+    Connect(SocketAddr, String),
+    /// Failed before any byte of a response came back.
+    NoResponse(String),
+    BadResponse(&'static str),
+    Timeout,
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(addr, e) => write!(f, "connecting to {addr}: {e}"),
+            UpstreamError::NoResponse(e) => write!(f, "no response from the origin: {e}"),
+            UpstreamError::BadResponse(e) => write!(f, "bad response from the origin: {e}"),
+            UpstreamError::Timeout => f.write_str("the origin did not answer in time"),
+        }
+    }
+}
+
+/// Writes the request head the origin gets for the simple request in `head`.
+pub fn upstream_head(
+    head: &[u8],
+    client_ip: &str,
+    request_id: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+        return Err(());
+    };
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Err(());
+    };
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        if dropped_request_header(h.name.as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    Ok(())
+}
+
+/// How the response body ends.
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked(ChunkedTracker),
+    /// Until the origin closes: the client connection closes after it too.
+    UntilClose,
+}
+
+/// The parts of a response head the relay needs; the rewritten head is in the output buffer.
+pub struct ResponseHead {
+    pub status: u16,
+    pub head_len: usize,
+    pub framing: Framing,
+    /// The origin may keep the connection (HTTP/1.1 without `Connection: close`, clear framing).
+    pub reusable: bool,
+    /// The client connection ends after this response (asked to, or the body ends at close).
+    pub close_client: bool,
+}
+
+/// Parses the origin's response head in `buf` and writes the client's version of it to `out`.
+/// None: more bytes needed.
+pub fn client_head(
+    buf: &[u8],
+    head_request: bool,
+    close_client: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => {
+            return Err(UpstreamError::BadResponse("response head too large"))
+        }
+        Err(_) => return Err(UpstreamError::BadResponse("unparseable response head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let http11 = resp.version == Some(1);
+    let mut reusable = http11;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    // Headers named in Connection are hop-by-hop too.
+    let mut named: [&[u8]; 8] = [b""; 8];
+    let mut named_len = 0;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    reusable = true;
+                } else if !token.is_empty() && named_len < named.len() {
+                    named[named_len] = token;
+                    named_len += 1;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let value = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(UpstreamError::BadResponse("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != value) {
+                return Err(UpstreamError::BadResponse("conflicting Content-Length"));
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
+    let framing = if no_body {
+        Framing::Empty
+    } else if transfer_encoding {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); such a response may be
+        // an attempt to desynchronise, so its connection is not reused.
+        if length.is_some() {
+            reusable = false;
+        }
+        if chunked {
+            Framing::Chunked(ChunkedTracker::default())
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    if matches!(framing, Framing::UntilClose) {
+        reusable = false;
+    }
+    let close_client = close_client || matches!(framing, Framing::UntilClose);
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(super::itoa(status as usize, &mut [0u8; 20]));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if hop_by_hop_response_header(name)
+            || named[..named_len]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(if close_client {
+        &b"Connection: close\r\n\r\n"[..]
+    } else {
+        &b"\r\n"[..]
+    });
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        framing,
+        reusable,
+        close_client,
+    }))
+}
+
+impl Framing {
+    /// How many of `bytes` belong to the body; `Err` on broken chunked framing.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, UpstreamError> {
+        match self {
+            Framing::Empty => Ok(0),
+            Framing::Length(left) => {
+                let n = (bytes.len() as u64).min(*left);
+                *left -= n;
+                Ok(n as usize)
+            }
+            Framing::Chunked(t) => t
+                .feed(bytes)
+                .map_err(|_| UpstreamError::BadResponse("broken chunked framing")),
+            Framing::UntilClose => Ok(bytes.len()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Framing::Empty => true,
+            Framing::Length(left) => *left == 0,
+            Framing::Chunked(t) => t.done(),
+            Framing::UntilClose => false,
+        }
+    }
+}
+
+/// How one forwarded exchange ended.
+pub struct Relayed {
+    pub status: u16,
+    /// The client connection can take another request.
+    pub client_open: bool,
+}
+
+/// One request to the origin and its response to the client.
+pub struct Exchange<'a> {
+    pub upstreams: &'a Upstreams,
+    /// The request head for the origin.
+    pub request: &'a [u8],
+    pub head_request: bool,
+    pub close_client: bool,
+    /// Scratch buffers owned by the client connection.
+    pub up_buf: &'a mut BytesMut,
+    pub out: &'a mut Vec<u8>,
+}
+
+impl Exchange<'_> {
+    /// Sends the request (trying each server once, and once more on a fresh connection when a
+    /// kept-alive one turns out dead), then relays the response to `client`. Err: nothing was
+    /// written to the client yet, and it may get an error answer.
+    pub async fn run<W>(
+        self,
+        client: &mut W,
+        write_timeout: Duration,
+    ) -> Result<Relayed, UpstreamError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let u = self.upstreams;
+        let n = u.servers.len();
+        let first = u.next.fetch_add(1, Ordering::Relaxed) % n;
+        let read_timeout = u.settings.read_timeout;
+        let mut last_error = None;
+        for attempt in 0..n {
+            let server = (first + attempt) % n;
+            let mut fresh_tried = false;
+            loop {
+                let (mut up, reused) = match u.take(server) {
+                    Some(s) if !fresh_tried => (s, true),
+                    _ => match u.connect(server).await {
+                        Ok(s) => (s, false),
+                        Err(e) => {
+                            last_error = Some(e);
+                            break;
+                        }
+                    },
+                };
+                self.up_buf.clear();
+                match send_and_read_head(
+                    &mut up,
+                    self.request,
+                    self.up_buf,
+                    read_timeout,
+                    self.head_request,
+                    self.close_client,
+                    self.out,
+                )
+                .await
+                {
+                    Ok(head) => {
+                        return relay(
+                            up,
+                            head,
+                            self.up_buf,
+                            self.out,
+                            client,
+                            read_timeout,
+                            write_timeout,
+                            u,
+                            server,
+                        )
+                        .await;
+                    }
+                    // A kept-alive connection the origin had closed: once more, fresh.
+                    Err(UpstreamError::NoResponse(_)) if reused => {
+                        fresh_tried = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last_error.unwrap_or(UpstreamError::Timeout))
+    }
+}
+
+async fn send_and_read_head(
+    up: &mut TcpStream,
+    request: &[u8],
+    buf: &mut BytesMut,
+    read_timeout: Duration,
+    head_request: bool,
+    close_client: bool,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, UpstreamError> {
+    match tokio::time::timeout(read_timeout, up.write_all(request)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(UpstreamError::NoResponse(e.to_string())),
+        Err(_) => return Err(UpstreamError::Timeout),
+    }
+    loop {
+        if !buf.is_empty() {
+            match client_head(buf, head_request, close_client, out)? {
+                // Interim answers (103 Early Hints and the like) are not passed on.
+                Some(head) if (100..200).contains(&head.status) => {
+                    bytes::Buf::advance(buf, head.head_len);
+                    continue;
+                }
+                Some(head) => return Ok(head),
+                None => {}
+            }
+        }
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(8192);
+        }
+        match tokio::time::timeout(read_timeout, up.read_buf(buf)).await {
+            Ok(Ok(0)) if buf.is_empty() => {
+                return Err(UpstreamError::NoResponse("connection closed".into()))
+            }
+            Ok(Ok(0)) => return Err(UpstreamError::BadResponse("response head cut short")),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if buf.is_empty() => return Err(UpstreamError::NoResponse(e.to_string())),
+            Ok(Err(_)) => return Err(UpstreamError::BadResponse("response head cut short")),
+            Err(_) => return Err(UpstreamError::Timeout),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay<W>(
+    mut up: TcpStream,
+    mut head: ResponseHead,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    client: &mut W,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    upstreams: &Upstreams,
+    server: usize,
+) -> Result<Relayed, UpstreamError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    // The head and whatever of the body came with it leave in one write.
+    let body = &buf[head.head_len..];
+    let n = head.framing.take(body)?;
+    out.extend_from_slice(&body[..n]);
+    let mut extra = n < body.len();
+    let client_gone = Relayed {
+        status: head.status,
+        client_open: false,
+    };
+    if !write_client(client, out, write_timeout).await {
+        return Ok(client_gone);
+    }
+    while !head.framing.done() {
+        buf.clear();
+        buf.reserve(16 * 1024);
+        let read = match tokio::time::timeout(read_timeout, up.read_buf(buf)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(_)) | Err(_) => 0,
+        };
+        if read == 0 {
+            // Close-delimited bodies end here; any other body was cut short, and the client
+            // must see the connection end rather than wait for bytes that will not come.
+            return Ok(client_gone);
+        }
+        let n = match head.framing.take(buf) {
+            Ok(n) => n,
+            Err(_) => return Ok(client_gone),
+        };
+        extra = n < buf.len();
+        if !write_client(client, &buf[..n], write_timeout).await {
+            return Ok(client_gone);
+        }
+    }
+    if head.reusable && !extra {
+        upstreams.put(server, up);
+    }
+    Ok(Relayed {
+        status: head.status,
+        client_open: !head.close_client,
+    })
+}
+
+async fn write_client<W>(client: &mut W, bytes: &[u8], write_timeout: Duration) -> bool
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let write = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_origin_gets_the_head_without_client_forwarding_headers() {
+        let mut out = Vec::new();
+        upstream_head(
+            b"GET /a?b HTTP/1.1\r\nHost: www.example.com\r\nX-Forwarded-For: 10.0.0.1\r\n\
+              Forwarded: for=x\r\nConnection: keep-alive\r\nX-Request-Id: forged\r\nUser-Agent: t\r\n\r\n",
+            "127.0.0.1",
+            "rid",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a?b HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: t\r\n\
+             X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid\r\n\r\n"
+        );
+    }
+
+    fn head(raw: &[u8], head_request: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let h = client_head(raw, head_request, false, &mut out)
+            .unwrap()
+            .unwrap();
+        (h, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (h, out) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nhello",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Length(5)) && h.reusable);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert!(matches!(h.framing, Framing::Empty));
+        let (h, _) = head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Empty));
+        let (h, out) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Chunked(_)) && h.reusable);
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"));
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Chunked(_)) && !h.reusable);
+        let (h, out) = head(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert!(matches!(h.framing, Framing::UntilClose) && !h.reusable);
+        assert!(out.ends_with("Connection: close\r\n\r\n"));
+        let (h, out) = head(b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n", false);
+        assert!(!h.reusable);
+        assert!(!out.contains("X-Secret"), "{out}");
+        let (h, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert!(!h.reusable);
+    }
+
+    #[test]
+    fn bad_response_heads_are_errors() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(
+                client_head(raw, false, false, &mut Vec::new()).is_err(),
+                "{}",
+                raw.escape_ascii()
+            );
+        }
+        assert!(matches!(
+            client_head(
+                b"HTTP/1.1 200 OK\r\nContent-Le",
+                false,
+                false,
+                &mut Vec::new()
+            ),
+            Ok(None)
+        ));
+    }
+}
