@@ -424,9 +424,19 @@ pub fn diff<A: Read, B: Read, W: Write>(old: A, new: B, out: W) -> Result<DiffSu
     })
 }
 
-/// Whether `bytes` (the start of a file, decompressed) is a delta rather than a snapshot.
-pub fn looks_like_delta(start: &[u8]) -> bool {
-    start.starts_with(MAGIC.as_bytes())
+/// Whether the text `reader` gives (gzip or not) starts as a delta rather than a snapshot.
+pub fn starts_as_delta<R: Read>(reader: R) -> io::Result<bool> {
+    let mut reader = io::BufReader::new(reader);
+    let gzip = io::BufRead::fill_buf(&mut reader)?.starts_with(&[0x1f, 0x8b]);
+    let mut start = Vec::with_capacity(MAGIC.len());
+    if gzip {
+        flate2::bufread::MultiGzDecoder::new(reader)
+            .take(MAGIC.len() as u64)
+            .read_to_end(&mut start)?;
+    } else {
+        reader.take(MAGIC.len() as u64).read_to_end(&mut start)?;
+    }
+    Ok(start == MAGIC.as_bytes())
 }
 
 #[cfg(test)]

@@ -19,6 +19,6 @@ pub use snapshot::{
     read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError, SnapshotWriter,
 };
 pub use sync::{
-    Canary, HttpSettings, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource, SyncOutcome,
-    Syncer,
+    Canary, DeltaSource, HttpSettings, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource,
+    SyncOutcome, Syncer,
 };
