@@ -674,7 +674,7 @@ fn a_restart_comes_back_at_the_delta_applied_serial_from_state_dir() {
 /// Measures how long a filing published as a delta takes to pass through the gate, with the
 /// default `delta_interval_seconds` (2). Prints the figures; asserts no timing.
 ///
-/// `cargo test --release --test e2e delta_propagation_time -- --ignored --nocapture`
+/// `cargo test --test e2e delta_propagation_time -- --ignored --nocapture`
 #[test]
 #[ignore = "a measurement: run it on purpose (see docs/performance.md)"]
 fn delta_propagation_time() {
