@@ -356,6 +356,9 @@ pub const STATE_FILE: &str = "registry.snapshot";
 pub const STATE_DELTAS: &str = "registry.deltas";
 /// Most deltas applied in one sync (a catch-up continues at the next).
 const MAX_DELTAS_PER_SYNC: usize = 1000;
+/// Largest delta read (or `max_snapshot_bytes`, when lower): a delta is held in memory whole,
+/// and one this large is a snapshot's work.
+pub const MAX_DELTA_BYTES: u64 = 256 << 20;
 
 /// Reads snapshots from a source and swaps good ones into a `RegistryHandle`.
 pub struct Syncer {
@@ -535,7 +538,7 @@ impl Syncer {
     /// The bytes of a delta; None when there is none (HTTP 404, no such file).
     fn fetch_delta(&mut self, at: &SnapshotSource) -> Result<Option<Vec<u8>>, String> {
         // One byte over the limit is enough for the parser to refuse it as too large.
-        let limit = self.gates.max_bytes.saturating_add(1);
+        let limit = self.delta_limit().saturating_add(1);
         let mut bytes = Vec::new();
         match at {
             SnapshotSource::File(path) => match File::open(path) {
@@ -574,7 +577,7 @@ impl Syncer {
 
     /// Reads and checks a delta against the registry in service and swaps the result in.
     fn offer_delta(&self, bytes: &[u8]) -> SyncOutcome {
-        let delta = match read_delta(bytes, self.gates.max_bytes) {
+        let delta = match read_delta(bytes, self.delta_limit()) {
             Ok(d) => d,
             Err(e) => return SyncOutcome::DeltaRejected(e),
         };
@@ -614,6 +617,10 @@ impl Syncer {
         drop(current);
         self.handle.swap_in(next);
         outcome
+    }
+
+    fn delta_limit(&self) -> u64 {
+        self.gates.max_bytes.min(MAX_DELTA_BYTES)
     }
 
     /// Keeps an applied delta in `state_dir` (temporary file, fsync, rename).
