@@ -348,23 +348,25 @@ impl Registry {
         if !self.overlay.is_empty() {
             return self.covering_domain_with_overlay(name);
         }
+        // Through the Arc once.
+        let domains: &NameIndex = &self.domains;
         // Hash every candidate first and prefetch their slots, so the probes' cache misses
         // overlap instead of queueing one behind another.
         let mut batch = [("", 0u64); BATCH];
         let mut n = 0;
         let mut candidates = name.self_and_parents();
         for candidate in candidates.by_ref().take(BATCH) {
-            let hash = self.domains.hash(candidate.as_bytes());
-            self.domains.prefetch(hash);
+            let hash = domains.hash(candidate.as_bytes());
+            domains.prefetch(hash);
             batch[n] = (candidate, hash);
             n += 1;
         }
         for (candidate, hash) in &batch[..n] {
-            if let Some(f) = self.domains.get_hashed(candidate.as_bytes(), *hash) {
+            if let Some(f) = domains.get_hashed(candidate.as_bytes(), *hash) {
                 return Some(entry_of(f));
             }
         }
-        candidates.find_map(|c| self.domains.get(c.as_bytes()).map(entry_of))
+        candidates.find_map(|c| domains.get(c.as_bytes()).map(entry_of))
     }
 
     /// The walk when deltas changed some names: at each name, the overlay first (a removed
