@@ -50,8 +50,16 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum RegistryCommand {
-    /// Check a snapshot (plain or gzip) and print its serial, record count and status counts.
+    /// Check a snapshot or a delta (plain or gzip) and print its serials and counts.
     Verify { file: PathBuf },
+    /// Write the delta that takes snapshot OLD to snapshot NEW (NEW's serial must be higher).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Write the delta here instead of standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Write a synthetic snapshot (realistic TLD and status mix) for load tests and benches.
     Generate {
         /// Where to write it.
@@ -90,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Demo), _) => demo(),
         (Some(Command::Registry { command }), _) => match command {
             RegistryCommand::Verify { file } => verify(&file),
+            RegistryCommand::Diff { old, new, output } => diff(&old, &new, output.as_deref()),
             RegistryCommand::Generate {
                 file,
                 records,
@@ -171,8 +180,70 @@ fn demo() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn open(file: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))
+}
+
+fn diff(old: &Path, new: &Path, output: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let mut delta = Vec::new();
+    let summary = match icp_gate_registry::diff(
+        std::io::BufReader::new(open(old)?),
+        std::io::BufReader::new(open(new)?),
+        &mut delta,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = e
+                .to_string()
+                .replacen("OLD", &old.display().to_string(), 1)
+                .replacen("NEW", &new.display().to_string(), 1);
+            eprintln!("icp-gate: no delta written: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // Written whole once it is complete: a failed diff leaves no partial delta behind.
+    match output {
+        Some(path) => {
+            std::fs::write(path, &delta).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout().write_all(&delta)?,
+    }
+    eprintln!(
+        "delta from={} to={}: {} upserts, {} removals, {} entries after it",
+        summary.from, summary.to, summary.upserts, summary.removals, summary.entries
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_delta(file: &Path) -> anyhow::Result<ExitCode> {
+    match icp_gate_registry::read_delta(open(file)?, u64::MAX) {
+        Ok(d) => {
+            let (upserts, removals) = d.counts();
+            println!("{}: valid delta", file.display());
+            println!("from: {}", d.header.from);
+            println!("to: {}", d.header.to);
+            println!("generated_at: {}", d.header.generated_at);
+            println!("changes: {}", d.changes.len());
+            println!("  upserts: {upserts}");
+            println!("  removals: {removals}");
+            println!("entries_after: {}", d.entries);
+            println!("sha256: {}", icp_gate_registry::snapshot::hex(&d.sha256));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: invalid: {e}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn verify(file: &Path) -> anyhow::Result<ExitCode> {
-    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    if icp_gate_registry::delta::starts_as_delta(open(file)?)
+        .with_context(|| format!("reading {}", file.display()))?
+    {
+        return verify_delta(file);
+    }
+    let f = open(file)?;
     let size = f.metadata().map(|m| m.len()).ok();
     match read_snapshot_sized(f, size) {
         Ok(s) => {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use icp_gate_registry::{
-    parse_authority, BlockReason, Canary, Decision, HttpSettings, Requirement, SafetyGates,
-    SnapshotSource,
+    parse_authority, BlockReason, Canary, Decision, DeltaSource, HttpSettings, Requirement,
+    SafetyGates, SnapshotSource,
 };
 use serde::de::DeserializeOwned;
 
@@ -57,6 +57,9 @@ pub struct RegistrySettings {
     pub state_dir: Option<PathBuf>,
     pub gates: SafetyGates,
     pub http: HttpSettings,
+    /// The delta feed, if one is configured.
+    pub delta_source: Option<DeltaSource>,
+    pub delta_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -515,7 +518,22 @@ impl Validator {
             retries: r.fetch_retries,
             ..HttpSettings::default()
         };
+        let delta_source = match r.delta_source.as_deref().map(DeltaSource::parse) {
+            Some(Err(e)) => {
+                self.error("registry.delta_source", e);
+                None
+            }
+            Some(Ok(d)) => Some(d),
+            None => None,
+        };
+        let delta_interval = self.duration(
+            "registry.delta_interval_seconds",
+            r.delta_interval_seconds,
+            0.1,
+        );
         Some(RegistrySettings {
+            delta_source,
+            delta_interval,
             source: source?,
             http,
             refresh_interval: Duration::from_secs(r.refresh_interval_seconds),
@@ -693,6 +711,32 @@ nonsense = "x.html"
         );
         assert!(has("extra: unknown section"), "{errs:#?}");
         assert_eq!(errs.len(), 8, "{errs:#?}");
+    }
+
+    #[test]
+    fn delta_feed_keys() {
+        let s = parse(MINIMAL, Path::new("/")).unwrap();
+        assert!(s.registry.delta_source.is_none());
+        assert_eq!(s.registry.delta_interval, Duration::from_secs(2));
+        let text = format!(
+            "{MINIMAL}delta_source = \"http://127.0.0.1:8000/deltas/\"\ndelta_interval_seconds = 0.5\n"
+        );
+        let s = parse(&text, Path::new("/")).unwrap();
+        assert_eq!(
+            s.registry.delta_source.unwrap().to_string(),
+            "http://127.0.0.1:8000/deltas/"
+        );
+        assert_eq!(s.registry.delta_interval, Duration::from_millis(500));
+        let text = format!("{MINIMAL}delta_source = \"deltas/\"\ndelta_interval_seconds = 0\n");
+        let errs = errors(&text);
+        assert!(
+            errs[0].starts_with("registry.delta_source: `deltas/`"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].starts_with("registry.delta_interval_seconds: 0 is out of range"),
+            "{errs:#?}"
+        );
     }
 
     #[test]

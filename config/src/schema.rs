@@ -126,6 +126,15 @@ pub struct RegistryFile {
     /// http(s) sources: further tries after a failed fetch (backoff with jitter).
     #[serde(default = "default_fetch_retries")]
     pub fetch_retries: u32,
+    /// Prefix of the delta feed (`file://` or `http(s)://`); the serial in service is appended.
+    pub delta_source: Option<String>,
+    /// Pause between two polls of the delta feed.
+    #[serde(default = "default_delta_interval")]
+    pub delta_interval_seconds: f64,
+}
+
+fn default_delta_interval() -> f64 {
+    2.0
 }
 
 fn default_connect_timeout_registry() -> f64 {

@@ -11,6 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
+use crate::sync_service::Feed;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
@@ -20,37 +21,60 @@ pub struct AdminApp {
 
 impl AdminApp {
     async fn sync_now(&self) -> serde_json::Value {
-        let Some(outcome) = crate::sync_service::sync_now(
+        let Some(sync) = crate::sync_service::sync_now(
             self.syncer.clone(),
             self.registry.clone(),
             self.metrics.clone(),
+            Feed::Both,
         )
         .await
         else {
             return serde_json::json!({ "result": "error", "detail": "the sync task failed" });
         };
         let serial = self.registry.load().as_ref().map(|r| r.serial);
-        match outcome {
-            SyncOutcome::Loaded {
-                serial, entries, ..
-            } => {
-                serde_json::json!({ "result": "loaded", "serial": serial, "entries": entries })
-            }
-            SyncOutcome::Unchanged => {
-                serde_json::json!({ "result": "unchanged", "serial": serial })
-            }
-            SyncOutcome::Rejected(e) => serde_json::json!({
-                "result": "rejected", "reason": e.reason.as_str(), "line": e.line,
-                "detail": e.detail, "serial": serial,
-            }),
-            SyncOutcome::StillRejected(reason) => serde_json::json!({
-                "result": "rejected", "reason": reason.as_str(), "serial": serial,
-                "detail": "the source still offers the snapshot that was rejected",
-            }),
-            SyncOutcome::SourceError(e) => {
-                serde_json::json!({ "result": "error", "detail": e, "serial": serial })
-            }
+        let mut answer = match &sync.snapshot {
+            Some(outcome) => outcome_json(outcome, serial),
+            None => serde_json::json!({}),
+        };
+        if !sync.deltas.is_empty() {
+            answer["deltas"] = sync
+                .deltas
+                .iter()
+                .map(|o| outcome_json(o, serial))
+                .collect();
+            answer["serial_in_service"] = serial.into();
         }
+        answer
+    }
+}
+
+/// One sync step as JSON (`POST /sync`).
+fn outcome_json(outcome: &SyncOutcome, serial: Option<u64>) -> serde_json::Value {
+    match outcome {
+        SyncOutcome::Loaded {
+            serial, entries, ..
+        } => {
+            serde_json::json!({ "result": "loaded", "serial": serial, "entries": entries })
+        }
+        SyncOutcome::Unchanged => {
+            serde_json::json!({ "result": "unchanged", "serial": serial })
+        }
+        SyncOutcome::Rejected(e) | SyncOutcome::DeltaRejected(e) => serde_json::json!({
+            "result": "rejected", "reason": e.reason.as_str(), "line": e.line,
+            "detail": e.detail, "serial": serial,
+        }),
+        SyncOutcome::StillRejected(reason) => serde_json::json!({
+            "result": "rejected", "reason": reason.as_str(), "serial": serial,
+            "detail": "the source still offers what was rejected",
+        }),
+        SyncOutcome::SourceError(e) => {
+            serde_json::json!({ "result": "error", "detail": e, "serial": serial })
+        }
+        SyncOutcome::DeltaApplied {
+            from, to, entries, ..
+        } => serde_json::json!({
+            "result": "applied", "from": from, "serial": to, "entries": entries,
+        }),
     }
 }
 
@@ -109,6 +133,9 @@ impl ServeHttp for AdminApp {
                         "entries": r.entries,
                         "sha256": icp_gate_registry::snapshot::hex(&r.sha256),
                         "loaded_at": r.loaded_at,
+                        "base_serial": r.base_serial,
+                        "deltas_applied": r.deltas_applied,
+                        "overlay_entries": r.registry.overlay_len(),
                     }),
                     None => serde_json::json!({ "ready": false }),
                 };

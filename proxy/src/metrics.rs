@@ -23,6 +23,10 @@ pub struct Metrics {
     sync_total: IntCounterVec,
     rejected_total: IntCounterVec,
     bad_requests: IntCounterVec,
+    pub deltas_applied: IntCounter,
+    pub delta_compactions: IntCounter,
+    pub registry_overlay: IntGauge,
+    pub registry_base_serial: IntGauge,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -120,7 +124,7 @@ impl Metrics {
             rejected_total: IntCounterVec::new(
                 Opts::new(
                     "icp_gate_registry_rejected_total",
-                    "Snapshots refused (the one in service stayed), by reason",
+                    "Snapshots and deltas refused (the registry in service stayed), by reason",
                 ),
                 &["reason"],
             )
@@ -134,6 +138,26 @@ impl Metrics {
                 &["listener", "reason"],
             )
             .unwrap(),
+            deltas_applied: IntCounter::new(
+                "icp_gate_registry_deltas_applied_total",
+                "Registry deltas applied (each moved the serial in service forward)",
+            )
+            .unwrap(),
+            delta_compactions: IntCounter::new(
+                "icp_gate_registry_delta_compactions_total",
+                "Times the changes deltas made were folded into a fresh index",
+            )
+            .unwrap(),
+            registry_overlay: gauge(
+                "icp_gate_registry_overlay_entries",
+                "Domain changes deltas made that are held over the shared index (0 after a \
+                 snapshot load or a compaction)",
+            ),
+            registry_base_serial: gauge(
+                "icp_gate_registry_base_serial",
+                "Serial of the full snapshot the registry in service was built from; below \
+                 icp_gate_registry_serial when deltas were applied on top of it",
+            ),
             requests,
             registry,
         };
@@ -152,6 +176,11 @@ impl Metrics {
         r.register(Box::new(m.sync_total.clone())).unwrap();
         r.register(Box::new(m.rejected_total.clone())).unwrap();
         r.register(Box::new(m.bad_requests.clone())).unwrap();
+        r.register(Box::new(m.deltas_applied.clone())).unwrap();
+        r.register(Box::new(m.delta_compactions.clone())).unwrap();
+        r.register(Box::new(m.registry_overlay.clone())).unwrap();
+        r.register(Box::new(m.registry_base_serial.clone()))
+            .unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,

@@ -57,7 +57,8 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone())
         .with_state_dir(settings.registry.state_dir.clone())
         .with_gates(settings.registry.gates.clone())
-        .with_http(settings.registry.http.clone());
+        .with_http(settings.registry.http.clone())
+        .with_delta_source(settings.registry.delta_source.clone());
     let source = syncer.source().to_string();
     report(&syncer.sync_once(), &registry, &metrics, &source);
     if !registry.is_ready() {
@@ -70,6 +71,11 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 .to_string();
             report(&outcome, &registry, &metrics, &kept);
         }
+    }
+    // Deltas this gate applied before it stopped, kept in state_dir over the snapshot they
+    // chain from: a restart comes back at the newest serial it had.
+    for (kept, outcome) in syncer.replay_state_deltas() {
+        report(&outcome, &registry, &metrics, &kept);
     }
     if !registry.is_ready() {
         tracing::warn!(
@@ -160,6 +166,11 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             syncer,
             registry,
             interval: settings.registry.refresh_interval,
+            delta_interval: settings
+                .registry
+                .delta_source
+                .is_some()
+                .then_some(settings.registry.delta_interval),
             metrics,
         },
     ));

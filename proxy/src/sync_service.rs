@@ -15,25 +15,57 @@ pub struct SyncService {
     pub syncer: Arc<Mutex<Syncer>>,
     pub registry: Arc<RegistryHandle>,
     pub interval: Duration,
+    /// Pause between two polls of the delta feed, when one is configured.
+    pub delta_interval: Option<Duration>,
     pub metrics: Arc<Metrics>,
+}
+
+/// Which feeds one sync reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// The full snapshot from `registry.source`.
+    Snapshot,
+    /// The deltas from `registry.delta_source` (a bad one falls back to the snapshot).
+    Deltas,
+    /// The snapshot, then the deltas from its serial on.
+    Both,
+}
+
+/// What one sync did: the snapshot attempt, then each delta step (with a fallback snapshot
+/// attempt after a rejected delta).
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub snapshot: Option<SyncOutcome>,
+    pub deltas: Vec<SyncOutcome>,
 }
 
 /// One sync attempt, logged and counted, run entirely off the runtime's threads: parsing a
 /// large snapshot and freeing the old one take time, and the sync lock may be held that long by
-/// another attempt (timer, SIGHUP or `POST /sync`). None if the blocking task failed.
+/// another attempt (timers, SIGHUP or `POST /sync`). None if the blocking task failed.
 pub async fn sync_now(
     syncer: Arc<Mutex<Syncer>>,
     registry: Arc<RegistryHandle>,
     metrics: Arc<Metrics>,
-) -> Option<SyncOutcome> {
+    feed: Feed,
+) -> Option<SyncReport> {
     let task = tokio::task::spawn_blocking(move || {
         let mut syncer = syncer.lock().expect("sync lock");
-        let outcome = syncer.sync_once();
-        report(&outcome, &registry, &metrics, &syncer.source().to_string());
-        outcome
+        let mut sync = SyncReport::default();
+        if feed != Feed::Deltas {
+            let outcome = syncer.sync_once();
+            report(&outcome, &registry, &metrics, &syncer.source().to_string());
+            sync.snapshot = Some(outcome);
+        }
+        if feed != Feed::Snapshot {
+            for (source, outcome) in syncer.sync_deltas() {
+                report(&outcome, &registry, &metrics, &source);
+                sync.deltas.push(outcome);
+            }
+        }
+        sync
     });
     match task.await {
-        Ok(outcome) => Some(outcome),
+        Ok(sync) => Some(sync),
         Err(e) => {
             tracing::error!("registry sync task failed: {e}");
             None
@@ -58,6 +90,8 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
             metrics.registry_serial.set(*serial as i64);
             metrics.registry_load_seconds.set(build_time.as_secs_f64());
             metrics.registry_ready.set(1);
+            metrics.registry_base_serial.set(*serial as i64);
+            metrics.registry_overlay.set(0);
             tracing::info!(
                 source,
                 serial,
@@ -97,6 +131,57 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
                 "the source still offers the rejected snapshot"
             );
         }
+        SyncOutcome::DeltaApplied {
+            from,
+            to,
+            entries,
+            upserts,
+            removals,
+            overlay,
+            compacted,
+            duration,
+        } => {
+            metrics.sync(SyncResult::Success);
+            metrics.registry_last_success.set(now);
+            metrics.registry_entries.set(*entries as i64);
+            metrics.registry_serial.set(*to as i64);
+            metrics.registry_ready.set(1);
+            metrics.deltas_applied.inc();
+            metrics.registry_overlay.set(*overlay as i64);
+            if *compacted {
+                metrics.delta_compactions.inc();
+            }
+            tracing::info!(
+                source,
+                from,
+                to,
+                upserts,
+                removals,
+                entries,
+                overlay,
+                compacted,
+                duration_us = duration.as_micros() as u64,
+                "registry delta applied"
+            );
+        }
+        SyncOutcome::DeltaRejected(e) => {
+            metrics.sync(SyncResult::Rejected);
+            metrics.rejected(e.reason);
+            let in_service = registry
+                .load()
+                .as_ref()
+                .map(|r| r.serial as i64)
+                .unwrap_or(-1);
+            tracing::error!(
+                source,
+                reason = e.reason.as_str(),
+                line = e.line.unwrap_or(0),
+                serial_in_service = in_service,
+                "registry delta rejected, the registry in service stays; \
+                 trying the full snapshot: {}",
+                e.detail
+            );
+        }
         SyncOutcome::SourceError(e) => {
             metrics.sync(SyncResult::Error);
             tracing::warn!(
@@ -119,10 +204,19 @@ impl BackgroundService for SyncService {
                 None
             }
         };
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut next_snapshot = tokio::time::Instant::now() + self.interval;
+        let mut next_delta = tokio::time::Instant::now() + self.delta_interval.unwrap_or(far);
         loop {
-            tokio::select! {
+            let feed = tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep_until(next_snapshot.min(next_delta)) => {
+                    if tokio::time::Instant::now() >= next_snapshot {
+                        Feed::Snapshot
+                    } else {
+                        Feed::Deltas
+                    }
+                }
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(h) => h.recv().await,
@@ -130,14 +224,24 @@ impl BackgroundService for SyncService {
                     }
                 } => {
                     tracing::info!("SIGHUP: syncing the registry now");
+                    Feed::Both
                 }
-            }
+            };
             sync_now(
                 self.syncer.clone(),
                 self.registry.clone(),
                 self.metrics.clone(),
+                feed,
             )
             .await;
+            // Each pause runs from the end of the attempt that used it.
+            let now = tokio::time::Instant::now();
+            if feed != Feed::Deltas {
+                next_snapshot = now + self.interval;
+            }
+            if feed != Feed::Snapshot {
+                next_delta = now + self.delta_interval.unwrap_or(far);
+            }
         }
     }
 }

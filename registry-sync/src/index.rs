@@ -263,6 +263,24 @@ impl NameIndex {
         }
     }
 
+    /// Every record with what the index knows of it, in table order (after `finish`).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Found)> + '_ {
+        self.slots.iter().filter(|s| s.len != 0).map(|s| {
+            let expires_at = if s.flags & HAS_EXPIRY != 0 {
+                self.expiries.get(&s.offset).copied()
+            } else {
+                None
+            };
+            (
+                self.name_at(s),
+                Found {
+                    status: STATUS_BY_CODE[s.status as usize],
+                    expires_at,
+                },
+            )
+        })
+    }
+
     /// Every record's status, for counting.
     pub fn statuses(&self) -> impl Iterator<Item = Status> + '_ {
         self.slots

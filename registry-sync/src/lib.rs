@@ -2,6 +2,7 @@
 //! filings and the decision it gives, snapshot format v1, and the sync step that swaps a new
 //! snapshot into service.
 
+pub mod delta;
 pub mod index;
 pub mod name;
 pub mod registry;
@@ -9,12 +10,15 @@ pub mod snapshot;
 pub mod sync;
 pub mod synthetic;
 
+pub use delta::{apply_delta, diff, read_delta, Delta, DeltaHeader, DeltaWriter};
 pub use name::{parse_authority, parse_registry_name, DomainName, Host, InvalidHost};
-pub use registry::{BlockReason, Decision, Entry, InsertError, Registry, Requirement, Status};
+pub use registry::{
+    BlockReason, Change, Decision, Entry, InsertError, Key, Registry, Requirement, Status,
+};
 pub use snapshot::{
     read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError, SnapshotWriter,
 };
 pub use sync::{
-    Canary, HttpSettings, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource, SyncOutcome,
-    Syncer,
+    Canary, DeltaSource, HttpSettings, LoadedRegistry, RegistryHandle, SafetyGates, SnapshotSource,
+    SyncOutcome, Syncer,
 };

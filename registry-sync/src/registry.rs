@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::index::{self, InsertError as IndexInsertError, NameIndex};
 use crate::name::{DomainName, Host};
@@ -148,11 +149,47 @@ pub enum InsertError {
 /// names are walked one label at a time past that.
 const BATCH: usize = 8;
 
+/// A record's key: a normalized domain name (lower-case A-labels) or an IP address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    Domain(Box<[u8]>),
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Domain(name) => f.write_str(&String::from_utf8_lossy(name)),
+            Key::Ip(ip) => Host::Ip(*ip).fmt(f),
+        }
+    }
+}
+
+/// One change a delta makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Add the record, or replace the one with the same name.
+    Upsert(Key, Entry),
+    /// Remove the record of that name; it must exist.
+    Remove(Key),
+}
+
+/// Domain changes over a shared index: `Some` an added or changed record, `None` a removed one.
+/// Holds only what differs from the index. Keyed foldhash, like the index (see `index`).
+type Overlay = HashMap<Box<[u8]>, Option<Entry>, foldhash::quality::RandomState>;
+
 /// The filings in service: domain records (each covering its subdomains) and IP records.
+///
+/// The domain index is shared (`Arc`) between a registry and the ones deltas derive from it; a
+/// delta's domain changes live in a small overlay consulted before the index, only when it is
+/// not empty, until `compact` folds them into a fresh index.
 #[derive(Default, Clone, Debug)]
 pub struct Registry {
-    domains: NameIndex,
-    ips: HashMap<IpAddr, Entry>,
+    domains: Arc<NameIndex>,
+    ips: Arc<HashMap<IpAddr, Entry>>,
+    overlay: Overlay,
+    /// Domain records added by the overlay minus those it removes.
+    overlay_adjust: isize,
 }
 
 impl Registry {
@@ -164,11 +201,8 @@ impl Registry {
     pub fn insert(&mut self, host: &Host, entry: Entry) -> Result<(), InsertError> {
         use std::collections::hash_map::Entry as Slot;
         match host {
-            Host::Domain(d) => self
-                .domains
-                .push(d.as_bytes(), entry.status, entry.expires_at)
-                .map_err(|IndexInsertError::ArenaFull| InsertError::TooLarge),
-            Host::Ip(ip) => match self.ips.entry(*ip) {
+            Host::Domain(d) => self.insert_domain(d.as_bytes(), entry),
+            Host::Ip(ip) => match Arc::make_mut(&mut self.ips).entry(*ip) {
                 Slot::Occupied(_) => Err(InsertError::Duplicate),
                 Slot::Vacant(v) => {
                     v.insert(entry);
@@ -180,12 +214,12 @@ impl Registry {
 
     /// Makes room for about `records` domain records with `name_bytes` of names in all.
     pub fn reserve(&mut self, records: usize, name_bytes: usize) {
-        self.domains.reserve(records, name_bytes);
+        Arc::make_mut(&mut self.domains).reserve(records, name_bytes);
     }
 
     /// Adds a domain record by its normalized name (bulk loading; see `insert`).
     pub fn insert_domain(&mut self, name: &[u8], entry: Entry) -> Result<(), InsertError> {
-        self.domains
+        Arc::make_mut(&mut self.domains)
             .push(name, entry.status, entry.expires_at)
             .map_err(|IndexInsertError::ArenaFull| InsertError::TooLarge)
     }
@@ -193,18 +227,112 @@ impl Registry {
     /// Done adding records: builds the index. Fails with a name listed twice; the registry is
     /// then unusable.
     pub fn finish(&mut self) -> Result<(), String> {
-        self.ips.shrink_to_fit();
-        self.domains
+        Arc::make_mut(&mut self.ips).shrink_to_fit();
+        Arc::make_mut(&mut self.domains)
             .finish()
             .map_err(|name| String::from_utf8_lossy(&name).into_owned())
     }
 
     pub fn len(&self) -> usize {
-        self.domains.len() + self.ips.len()
+        ((self.domains.len() + self.ips.len()) as isize + self.overlay_adjust) as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Domain changes held in the overlay (0 for a registry loaded from a snapshot).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// The record of exactly this name, if there is one (no walk to parents).
+    pub fn get(&self, key: &Key) -> Option<Entry> {
+        match key {
+            Key::Ip(ip) => self.ips.get(ip).copied(),
+            Key::Domain(name) => match self.overlay.get(name) {
+                Some(changed) => *changed,
+                None => self.domains.get(name).map(entry_of),
+            },
+        }
+    }
+
+    /// This registry with `changes` applied, sharing the domain index: O(changes), plus a copy
+    /// of the overlay (and of the IP records when a change touches one). Fails, naming the
+    /// record, when a change removes a name that has no record.
+    pub fn apply(&self, changes: &[Change]) -> Result<Registry, String> {
+        let mut next = self.clone();
+        for change in changes {
+            match change {
+                Change::Upsert(Key::Ip(ip), entry) => {
+                    Arc::make_mut(&mut next.ips).insert(*ip, *entry);
+                }
+                Change::Remove(key @ Key::Ip(ip)) => {
+                    if Arc::make_mut(&mut next.ips).remove(ip).is_none() {
+                        return Err(format!("removes `{key}`, which has no record"));
+                    }
+                }
+                Change::Upsert(Key::Domain(name), entry) => {
+                    let existed = next.get(&Key::Domain(name.clone())).is_some();
+                    if next.domains.get(name).map(entry_of) == Some(*entry) {
+                        next.overlay.remove(name);
+                    } else {
+                        next.overlay.insert(name.clone(), Some(*entry));
+                    }
+                    if !existed {
+                        next.overlay_adjust += 1;
+                    }
+                }
+                Change::Remove(key @ Key::Domain(name)) => {
+                    if next.get(key).is_none() {
+                        return Err(format!("removes `{key}`, which has no record"));
+                    }
+                    if next.domains.get(name).is_some() {
+                        next.overlay.insert(name.clone(), None);
+                    } else {
+                        next.overlay.remove(name);
+                    }
+                    next.overlay_adjust -= 1;
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// The same records in a fresh index of their own, with an empty overlay: what a registry
+    /// built from the equivalent snapshot would be. Takes as long as loading that snapshot.
+    pub fn compact(&self) -> Registry {
+        let mut domains = NameIndex::new();
+        let (_, name_bytes) = self.memory();
+        domains.reserve(self.len() - self.ips.len(), name_bytes);
+        for (name, entry) in self.domain_entries() {
+            domains
+                .push(name, entry.status, entry.expires_at)
+                .expect("the names fitted the index they come from");
+        }
+        domains
+            .finish()
+            .expect("names from one registry are unique");
+        Registry {
+            domains: Arc::new(domains),
+            ips: self.ips.clone(),
+            overlay: Overlay::default(),
+            overlay_adjust: 0,
+        }
+    }
+
+    /// Every domain record in force: the index's, as changed by the overlay.
+    fn domain_entries(&self) -> impl Iterator<Item = (&[u8], Entry)> + '_ {
+        let kept = self
+            .domains
+            .iter()
+            .filter(|(name, _)| !self.overlay.contains_key(*name))
+            .map(|(name, f)| (name, entry_of(f)));
+        let changed = self
+            .overlay
+            .iter()
+            .filter_map(|(name, e)| e.map(|e| (&name[..], e)));
+        kept.chain(changed)
     }
 
     /// The record that covers `host`: for a domain the most specific record among the name and
@@ -217,27 +345,47 @@ impl Registry {
     }
 
     fn covering_domain(&self, name: &DomainName) -> Option<Entry> {
-        let found = |f: index::Found| Entry {
-            status: f.status,
-            expires_at: f.expires_at,
-        };
+        if !self.overlay.is_empty() {
+            return self.covering_domain_with_overlay(name);
+        }
+        // Through the Arc once.
+        let domains: &NameIndex = &self.domains;
         // Hash every candidate first and prefetch their slots, so the probes' cache misses
         // overlap instead of queueing one behind another.
         let mut batch = [("", 0u64); BATCH];
         let mut n = 0;
         let mut candidates = name.self_and_parents();
         for candidate in candidates.by_ref().take(BATCH) {
-            let hash = self.domains.hash(candidate.as_bytes());
-            self.domains.prefetch(hash);
+            let hash = domains.hash(candidate.as_bytes());
+            domains.prefetch(hash);
             batch[n] = (candidate, hash);
             n += 1;
         }
         for (candidate, hash) in &batch[..n] {
-            if let Some(f) = self.domains.get_hashed(candidate.as_bytes(), *hash) {
-                return Some(found(f));
+            if let Some(f) = domains.get_hashed(candidate.as_bytes(), *hash) {
+                return Some(entry_of(f));
             }
         }
-        candidates.find_map(|c| self.domains.get(c.as_bytes()).map(found))
+        candidates.find_map(|c| domains.get(c.as_bytes()).map(entry_of))
+    }
+
+    /// The walk when deltas changed some names: at each name, the overlay first (a removed
+    /// record lets the walk go on to the parent), then the index.
+    #[inline(never)]
+    fn covering_domain_with_overlay(&self, name: &DomainName) -> Option<Entry> {
+        for candidate in name.self_and_parents() {
+            let candidate = candidate.as_bytes();
+            match self.overlay.get(candidate) {
+                Some(Some(entry)) => return Some(*entry),
+                Some(None) => {}
+                None => {
+                    if let Some(f) = self.domains.get(candidate) {
+                        return Some(entry_of(f));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The decision for `host` on a listener requiring `require`, at `now` (unix seconds).
@@ -262,23 +410,35 @@ impl Registry {
     /// Records per status, in `Status::ALL` order.
     pub fn status_counts(&self) -> [usize; 5] {
         let mut counts = [0usize; 5];
-        for status in self
-            .domains
-            .statuses()
-            .chain(self.ips.values().map(|e| e.status))
-        {
+        let domains: Box<dyn Iterator<Item = Status>> = if self.overlay.is_empty() {
+            Box::new(self.domains.statuses())
+        } else {
+            Box::new(self.domain_entries().map(|(_, e)| e.status))
+        };
+        for status in domains.chain(self.ips.values().map(|e| e.status)) {
             counts[status as usize] += 1;
         }
         counts
     }
 
-    /// Memory held: (index bytes besides the names' text, bytes of name text).
+    /// Memory held: (index bytes besides the names' text, bytes of name text). The overlay
+    /// counts as index; its names as text.
     pub fn memory(&self) -> (usize, usize) {
         let ip_bytes = self.ips.capacity() * (std::mem::size_of::<(IpAddr, Entry)>() + 1);
+        let overlay_bytes =
+            self.overlay.capacity() * (std::mem::size_of::<(Box<[u8]>, Option<Entry>)>() + 1);
+        let overlay_names: usize = self.overlay.keys().map(|k| k.len()).sum();
         (
-            self.domains.overhead_bytes() + ip_bytes,
-            self.domains.name_bytes(),
+            self.domains.overhead_bytes() + ip_bytes + overlay_bytes,
+            self.domains.name_bytes() + overlay_names,
         )
+    }
+}
+
+fn entry_of(f: index::Found) -> Entry {
+    Entry {
+        status: f.status,
+        expires_at: f.expires_at,
     }
 }
 

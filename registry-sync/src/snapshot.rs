@@ -44,10 +44,19 @@ pub enum RejectReason {
     ShrinkLimit,
     /// A configured canary host did not decide as expected.
     Canary,
+    /// A delta that does not start at the serial in service.
+    DeltaGap,
+    /// A delta whose content does not hash to its trailer's sha256.
+    DeltaChecksum,
+    /// A delta that fails any other check of its text (the detail says which).
+    DeltaMalformed,
+    /// A delta that does not fit the registry in service: it removes a name that has no
+    /// record, or the result's record count is not its trailer's `entries`.
+    DeltaMismatch,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::ReadError,
         RejectReason::MalformedHeader,
         RejectReason::MalformedRecord,
@@ -61,6 +70,10 @@ impl RejectReason {
         RejectReason::TooLarge,
         RejectReason::ShrinkLimit,
         RejectReason::Canary,
+        RejectReason::DeltaGap,
+        RejectReason::DeltaChecksum,
+        RejectReason::DeltaMalformed,
+        RejectReason::DeltaMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +91,10 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::ShrinkLimit => "shrink_limit",
             RejectReason::Canary => "canary",
+            RejectReason::DeltaGap => "delta_gap",
+            RejectReason::DeltaChecksum => "delta_checksum",
+            RejectReason::DeltaMalformed => "delta_malformed",
+            RejectReason::DeltaMismatch => "delta_mismatch",
         }
     }
 }
@@ -180,6 +197,60 @@ pub fn read_snapshot_limited<R: Read>(
     size_hint: Option<u64>,
     max_bytes: u64,
 ) -> Result<Snapshot, SnapshotError> {
+    let started = (Instant::now(), process_cpu_time());
+    let mut format = SnapshotFormat {
+        registry: Registry::new(),
+        name: Vec::with_capacity(256),
+    };
+    let framed = read_framed(reader, size_hint, max_bytes, &mut format)?;
+    format.registry.finish().map_err(|name| {
+        SnapshotError::new(
+            RejectReason::DuplicateName,
+            None,
+            format!("`{name}` is listed more than once"),
+        )
+    })?;
+    Ok(Snapshot {
+        header: framed.header,
+        registry: format.registry,
+        sha256: framed.sha256,
+        build_time: started.0.elapsed(),
+        build_cpu_time: process_cpu_time().saturating_sub(started.1),
+    })
+}
+
+/// One text format in the framing snapshots and deltas share: a header line, body lines, and an
+/// `end count=… [entries=…] sha256=…` trailer over every byte before it. The framing (gzip,
+/// size limit, line splitting, line length, `\n` only, UTF-8, control characters, the checksum
+/// and the count) is done once, in `read_framed`; a format reads its header and body lines.
+pub(crate) trait Format {
+    type Header;
+    /// Whether the trailer carries `entries=` (deltas) or must not (snapshots).
+    const TRAILER_ENTRIES: bool;
+    /// The header line, without its `\n`. An error is `malformed_header` at line 1.
+    fn header(&mut self, text: &str) -> Result<Self::Header, String>;
+    /// One body line, without its `\n`, already checked for control characters.
+    fn body_line(&mut self, text: &str, line_no: u64) -> Result<(), SnapshotError>;
+    /// The input is about `size` bytes of text (a plain file): reserve memory for it.
+    fn reserve(&mut self, _size: u64) {}
+}
+
+/// What the framing checked: the header, the trailer's fields and the text's SHA-256.
+pub(crate) struct Framed<H> {
+    pub header: H,
+    /// `entries=` from the trailer (only formats with `TRAILER_ENTRIES`).
+    pub entries: Option<u64>,
+    pub sha256: [u8; 32],
+}
+
+/// Reads text in the shared framing, plain or gzip-compressed (detected by its magic bytes),
+/// refusing (`too_large`) more than `max_bytes` of text after decompression.
+pub(crate) fn read_framed<R: Read, F: Format>(
+    reader: R,
+    size_hint: Option<u64>,
+    max_bytes: u64,
+    format: &mut F,
+) -> Result<Framed<F::Header>, SnapshotError> {
     // The limit applies to what is read and, for gzip, again to what it decompresses to.
     let mut reader = BufReader::with_capacity(256 * 1024, Limited::new(reader, max_bytes));
     let gzip = reader
@@ -189,9 +260,12 @@ pub fn read_snapshot_limited<R: Read>(
     if gzip {
         // The compressed size says little about the text's.
         let decoder = Limited::new(flate2::bufread::MultiGzDecoder::new(reader), max_bytes);
-        parse(BufReader::with_capacity(256 * 1024, decoder), None)
+        parse(BufReader::with_capacity(256 * 1024, decoder), format)
     } else {
-        parse(reader, size_hint)
+        if let Some(size) = size_hint {
+            format.reserve(size);
+        }
+        parse(reader, format)
     }
 }
 
@@ -254,15 +328,11 @@ impl<R: Read> Read for Limited<R> {
 const BYTES_PER_RECORD_LINE: u64 = 40;
 const NAME_SHARE_PERCENT: u64 = 30;
 
-fn parse<R: BufRead>(mut reader: R, size_hint: Option<u64>) -> Result<Snapshot, SnapshotError> {
-    let started = (Instant::now(), process_cpu_time());
-    let mut parser = Parser::new();
-    if let Some(size) = size_hint {
-        parser.registry.reserve(
-            (size / BYTES_PER_RECORD_LINE) as usize,
-            (size * NAME_SHARE_PERCENT / 100) as usize,
-        );
-    }
+fn parse<R: BufRead, F: Format>(
+    mut reader: R,
+    format: &mut F,
+) -> Result<Framed<F::Header>, SnapshotError> {
+    let mut parser = Parser::new(format);
     // Lines are taken straight from the reader's buffer; only a line that straddles two
     // buffer fills is copied (into `carry`).
     let mut carry: Vec<u8> = Vec::new();
@@ -305,35 +375,32 @@ fn parse<R: BufRead>(mut reader: R, size_hint: Option<u64>) -> Result<Snapshot, 
         // The last line has no `\n`: only the trailer may end that way.
         parser.line(&carry)?;
     }
-    parser.finish(started)
+    parser.finish()
 }
 
-/// Where the parser is in the file.
-enum State {
+/// Where the parser is in the text.
+enum State<H> {
     Header,
-    Records(Header),
+    Body(H),
     /// The trailer has been read (its text and line number).
-    Done(Header, String, u64),
+    Done(H, String, u64),
 }
 
-/// Checks and builds a snapshot line by line.
-struct Parser {
-    state: State,
+/// Checks the framing line by line and hands header and body lines to the format.
+struct Parser<'f, F: Format> {
+    format: &'f mut F,
+    state: State<F::Header>,
     hasher: Sha256,
-    registry: Registry,
-    /// Scratch for one normalized name.
-    name: Vec<u8>,
     records: u64,
     line_no: u64,
 }
 
-impl Parser {
-    fn new() -> Self {
+impl<'f, F: Format> Parser<'f, F> {
+    fn new(format: &'f mut F) -> Self {
         Parser {
+            format,
             state: State::Header,
             hasher: Sha256::new(),
-            registry: Registry::new(),
-            name: Vec::with_capacity(256),
             records: 0,
             line_no: 0,
         }
@@ -357,27 +424,30 @@ impl Parser {
         match &self.state {
             State::Header => {
                 self.hasher.update(line);
-                let header = parse_header(body_of(line, 1)?)
+                let header = self
+                    .format
+                    .header(body_of(line, 1)?)
                     .map_err(|d| SnapshotError::new(RejectReason::MalformedHeader, Some(1), d))?;
-                self.state = State::Records(header);
+                self.state = State::Body(header);
                 Ok(())
             }
-            State::Records(_) if line.starts_with(TRAILER_PREFIX) => {
+            State::Body(_) if line.starts_with(TRAILER_PREFIX) => {
                 let text = std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(line))
                     .map_err(|_| {
                         SnapshotError::new(RejectReason::MissingTrailer, Some(line_no), "not UTF-8")
                     })?
                     .to_owned();
-                let State::Records(header) = std::mem::replace(&mut self.state, State::Header)
-                else {
+                let State::Body(header) = std::mem::replace(&mut self.state, State::Header) else {
                     unreachable!("matched above")
                 };
                 self.state = State::Done(header, text, line_no);
                 Ok(())
             }
-            State::Records(_) => {
+            State::Body(_) => {
                 self.hasher.update(line);
-                self.record(body_of(line, line_no)?, line_no)
+                self.format.body_line(body_of(line, line_no)?, line_no)?;
+                self.records += 1;
+                Ok(())
             }
             State::Done(..) => Err(SnapshotError::new(
                 RejectReason::MissingTrailer,
@@ -387,44 +457,16 @@ impl Parser {
         }
     }
 
-    fn record(&mut self, text: &str, line_no: u64) -> Result<(), SnapshotError> {
-        let (ip, entry) = parse_record(text, &mut self.name)
-            .map_err(|(reason, d)| SnapshotError::new(reason, Some(line_no), d))?;
-        let inserted = match ip {
-            Some(ip) => self.registry.insert(&Host::Ip(ip), entry),
-            None => self.registry.insert_domain(&self.name, entry),
-        };
-        match inserted {
-            Ok(()) => {
-                self.records += 1;
-                Ok(())
-            }
-            Err(InsertError::Duplicate) => Err(SnapshotError::new(
-                RejectReason::DuplicateName,
-                Some(line_no),
-                format!(
-                    "`{}` is listed more than once",
-                    Host::Ip(ip.expect("only IP records are refused at insert"))
-                ),
-            )),
-            Err(InsertError::TooLarge) => Err(SnapshotError::new(
-                RejectReason::MalformedRecord,
-                Some(line_no),
-                "the registry's names pass 4 GiB, more than one gate holds",
-            )),
-        }
-    }
-
-    fn finish(mut self, started: (Instant, Duration)) -> Result<Snapshot, SnapshotError> {
+    fn finish(self) -> Result<Framed<F::Header>, SnapshotError> {
         let (header, trailer, trailer_line) = match self.state {
             State::Header => {
                 return Err(SnapshotError::new(
                     RejectReason::MalformedHeader,
                     None,
-                    "the snapshot is empty",
+                    "the input is empty",
                 ))
             }
-            State::Records(_) => {
+            State::Body(_) => {
                 return Err(SnapshotError::new(
                     RejectReason::MissingTrailer,
                     None,
@@ -436,7 +478,7 @@ impl Parser {
             }
             State::Done(header, trailer, line) => (header, trailer, line),
         };
-        let (count, digest) = parse_trailer(&trailer)
+        let (count, entries, digest) = parse_trailer(&trailer, F::TRAILER_ENTRIES)
             .map_err(|d| SnapshotError::new(RejectReason::MissingTrailer, Some(trailer_line), d))?;
         let actual: [u8; 32] = self.hasher.finalize().into();
         if actual != digest {
@@ -460,20 +502,59 @@ impl Parser {
                 ),
             ));
         }
-        self.registry.finish().map_err(|name| {
-            SnapshotError::new(
-                RejectReason::DuplicateName,
-                None,
-                format!("`{name}` is listed more than once"),
-            )
-        })?;
-        Ok(Snapshot {
+        Ok(Framed {
             header,
-            registry: self.registry,
+            entries,
             sha256: actual,
-            build_time: started.0.elapsed(),
-            build_cpu_time: process_cpu_time().saturating_sub(started.1),
         })
+    }
+}
+
+/// Snapshot format v1: records go into a registry as they are read.
+struct SnapshotFormat {
+    registry: Registry,
+    /// Scratch for one normalized name.
+    name: Vec<u8>,
+}
+
+impl Format for SnapshotFormat {
+    type Header = Header;
+    const TRAILER_ENTRIES: bool = false;
+
+    fn header(&mut self, text: &str) -> Result<Header, String> {
+        parse_header(text)
+    }
+
+    fn reserve(&mut self, size: u64) {
+        self.registry.reserve(
+            (size / BYTES_PER_RECORD_LINE) as usize,
+            (size * NAME_SHARE_PERCENT / 100) as usize,
+        );
+    }
+
+    fn body_line(&mut self, text: &str, line_no: u64) -> Result<(), SnapshotError> {
+        let (ip, entry) = parse_record(text, &mut self.name)
+            .map_err(|(reason, d)| SnapshotError::new(reason, Some(line_no), d))?;
+        let inserted = match ip {
+            Some(ip) => self.registry.insert(&Host::Ip(ip), entry),
+            None => self.registry.insert_domain(&self.name, entry),
+        };
+        match inserted {
+            Ok(()) => Ok(()),
+            Err(InsertError::Duplicate) => Err(SnapshotError::new(
+                RejectReason::DuplicateName,
+                Some(line_no),
+                format!(
+                    "`{}` is listed more than once",
+                    Host::Ip(ip.expect("only IP records are refused at insert"))
+                ),
+            )),
+            Err(InsertError::TooLarge) => Err(SnapshotError::new(
+                RejectReason::MalformedRecord,
+                Some(line_no),
+                "the registry's names pass 4 GiB, more than one gate holds",
+            )),
+        }
     }
 }
 
@@ -518,27 +599,39 @@ fn body_of(line: &[u8], line_no: u64) -> Result<&str, SnapshotError> {
 }
 
 /// RFC 3339 with `T` between date and time (the `time` crate accepts any byte there).
-fn parse_rfc3339(v: &str) -> Result<OffsetDateTime, String> {
+pub(crate) fn parse_rfc3339(v: &str) -> Result<OffsetDateTime, String> {
     if !matches!(v.as_bytes().get(10), Some(b'T' | b't')) {
         return Err("expected `T` between the date and the time".into());
     }
     OffsetDateTime::parse(v, &Rfc3339).map_err(|e| e.to_string())
 }
 
-fn parse_header(line: &str) -> Result<Header, String> {
+/// Checks a header's `<magic> 1` and returns its remaining space-separated fields.
+pub(crate) fn header_fields<'a>(
+    line: &'a str,
+    magic: &str,
+) -> Result<std::str::Split<'a, char>, String> {
     let mut fields = line.split(' ');
-    if fields.next() != Some(MAGIC) {
-        return Err(format!("the first line must start with `{MAGIC} 1`"));
+    if fields.next() != Some(magic) {
+        return Err(format!("the first line must start with `{magic} 1`"));
     }
     match fields.next() {
-        Some("1") => {}
-        Some(v) => {
-            return Err(format!(
-                "unsupported format version `{v}` (this build reads 1)"
-            ))
-        }
-        None => return Err("the format version is missing".into()),
+        Some("1") => Ok(fields),
+        Some(v) => Err(format!(
+            "unsupported format version `{v}` (this build reads 1)"
+        )),
+        None => Err("the format version is missing".into()),
     }
+}
+
+/// `generated_at=` as written and in unix seconds.
+pub(crate) fn parse_generated_at(v: &str) -> Result<(String, i64), String> {
+    let at = parse_rfc3339(v).map_err(|e| format!("generated_at `{v}` is not RFC 3339: {e}"))?;
+    Ok((v.to_owned(), at.unix_timestamp()))
+}
+
+pub(crate) fn parse_header(line: &str) -> Result<Header, String> {
+    let fields = header_fields(line, MAGIC)?;
     let mut serial = None;
     let mut generated_at = None;
     for field in fields {
@@ -549,11 +642,7 @@ fn parse_header(line: &str) -> Result<Header, String> {
                         .map_err(|_| format!("serial `{v}` is not an unsigned integer"))?,
                 )
             }
-            Some(("generated_at", v)) => {
-                let at = parse_rfc3339(v)
-                    .map_err(|e| format!("generated_at `{v}` is not RFC 3339: {e}"))?;
-                generated_at = Some((v.to_owned(), at.unix_timestamp()));
-            }
+            Some(("generated_at", v)) => generated_at = Some(parse_generated_at(v)?),
             _ => return Err(format!("unexpected header field `{field}`")),
         }
     }
@@ -567,7 +656,7 @@ fn parse_header(line: &str) -> Result<Header, String> {
 
 /// One record line. A domain's normalized name is written into `name` (`Ok((None, _))`); an IP
 /// record returns its address.
-fn parse_record(
+pub(crate) fn parse_record(
     line: &str,
     name: &mut Vec<u8>,
 ) -> Result<(Option<IpAddr>, Entry), (RejectReason, String)> {
@@ -629,17 +718,19 @@ fn has_control_character(s: &str) -> bool {
             .any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]))
 }
 
-fn parse_trailer(line: &str) -> Result<(u64, [u8; 32]), String> {
+/// The trailer's fields: `count`, `sha256` and, where the format has it, `entries`.
+fn parse_trailer(line: &str, with_entries: bool) -> Result<(u64, Option<u64>, [u8; 32]), String> {
     let mut count = None;
+    let mut entries = None;
     let mut digest = None;
+    let number = |name: &str, v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{name} `{v}` is not a number"))
+    };
     for field in line.split(' ').skip(1) {
         match field.split_once('=') {
-            Some(("count", v)) => {
-                count = Some(
-                    v.parse::<u64>()
-                        .map_err(|_| format!("count `{v}` is not a number"))?,
-                )
-            }
+            Some(("count", v)) => count = Some(number("count", v)?),
+            Some(("entries", v)) if with_entries => entries = Some(number("entries", v)?),
             Some(("sha256", v)) => {
                 digest = Some(
                     parse_hex32(v).ok_or_else(|| format!("sha256 `{v}` is not 64 hex digits"))?,
@@ -648,8 +739,12 @@ fn parse_trailer(line: &str) -> Result<(u64, [u8; 32]), String> {
             _ => return Err(format!("unexpected trailer field `{field}`")),
         }
     }
+    if with_entries && entries.is_none() {
+        return Err("entries= is missing from the trailer".into());
+    }
     Ok((
         count.ok_or("count= is missing from the trailer")?,
+        entries,
         digest.ok_or("sha256= is missing from the trailer")?,
     ))
 }
@@ -675,24 +770,81 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Writes a snapshot in format v1, computing the trailer. Names are written as given.
-pub struct SnapshotWriter<W: Write> {
+/// The writing side of the shared framing: every line hashed as it is written, the trailer
+/// (`count` lines after the header, the SHA-256) computed at the end.
+pub(crate) struct FramedWriter<W: Write> {
     out: W,
     hasher: Sha256,
-    count: u64,
+    pub(crate) count: u64,
 }
 
-impl<W: Write> SnapshotWriter<W> {
-    pub fn new(out: W, serial: u64, generated_at: &str) -> io::Result<Self> {
-        let mut w = SnapshotWriter {
+impl<W: Write> FramedWriter<W> {
+    pub(crate) fn new(out: W, header: &str) -> io::Result<Self> {
+        let mut w = FramedWriter {
             out,
             hasher: Sha256::new(),
             count: 0,
         };
-        w.write_line(&format!(
-            "{MAGIC} 1 serial={serial} generated_at={generated_at}\n"
-        ))?;
+        w.write(header)?;
+        w.write("\n")?;
         Ok(w)
+    }
+
+    /// One body line; it must end with `\n`.
+    pub(crate) fn line(&mut self, line: &str) -> io::Result<()> {
+        self.count += 1;
+        self.write(line)
+    }
+
+    fn write(&mut self, text: &str) -> io::Result<()> {
+        self.hasher.update(text.as_bytes());
+        self.out.write_all(text.as_bytes())
+    }
+
+    /// Writes `end count=… <extra> sha256=…` and returns the writer.
+    pub(crate) fn finish(mut self, extra: &str) -> io::Result<W> {
+        let digest = self.hasher.finalize();
+        writeln!(
+            self.out,
+            "end count={}{extra} sha256={}",
+            self.count,
+            hex(&digest)
+        )?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// A record's fields as a line (`name TAB status [TAB filing-number [TAB expires-at]]`, `\n`).
+pub(crate) fn record_line(
+    name: &str,
+    status: Status,
+    filing_number: Option<&str>,
+    expires_at: Option<&str>,
+) -> String {
+    let mut line = format!("{name}\t{}", status.as_str());
+    match (filing_number, expires_at) {
+        (None, None) => {}
+        (f, None) => line.extend(["\t", f.unwrap_or_default()]),
+        (f, Some(t)) => line.extend(["\t", f.unwrap_or_default(), "\t", t]),
+    }
+    line.push('\n');
+    line
+}
+
+/// Writes a snapshot in format v1, computing the trailer. Names are written as given.
+pub struct SnapshotWriter<W: Write> {
+    frame: FramedWriter<W>,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    pub fn new(out: W, serial: u64, generated_at: &str) -> io::Result<Self> {
+        Ok(SnapshotWriter {
+            frame: FramedWriter::new(
+                out,
+                &format!("{MAGIC} 1 serial={serial} generated_at={generated_at}"),
+            )?,
+        })
     }
 
     pub fn record(
@@ -702,34 +854,18 @@ impl<W: Write> SnapshotWriter<W> {
         filing_number: Option<&str>,
         expires_at: Option<&str>,
     ) -> io::Result<()> {
-        let mut line = format!("{name}\t{}", status.as_str());
-        match (filing_number, expires_at) {
-            (None, None) => {}
-            (f, None) => line.extend(["\t", f.unwrap_or_default()]),
-            (f, Some(t)) => line.extend(["\t", f.unwrap_or_default(), "\t", t]),
-        }
-        line.push('\n');
-        self.count += 1;
-        self.write_line(&line)
+        self.frame
+            .line(&record_line(name, status, filing_number, expires_at))
     }
 
     /// Writes a line exactly as given (it must end with `\n`); for tests of malformed input.
     pub fn raw_line(&mut self, line: &str) -> io::Result<()> {
-        self.count += 1;
-        self.write_line(line)
-    }
-
-    fn write_line(&mut self, line: &str) -> io::Result<()> {
-        self.hasher.update(line.as_bytes());
-        self.out.write_all(line.as_bytes())
+        self.frame.line(line)
     }
 
     /// Writes the trailer and returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        let digest = self.hasher.finalize();
-        writeln!(self.out, "end count={} sha256={}", self.count, hex(&digest))?;
-        self.out.flush()?;
-        Ok(self.out)
+    pub fn finish(self) -> io::Result<W> {
+        self.frame.finish("")
     }
 }
 
@@ -911,7 +1047,7 @@ mod tests {
         let mut w = SnapshotWriter::new(Vec::new(), 1, "2026-11-22T03:00:00Z").unwrap();
         w.record("example.com", Status::Connected, None, None)
             .unwrap();
-        w.count = 2;
+        w.frame.count = 2;
         assert_eq!(reason(&w.finish().unwrap()), RejectReason::CountMismatch);
 
         let bad_header = text.replacen("icp-gate-registry 1", "icp-gate-registry 2", 1);

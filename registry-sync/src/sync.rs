@@ -8,6 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 
+use sha2::{Digest, Sha256};
+
+use crate::delta::{apply_delta, read_delta};
 use crate::registry::Registry;
 use crate::snapshot::{read_snapshot_limited, RejectReason, Snapshot, SnapshotError};
 
@@ -23,6 +26,11 @@ pub struct LoadedRegistry {
     pub entries: usize,
     /// When it was swapped in (unix seconds).
     pub loaded_at: u64,
+    /// Serial of the full snapshot the registry was built from; below `serial` when deltas
+    /// were applied on top of it.
+    pub base_serial: u64,
+    /// Deltas applied since that snapshot.
+    pub deltas_applied: u64,
 }
 
 impl LoadedRegistry {
@@ -35,6 +43,8 @@ impl LoadedRegistry {
             generated_at_unix: s.header.generated_at_unix,
             sha256: s.sha256,
             loaded_at: unix_now() as u64,
+            base_serial: s.header.serial,
+            deltas_applied: 0,
         }
     }
 }
@@ -126,6 +136,40 @@ impl std::fmt::Display for SnapshotSource {
             SnapshotSource::File(p) => write!(f, "file://{}", p.display()),
             SnapshotSource::Http(url) => f.write_str(url),
         }
+    }
+}
+
+/// Where deltas come from: a `file://` or `http(s)://` prefix to which the serial in service
+/// is appended (`http://host/deltas/` asks `http://host/deltas/42` for the delta from 42).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaSource {
+    prefix: SnapshotSource,
+}
+
+impl DeltaSource {
+    /// Parses a `registry.delta_source` value (the same URL forms as `registry.source`).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        Ok(DeltaSource {
+            prefix: SnapshotSource::parse(url)?,
+        })
+    }
+
+    /// Where the delta from `serial` is.
+    pub fn at(&self, serial: u64) -> SnapshotSource {
+        match &self.prefix {
+            SnapshotSource::File(p) => {
+                let mut path = p.clone().into_os_string();
+                path.push(serial.to_string());
+                SnapshotSource::File(path.into())
+            }
+            SnapshotSource::Http(url) => SnapshotSource::Http(format!("{url}{serial}")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeltaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.prefix.fmt(f)
     }
 }
 
@@ -237,6 +281,21 @@ pub enum SyncOutcome {
     StillRejected(RejectReason),
     /// The source could not be read at all; the one in service stays.
     SourceError(String),
+    /// A delta was applied: the registry in service moved from `from` to `to`.
+    DeltaApplied {
+        from: u64,
+        to: u64,
+        entries: usize,
+        upserts: usize,
+        removals: usize,
+        /// Domain changes held over the shared index after it (0 after a compaction).
+        overlay: usize,
+        compacted: bool,
+        duration: Duration,
+    },
+    /// A delta failed a check; the registry in service stays (and a full snapshot sync
+    /// follows).
+    DeltaRejected(SnapshotError),
 }
 
 /// File identity used to skip re-reading an unchanged file.
@@ -292,6 +351,14 @@ pub struct Canary {
 
 /// File name of the last accepted snapshot in `state_dir`.
 pub const STATE_FILE: &str = "registry.snapshot";
+/// Directory in `state_dir` of the deltas applied over that snapshot, one file per delta named
+/// by its `from` serial.
+pub const STATE_DELTAS: &str = "registry.deltas";
+/// Most deltas applied in one sync (a catch-up continues at the next).
+const MAX_DELTAS_PER_SYNC: usize = 1000;
+/// Largest delta read (or `max_snapshot_bytes`, when lower): a delta is held in memory whole,
+/// and one this large is a snapshot's work.
+pub const MAX_DELTA_BYTES: u64 = 256 << 20;
 
 /// Reads snapshots from a source and swaps good ones into a `RegistryHandle`.
 pub struct Syncer {
@@ -308,6 +375,11 @@ pub struct Syncer {
     gates: SafetyGates,
     http_settings: HttpSettings,
     http: Option<HttpState>,
+    delta_source: Option<DeltaSource>,
+    delta_http: Option<HttpState>,
+    /// The delta last rejected: the serial it was asked for, the SHA-256 of its bytes and why.
+    /// The same bytes at the same place are not counted (nor fallen back from) again.
+    rejected_delta: Option<(u64, [u8; 32], RejectReason)>,
 }
 
 impl Syncer {
@@ -321,7 +393,20 @@ impl Syncer {
             gates: SafetyGates::default(),
             http_settings: HttpSettings::default(),
             http: None,
+            delta_source: None,
+            delta_http: None,
+            rejected_delta: None,
         }
+    }
+
+    /// Poll deltas from `source` (see `sync_deltas`).
+    pub fn with_delta_source(mut self, source: Option<DeltaSource>) -> Self {
+        self.delta_source = source;
+        self
+    }
+
+    pub fn delta_source(&self) -> Option<&DeltaSource> {
+        self.delta_source.as_ref()
     }
 
     /// Timeouts and retries for an http(s) source.
@@ -349,6 +434,206 @@ impl Syncer {
 
     pub fn state_file(&self) -> Option<PathBuf> {
         self.state_dir.as_ref().map(|d| d.join(STATE_FILE))
+    }
+
+    fn state_deltas(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join(STATE_DELTAS))
+    }
+
+    /// Applies the deltas kept in `state_dir` over the registry in service, from its serial on,
+    /// so a restarted gate comes back at the newest serial it had. For a start; each applied
+    /// delta (and the one that fails, if any) is returned with the file it came from.
+    pub fn replay_state_deltas(&mut self) -> Vec<(String, SyncOutcome)> {
+        let mut out = Vec::new();
+        let Some(dir) = self.state_deltas() else {
+            return out;
+        };
+        loop {
+            // (Not in the loop's condition: its guard would live through the swap below.)
+            let serial = self.handle.load().as_ref().map(|c| c.serial);
+            let Some(serial) = serial else {
+                break;
+            };
+            let path = dir.join(serial.to_string());
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) => {
+                    out.push((
+                        path.display().to_string(),
+                        SyncOutcome::SourceError(e.to_string()),
+                    ));
+                    break;
+                }
+            };
+            let outcome = self.offer_delta(&bytes);
+            let failed = matches!(outcome, SyncOutcome::DeltaRejected(_));
+            out.push((path.display().to_string(), outcome));
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Applies the deltas the delta source has from the serial in service on, one after the
+    /// other until it has none (HTTP 404, or no such file): a catch-up. A delta that fails a
+    /// check is rejected whole, the registry in service stays, and a full snapshot sync from
+    /// `source` follows (the fallback). Returns each step with where it came from; nothing
+    /// without a delta source or a registry in service. Blocking: run it off the request
+    /// threads.
+    pub fn sync_deltas(&mut self) -> Vec<(String, SyncOutcome)> {
+        let mut out = Vec::new();
+        let Some(source) = self.delta_source.clone() else {
+            return out;
+        };
+        for _ in 0..MAX_DELTAS_PER_SYNC {
+            let serial = self.handle.load().as_ref().map(|c| c.serial);
+            let Some(serial) = serial else {
+                break;
+            };
+            let at = source.at(serial);
+            let name = at.to_string();
+            let bytes = match self.fetch_delta(&at) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    if out.is_empty() {
+                        out.push((name, SyncOutcome::Unchanged));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    out.push((
+                        name.clone(),
+                        SyncOutcome::SourceError(format!("{name}: {e}")),
+                    ));
+                    break;
+                }
+            };
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            if let Some((s, d, reason)) = self.rejected_delta {
+                if s == serial && d == digest {
+                    out.push((name, SyncOutcome::StillRejected(reason)));
+                    break;
+                }
+            }
+            let outcome = self.offer_delta(&bytes);
+            match &outcome {
+                SyncOutcome::DeltaRejected(e) => {
+                    self.rejected_delta = Some((serial, digest, e.reason));
+                    out.push((name, outcome));
+                    let snapshot = self.source.to_string();
+                    out.push((snapshot, self.sync_once()));
+                    break;
+                }
+                _ => {
+                    self.keep_delta(serial, &bytes);
+                    out.push((name, outcome));
+                }
+            }
+        }
+        out
+    }
+
+    /// The bytes of a delta; None when there is none (HTTP 404, no such file).
+    fn fetch_delta(&mut self, at: &SnapshotSource) -> Result<Option<Vec<u8>>, String> {
+        // One byte over the limit is enough for the parser to refuse it as too large.
+        let limit = self.delta_limit().saturating_add(1);
+        let mut bytes = Vec::new();
+        match at {
+            SnapshotSource::File(path) => match File::open(path) {
+                Ok(f) => f
+                    .take(limit)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| e.to_string())?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            },
+            SnapshotSource::Http(url) => {
+                // No retries: the next poll is seconds away.
+                let settings = HttpSettings {
+                    retries: 0,
+                    ..self.http_settings.clone()
+                };
+                let http = self
+                    .delta_http
+                    .get_or_insert_with(|| HttpState::new(&settings));
+                let response = match http.agent.get(url).call() {
+                    Ok(r) if r.status() == 404 => return Ok(None),
+                    Ok(r) if r.status().is_success() => r,
+                    Ok(r) => return Err(format!("HTTP {}", r.status())),
+                    Err(e) => return Err(e.to_string()),
+                };
+                response
+                    .into_body()
+                    .into_reader()
+                    .take(limit)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        Ok(Some(bytes))
+    }
+
+    /// Reads and checks a delta against the registry in service and swaps the result in.
+    fn offer_delta(&self, bytes: &[u8]) -> SyncOutcome {
+        let delta = match read_delta(bytes, self.delta_limit()) {
+            Ok(d) => d,
+            Err(e) => return SyncOutcome::DeltaRejected(e),
+        };
+        let Some(current) = self.handle.current.load_full() else {
+            return SyncOutcome::Unchanged;
+        };
+        let applied = match apply_delta(&current.registry, current.serial, &delta).and_then(|a| {
+            self.check_gates(&a.registry, Some(current.entries))
+                .map(|()| a)
+        }) {
+            Ok(a) => a,
+            Err(e) => return SyncOutcome::DeltaRejected(e),
+        };
+        let (upserts, removals) = delta.counts();
+        let next = LoadedRegistry {
+            entries: applied.registry.len(),
+            registry: applied.registry,
+            serial: delta.header.to,
+            generated_at: delta.header.generated_at,
+            generated_at_unix: delta.header.generated_at_unix,
+            sha256: current.sha256,
+            loaded_at: unix_now() as u64,
+            base_serial: current.base_serial,
+            deltas_applied: current.deltas_applied + 1,
+        };
+        let outcome = SyncOutcome::DeltaApplied {
+            from: delta.header.from,
+            to: delta.header.to,
+            entries: next.entries,
+            upserts,
+            removals,
+            overlay: next.registry.overlay_len(),
+            compacted: applied.compacted,
+            duration: applied.duration,
+        };
+        // The swap waits for every other holder of the registry in service to let go.
+        drop(current);
+        self.handle.swap_in(next);
+        outcome
+    }
+
+    fn delta_limit(&self) -> u64 {
+        self.gates.max_bytes.min(MAX_DELTA_BYTES)
+    }
+
+    /// Keeps an applied delta in `state_dir` (temporary file, fsync, rename).
+    fn keep_delta(&self, from: u64, bytes: &[u8]) {
+        let Some(dir) = self.state_deltas() else {
+            return;
+        };
+        if let Err(e) = write_atomically(&dir, &from.to_string(), bytes) {
+            tracing::warn!(
+                state_dir = %dir.display(),
+                "the delta is in service but could not be kept in state_dir: {e}"
+            );
+        }
     }
 
     /// Loads the last accepted snapshot from `state_dir`, with every check a source snapshot
@@ -484,8 +769,8 @@ impl Syncer {
             Err(e) => SyncOutcome::Rejected(e),
         };
         if let Some(copy) = copy {
-            if matches!(outcome, SyncOutcome::Loaded { .. }) {
-                if let Err(e) = copy.commit() {
+            if let SyncOutcome::Loaded { serial, .. } = outcome {
+                if let Err(e) = copy.commit(serial) {
                     tracing::warn!(
                         state_dir = %state_dir.display(),
                         "the snapshot is in service but could not be kept in state_dir: {e}"
@@ -502,7 +787,12 @@ impl Syncer {
         let previous_serial = current.as_ref().map(|c| c.serial);
         if let Some(current) = current.as_ref() {
             let serial = snapshot.header.serial;
+            let from_deltas = current.deltas_applied > 0;
             if serial < current.serial {
+                // Deltas ran ahead of the snapshot feed: not a regression of the exporter.
+                if from_deltas && serial >= current.base_serial {
+                    return SyncOutcome::Unchanged;
+                }
                 return SyncOutcome::Rejected(SnapshotError::new(
                     RejectReason::SerialRegression,
                     Some(1),
@@ -512,7 +802,8 @@ impl Syncer {
                     ),
                 ));
             }
-            if serial == current.serial {
+            // The full snapshot of the serial deltas led to replaces what they built.
+            if serial == current.serial && !from_deltas {
                 if snapshot.sha256 == current.sha256 {
                     return SyncOutcome::Unchanged;
                 }
@@ -526,37 +817,10 @@ impl Syncer {
                 ));
             }
         }
-        if let Some(current) = current.as_ref() {
-            let kept = snapshot.registry.len() as f64;
-            let floor = current.entries as f64 * self.gates.min_kept_fraction;
-            if kept < floor {
-                return SyncOutcome::Rejected(SnapshotError::new(
-                    RejectReason::ShrinkLimit,
-                    None,
-                    format!(
-                        "{} entries against {} in service: more than the {:.0}% shrink allowed \
-                         (registry.max_shrink_percent)",
-                        snapshot.registry.len(),
-                        current.entries,
-                        (1.0 - self.gates.min_kept_fraction) * 100.0
-                    ),
-                ));
-            }
-        }
+        let in_service = current.as_ref().map(|c| c.entries);
         drop(current);
-        let now = unix_now();
-        for canary in &self.gates.canaries {
-            let got = snapshot.registry.decide(&canary.host, canary.require, now);
-            if got != canary.expect {
-                return SyncOutcome::Rejected(SnapshotError::new(
-                    RejectReason::Canary,
-                    None,
-                    format!(
-                        "canary {} decides {got:?}, expected {:?}",
-                        canary.host, canary.expect
-                    ),
-                ));
-            }
+        if let Err(e) = self.check_gates(&snapshot.registry, in_service) {
+            return SyncOutcome::Rejected(e);
         }
         let serial = snapshot.header.serial;
         let build_time = snapshot.build_time;
@@ -570,6 +834,60 @@ impl Syncer {
             previous_serial,
         }
     }
+
+    /// The safety gates a new registry (from a snapshot or a delta) must pass: the shrink limit
+    /// against the `in_service` entries, and the canaries.
+    fn check_gates(&self, next: &Registry, in_service: Option<usize>) -> Result<(), SnapshotError> {
+        if let Some(current) = in_service {
+            let kept = next.len() as f64;
+            let floor = current as f64 * self.gates.min_kept_fraction;
+            if kept < floor {
+                return Err(SnapshotError::new(
+                    RejectReason::ShrinkLimit,
+                    None,
+                    format!(
+                        "{} entries against {current} in service: more than the {:.0}% shrink \
+                         allowed (registry.max_shrink_percent)",
+                        next.len(),
+                        (1.0 - self.gates.min_kept_fraction) * 100.0
+                    ),
+                ));
+            }
+        }
+        let now = unix_now();
+        for canary in &self.gates.canaries {
+            let got = next.decide(&canary.host, canary.require, now);
+            if got != canary.expect {
+                return Err(SnapshotError::new(
+                    RejectReason::Canary,
+                    None,
+                    format!(
+                        "canary {} decides {got:?}, expected {:?}",
+                        canary.host, canary.expect
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically: a temporary file, fsynced, renamed, the directory
+/// fsynced.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// A temporary file in `state_dir` that becomes `registry.snapshot` on commit (written, synced,
@@ -602,14 +920,29 @@ impl StateCopy {
         }
     }
 
-    fn commit(mut self) -> io::Result<()> {
+    /// Puts the copy in place as the snapshot of `serial`, and drops the kept deltas it makes
+    /// obsolete (those from a lower serial; later ones still chain on top of it).
+    fn commit(mut self, serial: u64) -> io::Result<()> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
         self.file.flush()?;
         self.file.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, self.dir.join(STATE_FILE))?;
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        let deltas = self.dir.join(STATE_DELTAS);
+        if let Ok(entries) = std::fs::read_dir(&deltas) {
+            for entry in entries.flatten() {
+                let from = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok());
+                if from.is_some_and(|from| from < serial) {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -742,5 +1075,133 @@ mod tests {
             Some(SyncOutcome::Loaded { serial: 4, .. })
         ));
         assert_eq!(fresh.load().as_ref().unwrap().entries, 1);
+    }
+
+    fn delta(from: u64, to: u64, lines: &[&str], entries: u64) -> Vec<u8> {
+        let mut w =
+            crate::delta::DeltaWriter::new(Vec::new(), from, to, "2026-11-22T03:00:05Z").unwrap();
+        for l in lines {
+            w.raw_line(l).unwrap();
+        }
+        w.finish(entries).unwrap()
+    }
+
+    #[test]
+    fn deltas_catch_up_fall_back_on_a_bad_one_and_are_replayed_from_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.tsv");
+        let deltas = dir.path().join("deltas");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&deltas).unwrap();
+        std::fs::write(&source, snapshot(1, &["a.cn", "b.cn"])).unwrap();
+        let handle = RegistryHandle::new();
+        let prefix = DeltaSource::parse(&format!("file://{}/", deltas.display())).unwrap();
+        let new_syncer = |handle: Arc<RegistryHandle>| {
+            Syncer::new(SnapshotSource::File(source.clone()), handle)
+                .with_state_dir(Some(state.clone()))
+                .with_delta_source(Some(prefix.clone()))
+                .with_gates(SafetyGates {
+                    min_kept_fraction: 0.5,
+                    ..SafetyGates::default()
+                })
+        };
+        let mut syncer = new_syncer(handle.clone());
+        assert!(matches!(syncer.sync_once(), SyncOutcome::Loaded { .. }));
+        // Nothing to apply yet.
+        let steps = syncer.sync_deltas();
+        assert!(
+            matches!(steps[..], [(_, SyncOutcome::Unchanged)]),
+            "{steps:?}"
+        );
+
+        // Two deltas in a row: one sync catches up.
+        std::fs::write(deltas.join("1"), delta(1, 2, &["+\tc.cn\tconnected\n"], 3)).unwrap();
+        std::fs::write(deltas.join("2"), delta(2, 5, &["-\ta.cn\n"], 2)).unwrap();
+        let steps = syncer.sync_deltas();
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(matches!(
+            steps[1].1,
+            SyncOutcome::DeltaApplied {
+                from: 2,
+                to: 5,
+                entries: 2,
+                ..
+            }
+        ));
+        let current = handle.current.load_full().unwrap();
+        assert_eq!(
+            (current.serial, current.base_serial, current.deltas_applied),
+            (5, 1, 2)
+        );
+        drop(current);
+        assert_eq!(
+            std::fs::read_dir(state.join(STATE_DELTAS)).unwrap().count(),
+            2
+        );
+
+        // A bad delta: rejected, the registry stays, the snapshot is tried (unchanged file).
+        let bad = String::from_utf8(delta(5, 6, &["+\td.cn\tconnected\n"], 3))
+            .unwrap()
+            .replace("d.cn", "e.cn");
+        std::fs::write(deltas.join("5"), &bad).unwrap();
+        let steps = syncer.sync_deltas();
+        assert!(
+            matches!(&steps[..], [(_, SyncOutcome::DeltaRejected(e)), (_, SyncOutcome::Unchanged)] if e.reason == RejectReason::DeltaChecksum),
+            "{steps:?}"
+        );
+        assert_eq!(handle.load().as_ref().unwrap().serial, 5);
+        // Left in place: not rejected (nor fallen back from) again.
+        let steps = syncer.sync_deltas();
+        assert!(
+            matches!(
+                steps[..],
+                [(_, SyncOutcome::StillRejected(RejectReason::DeltaChecksum))]
+            ),
+            "{steps:?}"
+        );
+        std::fs::remove_file(deltas.join("5")).unwrap();
+
+        // A snapshot behind the deltas is not a regression; one from before the base is.
+        assert!(matches!(
+            syncer
+                .offer(read_snapshot_limited(&snapshot(3, &["x.cn"])[..], None, u64::MAX).unwrap()),
+            SyncOutcome::Unchanged
+        ));
+        assert!(matches!(
+            syncer
+                .offer(read_snapshot_limited(&snapshot(0, &["x.cn"])[..], None, u64::MAX).unwrap()),
+            SyncOutcome::Rejected(SnapshotError {
+                reason: RejectReason::SerialRegression,
+                ..
+            })
+        ));
+
+        // A restart with the source gone: the kept snapshot, then the kept deltas.
+        std::fs::remove_file(&source).unwrap();
+        let fresh = RegistryHandle::new();
+        let mut syncer = new_syncer(fresh.clone());
+        assert!(matches!(
+            syncer.restore_from_state(),
+            Some(SyncOutcome::Loaded { serial: 1, .. })
+        ));
+        let steps = syncer.replay_state_deltas();
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        let current = fresh.current.load_full().unwrap();
+        assert_eq!((current.serial, current.entries), (5, 2));
+        let host = crate::parse_authority(b"a.cn").unwrap();
+        assert_eq!(current.registry.covering(&host), None);
+        drop(current);
+
+        // The full snapshot of a later serial replaces it and drops the obsolete deltas.
+        std::fs::write(&source, snapshot(6, &["b.cn", "c.cn", "f.cn"])).unwrap();
+        assert!(matches!(
+            syncer.sync_once(),
+            SyncOutcome::Loaded { serial: 6, .. }
+        ));
+        assert_eq!(
+            std::fs::read_dir(state.join(STATE_DELTAS)).unwrap().count(),
+            0
+        );
+        assert_eq!(fresh.load().as_ref().unwrap().deltas_applied, 0);
     }
 }

@@ -5,6 +5,8 @@
 //! - `Registry::decide` against a plain reference model written here from design.md ("Rules from
 //!   the filing regime"), on registries built from a small label alphabet so that look-alikes,
 //!   parents and overrides actually meet;
+//! - registry deltas (`Registry::apply`, `compact`): a registry with the changes from A to B
+//!   applied decides like the reference model of B;
 //! - snapshot format v1: what `SnapshotWriter` writes, `read_snapshot` reads back unchanged, and a
 //!   single flipped byte before the trailer is always refused.
 //!
@@ -15,8 +17,8 @@ use std::net::IpAddr;
 
 use icp_gate_registry::name::{is_public_suffix, MAX_LABEL_LEN, MAX_NAME_LEN};
 use icp_gate_registry::{
-    parse_authority, parse_registry_name, read_snapshot, BlockReason, Decision, Entry, Host,
-    Registry, Requirement, SnapshotWriter, Status,
+    parse_authority, parse_registry_name, read_snapshot, BlockReason, Change, Decision, Entry,
+    Host, Key, Registry, Requirement, SnapshotWriter, Status,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -496,6 +498,67 @@ proptest! {
                 );
             }
         }
+    }
+}
+
+/// The key of a reference-model key (see `reference_key`).
+fn key_of_model(key: &str) -> Key {
+    match key.strip_prefix("ip:") {
+        Some(ip) => Key::Ip(ip.parse().expect("model IP keys are addresses")),
+        None => Key::Domain(key.as_bytes().into()),
+    }
+}
+
+proptest! {
+    /// A registry with the changes from registry A to registry B applied (in two deltas, the
+    /// second over the first's overlay) decides every probe as the reference model of B does,
+    /// has B's record count, and does the same once compacted.
+    #[test]
+    fn base_plus_deltas_decides_like_the_registry_they_lead_to(
+        before in small_records(),
+        after in small_records(),
+        split in any::<Index>(),
+        probes in prop::collection::vec(
+            (probe(), any::<u64>(), prop::option::of(any::<u16>())),
+            1..32,
+        ),
+    ) {
+        let a = build(&before)?;
+        let b = build(&after)?;
+        let mut changes: Vec<Change> = a
+            .model
+            .keys()
+            .filter(|k| !b.model.contains_key(*k))
+            .map(|k| Change::Remove(key_of_model(k)))
+            .collect();
+        changes.extend(
+            b.model
+                .iter()
+                .filter(|(k, e)| a.model.get(*k) != Some(*e))
+                .map(|(k, e)| Change::Upsert(key_of_model(k), *e)),
+        );
+        let at = split.index(changes.len() + 1);
+        let first = a.registry.apply(&changes[..at]).map_err(TestCaseError::fail)?;
+        let applied = first.apply(&changes[at..]).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(applied.len(), b.model.len());
+        let compacted = applied.compact();
+        prop_assert_eq!(compacted.len(), b.model.len());
+        prop_assert_eq!(compacted.overlay_len(), 0);
+        prop_assert_eq!(applied.status_counts(), b.registry.status_counts());
+        let names: Vec<String> = a.domain_names.iter().chain(&b.domain_names).cloned().collect();
+        for (probe, case, port) in &probes {
+            let text = probe.text(&names, *case, *port);
+            let host = parse_authority(text.as_bytes())
+                .map_err(|e| TestCaseError::fail(format!("probe {text:?} refused: {e}")))?;
+            for require in REQUIREMENTS {
+                let want = reference_decide(&b.model, &host, require, NOW);
+                prop_assert_eq!(applied.decide(&host, require, NOW), want, "host {:?}", text);
+                prop_assert_eq!(compacted.decide(&host, require, NOW), want, "host {:?}", text);
+            }
+        }
+        // A removal of a name without a record is refused, whatever the overlay holds.
+        let absent = Change::Remove(Key::Domain(b"never-filed.example.com"[..].into()));
+        prop_assert!(applied.apply(&[absent]).is_err());
     }
 }
 

@@ -135,3 +135,110 @@ fn demo_allows_a_filed_sample_and_blocks_an_unfiled_one() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn registry_diff_round_trip_and_refusals() {
+    use icp_gate_registry::{
+        apply_delta, parse_authority, read_delta, read_snapshot, Requirement, Status,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let old_records = standard_records();
+    // NEW: reordered, names written differently, one added, one removed, one changed.
+    let mut new_records: Vec<Rec<'_>> = old_records
+        .iter()
+        .rev()
+        .filter(|r| r.0 != "moved.cn")
+        .map(|r| match r.0 {
+            "example.com" => ("EXAMPLE.com.", r.1, r.2, r.3),
+            "cdn-only.cn" => (r.0, Status::Connected, r.2, r.3),
+            _ => *r,
+        })
+        .collect();
+    new_records.push(("added.cn", Status::Connected, Some("京ICP备1号-1"), None));
+    std::fs::write(path("old.tsv"), snapshot_bytes(1, &old_records)).unwrap();
+    std::fs::write(path("new.tsv"), snapshot_bytes(2, &new_records)).unwrap();
+
+    let (code, out) = run(&[
+        "registry",
+        "diff",
+        &path("old.tsv"),
+        &path("new.tsv"),
+        "-o",
+        &path("d.delta"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("2 upserts, 1 removals, 12 entries after it"),
+        "{out}"
+    );
+    let stdout = Command::new(BIN)
+        .args(["registry", "diff", &path("old.tsv"), &path("new.tsv")])
+        .output()
+        .unwrap()
+        .stdout;
+    let written = std::fs::read(path("d.delta")).unwrap();
+    assert_eq!(stdout, written);
+    let (code, out) = run(&["registry", "verify", &path("d.delta")]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "valid delta",
+        "from: 1",
+        "to: 2",
+        "upserts: 2",
+        "removals: 1",
+    ] {
+        assert!(out.contains(line), "{line} missing from:\n{out}");
+    }
+
+    // Applied to OLD, the delta gives a registry that decides as NEW does.
+    let old = read_snapshot(&snapshot_bytes(1, &old_records)[..]).unwrap();
+    let new = read_snapshot(&snapshot_bytes(2, &new_records)[..]).unwrap();
+    let delta = read_delta(&written[..], u64::MAX).unwrap();
+    let applied = apply_delta(&old.registry, 1, &delta).unwrap().registry;
+    assert_eq!(applied.len(), new.registry.len());
+    let mut hosts: Vec<String> = old_records
+        .iter()
+        .chain(new_records.iter())
+        .map(|r| r.0.to_owned())
+        .collect();
+    hosts.extend(hosts.clone().iter().map(|h| format!("www.{h}")));
+    hosts.push("[2001:db8::7]".to_owned());
+    // (`www.` before an IP address is no host: skipped.)
+    for host in hosts
+        .iter()
+        .filter_map(|h| parse_authority(h.as_bytes()).ok())
+    {
+        for require in [Requirement::Connected, Requirement::Filed] {
+            assert_eq!(
+                applied.decide(&host, require, 1_800_000_000),
+                new.registry.decide(&host, require, 1_800_000_000),
+                "{host} {require:?}"
+            );
+        }
+    }
+
+    // Refusals: the serial must go up; both files must be valid snapshots.
+    let (code, out) = run(&["registry", "diff", &path("new.tsv"), &path("old.tsv")]);
+    assert_ne!(code, 0);
+    assert!(out.contains("is not above"), "{out}");
+    std::fs::write(path("bad.tsv"), b"icp-gate-registry 1 serial=3\n").unwrap();
+    let (code, out) = run(&[
+        "registry",
+        "diff",
+        &path("old.tsv"),
+        &path("bad.tsv"),
+        "-o",
+        &path("none.delta"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(out.contains("bad.tsv is not a valid snapshot"), "{out}");
+    assert!(!dir.path().join("none.delta").exists());
+    // A broken delta is reported by verify.
+    let mut broken = written.clone();
+    broken[40] ^= 1;
+    std::fs::write(path("broken.delta"), broken).unwrap();
+    let (code, out) = run(&["registry", "verify", &path("broken.delta")]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("invalid"), "{out}");
+}

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use icp_gate_registry::{SnapshotWriter, Status};
+use icp_gate_registry::{DeltaWriter, SnapshotWriter, Status};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_icp-gate");
 
@@ -303,32 +303,51 @@ pub enum Serve {
     Slow(Vec<u8>, Duration),
 }
 
-/// A real HTTP server on 127.0.0.1 serving registry snapshots, and misbehaving on demand.
+/// A real HTTP server on 127.0.0.1 serving registry snapshots at `/registry.tsv` and deltas at
+/// `/deltas/<from>` (404 for a delta not published), and misbehaving on demand (`Down` and
+/// `Status` apply to every path).
 pub struct SnapshotServer {
     pub addr: SocketAddr,
     serve: Arc<Mutex<Serve>>,
-    /// The If-None-Match of every request received.
+    /// The If-None-Match of every snapshot request received.
     pub conditional: Arc<Mutex<Vec<Option<String>>>>,
+    deltas: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    /// Every request's path and the status answered (0: none).
+    answered: Arc<Mutex<Vec<(String, u16)>>>,
+}
+
+#[derive(Clone)]
+struct ServerState {
+    serve: Arc<Mutex<Serve>>,
+    conditional: Arc<Mutex<Vec<Option<String>>>>,
+    deltas: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    answered: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
 impl SnapshotServer {
     pub fn start(first: Serve) -> SnapshotServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let serve = Arc::new(Mutex::new(first));
-        let conditional = Arc::new(Mutex::new(Vec::new()));
-        let (s, c) = (serve.clone(), conditional.clone());
+        let state = ServerState {
+            serve: Arc::new(Mutex::new(first)),
+            conditional: Arc::new(Mutex::new(Vec::new())),
+            deltas: Arc::new(Mutex::new(BTreeMap::new())),
+            answered: Arc::new(Mutex::new(Vec::new())),
+        };
+        let shared = state.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (s, c) = (s.clone(), c.clone());
-                std::thread::spawn(move || serve_snapshot(conn, &s, &c));
+                let state = shared.clone();
+                std::thread::spawn(move || serve_snapshot(conn, &state));
             }
         });
         SnapshotServer {
             addr,
-            serve,
-            conditional,
+            serve: state.serve,
+            conditional: state.conditional,
+            deltas: state.deltas,
+            answered: state.answered,
         }
     }
 
@@ -339,29 +358,57 @@ impl SnapshotServer {
     pub fn url(&self) -> String {
         format!("http://{}/registry.tsv", self.addr)
     }
+
+    /// The delta feed's prefix (`registry.delta_source`).
+    pub fn delta_url(&self) -> String {
+        format!("http://{}/deltas/", self.addr)
+    }
+
+    /// Serves `bytes` as the delta from serial `from` (replacing any there).
+    pub fn publish_delta(&self, from: u64, bytes: Vec<u8>) {
+        self.deltas
+            .lock()
+            .unwrap()
+            .insert(format!("/deltas/{from}"), bytes);
+    }
+
+    /// Every request's path and the status it got, in order.
+    pub fn answered(&self) -> Vec<(String, u16)> {
+        self.answered.lock().unwrap().clone()
+    }
+
+    /// Full snapshots sent (200 answers for `/registry.tsv`).
+    pub fn snapshot_downloads(&self) -> usize {
+        self.answered()
+            .iter()
+            .filter(|(path, status)| path == "/registry.tsv" && *status == 200)
+            .count()
+    }
 }
 
-fn serve_snapshot(conn: TcpStream, serve: &Mutex<Serve>, conditional: &Mutex<Vec<Option<String>>>) {
+fn serve_snapshot(conn: TcpStream, state: &ServerState) {
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
-    let Some((_, headers)) = read_head(&mut reader) else {
+    let Some((line, headers)) = read_head(&mut reader) else {
         return;
     };
-    let if_none_match = find_header(&headers, "if-none-match").map(str::to_owned);
-    conditional.lock().unwrap().push(if_none_match.clone());
-    let behavior = serve.lock().unwrap().clone();
-    let ok = |bytes: &[u8]| {
+    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+    let behavior = state.serve.lock().unwrap().clone();
+    let answered = |status: u16| state.answered.lock().unwrap().push((path.clone(), status));
+    let ok = |bytes: &[u8], if_none_match: Option<&str>| {
         use sha2::Digest;
         let etag = format!(
             "\"{}\"",
             icp_gate_registry::snapshot::hex(&sha2::Sha256::digest(bytes)[..8])
         );
-        if if_none_match.as_deref() == Some(etag.as_str()) {
+        if if_none_match == Some(etag.as_str()) {
+            answered(304);
             return format!(
                 "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n"
             )
             .into_bytes();
         }
+        answered(200);
         let mut out = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
             bytes.len()
@@ -370,14 +417,35 @@ fn serve_snapshot(conn: TcpStream, serve: &Mutex<Serve>, conditional: &Mutex<Vec
         out.extend_from_slice(bytes);
         out
     };
+    let status = |code: u16| {
+        answered(code);
+        format!("HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .into_bytes()
+    };
     let answer = match behavior {
-        Serve::Snapshot(bytes) => ok(&bytes),
-        Serve::Down => return,
-        Serve::Status(code) => {
-            format!("HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .into_bytes()
+        Serve::Down => {
+            answered(0);
+            return;
+        }
+        Serve::Status(code) => status(code),
+        _ if path.starts_with("/deltas/") => {
+            let delta = state.deltas.lock().unwrap().get(&path).cloned();
+            match delta {
+                Some(bytes) => ok(&bytes, None),
+                None => status(404),
+            }
+        }
+        Serve::Snapshot(bytes) => {
+            let if_none_match = find_header(&headers, "if-none-match").map(str::to_owned);
+            state
+                .conditional
+                .lock()
+                .unwrap()
+                .push(if_none_match.clone());
+            ok(&bytes, if_none_match.as_deref())
         }
         Serve::Truncated(bytes, keep) => {
+            answered(200);
             let mut out = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 bytes.len()
@@ -388,7 +456,8 @@ fn serve_snapshot(conn: TcpStream, serve: &Mutex<Serve>, conditional: &Mutex<Vec
         }
         Serve::Slow(bytes, wait) => {
             std::thread::sleep(wait);
-            ok(&bytes)
+            let if_none_match = find_header(&headers, "if-none-match").map(str::to_owned);
+            ok(&bytes, if_none_match.as_deref())
         }
     };
     let _ = writer.write_all(&answer);
@@ -406,6 +475,24 @@ pub fn snapshot_bytes(serial: u64, records: &[Rec<'_>]) -> Vec<u8> {
         w.record(name, *status, *filing, *expires).unwrap();
     }
     w.finish().unwrap()
+}
+
+/// A delta from `from` to `to`: `upserts` then `removals`, with `entries` records after it.
+pub fn delta_bytes(
+    from: u64,
+    to: u64,
+    upserts: &[Rec<'_>],
+    removals: &[&str],
+    entries: u64,
+) -> Vec<u8> {
+    let mut w = DeltaWriter::new(Vec::new(), from, to, "2026-11-22T03:00:05Z").unwrap();
+    for (name, status, filing, expires) in upserts {
+        w.upsert(name, *status, *filing, *expires).unwrap();
+    }
+    for name in removals {
+        w.remove(name).unwrap();
+    }
+    w.finish(entries).unwrap()
 }
 
 /// Replaces `path` atomically (write + rename), as a sync job would.
