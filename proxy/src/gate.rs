@@ -283,12 +283,24 @@ fn target_authority(req: &RequestHeader) -> Option<&[u8]> {
 /// Host); otherwise exactly one Host header.
 pub fn request_host(req: &RequestHeader) -> Result<Host, InvalidHost> {
     let mut hosts = req.headers.get_all(header::HOST).iter();
-    let host_header = hosts.next();
-    if hosts.next().is_some() {
+    let host_header = hosts.next().map(|v| v.as_bytes());
+    let duplicate = hosts.next().is_some();
+    resolve_host(host_header, duplicate, target_authority(req))
+}
+
+/// `request_host` from the parts of a request: its (first) Host header, whether a second one
+/// was sent, and the authority of an absolute-form target. The front end uses it on its own
+/// parse, so both readers of a request decide on the same host.
+pub fn resolve_host(
+    host_header: Option<&[u8]>,
+    duplicate: bool,
+    target_authority: Option<&[u8]>,
+) -> Result<Host, InvalidHost> {
+    if duplicate {
         return Err(InvalidHost::Duplicate);
     }
-    let from_header = host_header.map(|v| parse_authority(v.as_bytes()));
-    match target_authority(req) {
+    let from_header = host_header.map(parse_authority);
+    match target_authority {
         Some(authority) => {
             let from_target = parse_authority(authority)?;
             match from_header {

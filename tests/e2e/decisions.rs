@@ -76,14 +76,22 @@ fn decision_table_on_a_connected_listener() {
         let resp = request(gate.addr, &raw);
         assert_blocked(&resp, 400, "invalid_host");
     }
-    // Ambiguous authorities are refused by Pingora's HTTP/1 parser before the gate sees them
-    // (RFC 9112 §3.2): a plain 400, and nothing forwarded.
+    // Ambiguous authorities (RFC 9112 §3.2): refused as invalid_host by the gate's front end,
+    // whatever else the request carries, counted, and nothing forwarded.
+    let before = gate.metrics().requests("blocked", "invalid_host");
     for raw in [
         "GET / HTTP/1.1\r\nHost: www.example.com\r\nHost: unfiled.cn\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: unfiled.cn@www.example.com\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: www.example.com\r\nHost: www.example.com\r\nContent-Length: 2\r\n\r\nhi",
     ] {
-        assert_eq!(request(gate.addr, raw).status, 400, "{raw:?}");
+        let resp = request(gate.addr, raw);
+        assert_blocked(&resp, 400, "invalid_host");
+        assert_eq!(resp.header("connection"), Some("close"), "{raw:?}");
     }
+    assert_eq!(
+        gate.metrics().requests("blocked", "invalid_host") - before,
+        3.0
+    );
 
     // Only the allowed hosts ever reached the origin.
     assert_eq!(
@@ -224,12 +232,18 @@ fn absolute_form_targets_are_decided_on_their_authority() {
         "GET http://www.example.com/path?q=1 HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
     );
     assert_eq!(resp.status, 200);
-    // Disagreeing target and Host: refused (by Pingora's parser), whichever of the two is filed.
+    // Disagreeing target and Host: refused, whichever of the two is filed.
     for raw in [
         "GET http://unfiled.cn/ HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
         "GET http://www.example.com/ HTTP/1.1\r\nHost: unfiled.cn\r\n\r\n",
     ] {
-        assert_eq!(request(gate.addr, raw).status, 400, "{raw:?}");
+        let resp = request(gate.addr, raw);
+        assert_blocked(&resp, 400, "invalid_host");
+        assert!(
+            resp.text().contains("name different hosts"),
+            "{}",
+            resp.text()
+        );
     }
     // Absolute form without Host (HTTP/1.0 style): decided on the target, Host added upstream.
     let resp = request(gate.addr, "GET http://img.example.com/a HTTP/1.0\r\n\r\n");

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use icp_gate_registry::{parse_authority, BlockReason, Host};
+use icp_gate_registry::{BlockReason, Host, InvalidHost};
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -38,7 +39,7 @@ use forward::{upstream_head, Exchange, Upstreams};
 
 use crate::access_log::AccessRecord;
 use crate::block_page::wants_json;
-use crate::gate::{Gate, GateProxy, Outcome, RequestId, CSP};
+use crate::gate::{resolve_host, Gate, GateProxy, Outcome, RequestId, CSP};
 use crate::metrics::BadRequest;
 
 /// Headers parsed per request; a head with more goes to Pingora (which allows 256).
@@ -122,12 +123,57 @@ struct SimpleRequest {
     http11: bool,
 }
 
+/// What an access line says about one request the front end answered.
+struct LogLine<'a> {
+    method: &'static str,
+    host: Option<&'a Host>,
+    invalid: Option<InvalidHost>,
+    outcome: Outcome,
+    status: u16,
+    started: Instant,
+    id: RequestId,
+    error: Option<&'a pingora::Error>,
+}
+
+impl<'a> LogLine<'a> {
+    fn new(
+        req: &'a SimpleRequest,
+        outcome: Outcome,
+        status: u16,
+        started: Instant,
+        id: RequestId,
+    ) -> Self {
+        LogLine {
+            method: req.method,
+            host: Some(&req.host),
+            invalid: None,
+            outcome,
+            status,
+            started,
+            id,
+            error: None,
+        }
+    }
+}
+
+/// A request whose host cannot be used, as much of it as the answer and the log need.
+struct InvalidRequest {
+    invalid: InvalidHost,
+    /// The raw host or target authority, lossy and capped, for the page and the log.
+    shown: String,
+    method: &'static str,
+    head_only: bool,
+    json: bool,
+}
+
 // Both live on the stack for one request; boxing the request would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// More bytes are needed.
     Partial,
     Simple(SimpleRequest),
+    /// A request without a usable host: `400 invalid_host`, and the connection ends.
+    InvalidHost(InvalidRequest),
     /// A complete head that the front end leaves to Pingora.
     Complex,
 }
@@ -135,6 +181,7 @@ enum Parsed {
 #[allow(clippy::large_enum_variant)]
 enum Head {
     Simple(SimpleRequest),
+    InvalidHost(InvalidRequest),
     Complex,
     TooLarge,
     TimedOut,
@@ -175,19 +222,14 @@ impl ServerApp for GateApp {
                     let open = match outcome {
                         Outcome::Blocked(reason) => {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
+                            // Counted before the answer leaves: a client that reads the
+                            // metrics after its answer must see its request in them.
+                            self.gate.count(outcome);
                             let (written, id) =
                                 self.answer_block(&mut c, &req, reason, keep_alive).await;
-                            self.gate.count(outcome);
                             c.buf.advance(req.head_len);
-                            self.log(
-                                &mut c,
-                                &req,
-                                outcome,
-                                reason.http_status(),
-                                started,
-                                id,
-                                None,
-                            );
+                            let status = reason.http_status();
+                            self.log(&mut c, LogLine::new(&req, outcome, status, started, id));
                             written && keep_alive
                         }
                         Outcome::Allowed | Outcome::Monitored(_) if req.http11 => {
@@ -212,6 +254,44 @@ impl ServerApp for GateApp {
                         linger_close(c.stream).await;
                         return None;
                     }
+                }
+                Head::InvalidHost(req) => {
+                    // Not a filing decision: refused in monitor mode too. A request the gate
+                    // could not read may be the start of a desynchronised stream, so the
+                    // connection ends here.
+                    let started = Instant::now();
+                    let outcome = Outcome::Blocked(BlockReason::InvalidHost);
+                    c.served += 1;
+                    c.shown_host.clear();
+                    c.shown_host.push_str(&req.shown);
+                    self.gate.count(outcome);
+                    let (written, id) = self
+                        .write_block(
+                            &mut c,
+                            BlockReason::InvalidHost,
+                            Some(req.invalid.describe()),
+                            req.json,
+                            req.head_only,
+                            false,
+                        )
+                        .await;
+                    self.log(
+                        &mut c,
+                        LogLine {
+                            method: req.method,
+                            host: None,
+                            invalid: Some(req.invalid),
+                            outcome,
+                            status: 400,
+                            started,
+                            id,
+                            error: None,
+                        },
+                    );
+                    if written {
+                        linger_close(c.stream).await;
+                    }
+                    return None;
                 }
                 Head::Complex => {
                     let Conn {
@@ -300,7 +380,7 @@ impl GateApp {
         };
         match exchange.run(&mut c.stream, WRITE_TIMEOUT).await {
             Ok(relayed) => {
-                self.log(c, req, outcome, relayed.status, started, id, None);
+                self.log(c, LogLine::new(req, outcome, relayed.status, started, id));
                 relayed.client_open
             }
             Err(e) => {
@@ -315,7 +395,13 @@ impl GateApp {
                 let written = self
                     .answer_bad_gateway(c, id, keep_alive, req.head_only)
                     .await;
-                self.log(c, req, outcome, 502, started, id, Some(&error));
+                self.log(
+                    c,
+                    LogLine {
+                        error: Some(&error),
+                        ..LogLine::new(req, outcome, 502, started, id)
+                    },
+                );
                 written && keep_alive
             }
         }
@@ -361,6 +447,7 @@ impl GateApp {
             if !c.buf.is_empty() {
                 match parse(&c.buf) {
                     Parsed::Simple(req) => return Head::Simple(req),
+                    Parsed::InvalidHost(req) => return Head::InvalidHost(req),
                     Parsed::Complex => return Head::Complex,
                     Parsed::Partial => {}
                 }
@@ -412,17 +499,32 @@ impl GateApp {
         reason: BlockReason,
         keep_alive: bool,
     ) -> (bool, RequestId) {
-        let id = self.gate.request_ids.next_id();
         c.shown_host.clear();
         let _ = write!(c.shown_host, "{}", req.host);
+        self.write_block(c, reason, None, req.json, req.head_only, keep_alive)
+            .await
+    }
+
+    /// Writes the block answer for `reason`, naming `c.shown_host`, in one write; false when
+    /// the client is gone.
+    async fn write_block(
+        &self,
+        c: &mut Conn,
+        reason: BlockReason,
+        detail: Option<&str>,
+        json: bool,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> (bool, RequestId) {
+        let id = self.gate.request_ids.next_id();
         c.page.clear();
         let content_type = self.gate.pages.render_into(
             &mut c.page,
             reason,
             &c.shown_host,
-            None,
+            detail,
             id.as_str(),
-            req.json,
+            json,
         );
         let out = &mut c.out;
         out.clear();
@@ -448,38 +550,30 @@ impl GateApp {
         } else {
             &b"\r\nConnection: close\r\n\r\n"[..]
         });
-        if !req.head_only {
+        if !head_only {
             out.extend_from_slice(c.page.as_bytes());
         }
         (write_all(&mut c.stream, &c.out).await, id)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        c: &mut Conn,
-        req: &SimpleRequest,
-        outcome: Outcome,
-        status: u16,
-        started: Instant,
-        id: RequestId,
-        error: Option<&pingora::Error>,
-    ) {
+    fn log(&self, c: &mut Conn, line: LogLine<'_>) {
         if !self.gate.access_log.wants_line() {
             return;
         }
+        let client = c.client();
+        let shown = &c.shown_host;
         self.gate.access_log.record(AccessRecord {
             listener: &self.gate.listener.name,
-            client: c.client(),
-            method: req.method,
-            host: Some(&req.host),
-            raw_host: String::new,
-            invalid: None,
-            outcome,
-            status,
-            duration: started.elapsed(),
-            request_id: Some(id.as_str()),
-            error,
+            client,
+            method: line.method,
+            host: line.host,
+            raw_host: || shown.clone(),
+            invalid: line.invalid,
+            outcome: line.outcome,
+            status: line.status,
+            duration: line.started.elapsed(),
+            request_id: Some(line.id.as_str()),
+            error: line.error,
         });
     }
 
@@ -523,7 +617,8 @@ impl GateApp {
     }
 }
 
-/// Parses one request head and sorts it: simple enough to answer here, or Pingora's.
+/// Parses one request head and sorts it: simple enough to answer here, an unusable host (also
+/// answered here), or Pingora's.
 fn parse(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -543,14 +638,12 @@ fn parse(buf: &[u8]) -> Parsed {
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Complex;
     };
-    let Some(method) = known_method(method) else {
-        return Parsed::Complex;
-    };
-    if !path.starts_with('/') {
-        // Absolute-form, authority-form and `*` targets: Pingora checks them against Host.
-        return Parsed::Complex;
-    }
+    let known = known_method(method);
+    // Framing the front end leaves to Pingora; the host is still checked first, because an
+    // unusable host is refused whatever else the request carries.
+    let mut complex = known.is_none_or(|m| m == "CONNECT");
     let mut host = None;
+    let mut duplicate_host = false;
     let mut accept = None;
     let mut content_length = false;
     let mut close = false;
@@ -558,23 +651,19 @@ fn parse(buf: &[u8]) -> Parsed {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
-            if host.is_some() {
-                return Parsed::Complex;
-            }
-            host = Some(h.value);
+            duplicate_host |= host.is_some();
+            host.get_or_insert(h.value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // Only an explicit empty body; any other length (or a second one) is framing
             // Pingora checks.
-            if content_length || h.value != b"0" {
-                return Parsed::Complex;
-            }
+            complex |= content_length || h.value != b"0";
             content_length = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"http2-settings")
         {
-            return Parsed::Complex;
+            complex = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -583,28 +672,53 @@ fn parse(buf: &[u8]) -> Parsed {
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive = true;
                 } else if !token.is_empty() {
-                    return Parsed::Complex;
+                    complex = true;
                 }
             }
         } else if name.eq_ignore_ascii_case(b"accept") && accept.is_none() {
             accept = Some(h.value);
         }
     }
-    let Some(Ok(host)) = host.map(parse_authority) else {
-        // No Host, or one that does not normalize: Pingora and the gate answer invalid_host.
+    // Absolute-form targets name the host too (RFC 9112 §3.2.2); Pingora forwards them (it
+    // rewrites the target), after the same host checks as here.
+    let target = if path.starts_with('/') {
+        None
+    } else {
+        complex = true;
+        match raw_target_authority(path.as_bytes()) {
+            RawTargetAuthority::Absolute { authority, .. } => Some(authority),
+            _ => None,
+        }
+    };
+    let close = match version {
+        1 => close,
+        _ => close || !keep_alive,
+    };
+    let host = match resolve_host(host, duplicate_host, target) {
+        Ok(host) => host,
+        Err(invalid) => {
+            let shown = target.or(host).unwrap_or_default();
+            let shown = &shown[..shown.len().min(256)];
+            return Parsed::InvalidHost(InvalidRequest {
+                invalid,
+                shown: String::from_utf8_lossy(shown).into_owned(),
+                method: known.unwrap_or("OTHER"),
+                head_only: method == "HEAD",
+                json: wants_json(accept),
+            });
+        }
+    };
+    if complex {
         return Parsed::Complex;
-    };
-    let keep_alive = match version {
-        1 => !close,
-        _ => keep_alive && !close,
-    };
+    }
+    let method = known.expect("an unknown method is complex");
     Parsed::Simple(SimpleRequest {
         head_len,
         host,
         method,
         head_only: method == "HEAD",
         json: wants_json(accept),
-        keep_alive,
+        keep_alive: !close,
         http11: version == 1,
     })
 }
@@ -618,6 +732,8 @@ fn known_method(m: &str) -> Option<&'static str> {
         "DELETE" => "DELETE",
         "OPTIONS" => "OPTIONS",
         "PATCH" => "PATCH",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
         _ => return None,
     })
 }
@@ -674,6 +790,7 @@ mod tests {
             Parsed::Simple(r) => r,
             Parsed::Partial => panic!("partial: {}", raw.escape_ascii()),
             Parsed::Complex => panic!("complex: {}", raw.escape_ascii()),
+            Parsed::InvalidHost(_) => panic!("invalid host: {}", raw.escape_ascii()),
         }
     }
 
@@ -707,10 +824,6 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a.cn\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a.cn\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a.cn\r\nExpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a.cn\r\nHost: b.cn\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a..cn\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: user@a.cn\r\n\r\n",
             b"GET http://a.cn/ HTTP/1.1\r\nHost: a.cn\r\n\r\n",
             b"CONNECT a.cn:443 HTTP/1.1\r\nHost: a.cn:443\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: a.cn\r\n\r\n",
@@ -722,6 +835,32 @@ mod tests {
         ] {
             assert!(is_complex(raw), "{}", raw.escape_ascii());
         }
+    }
+
+    #[test]
+    fn unusable_hosts_are_refused_here_whatever_else_the_request_carries() {
+        for (raw, invalid) in [
+            (&b"GET / HTTP/1.1\r\nHost: a.cn\r\nHost: b.cn\r\n\r\n"[..], InvalidHost::Duplicate),
+            (b"GET / HTTP/1.1\r\n\r\n", InvalidHost::Empty),
+            (b"GET / HTTP/1.0\r\n\r\n", InvalidHost::Empty),
+            (b"GET / HTTP/1.1\r\nHost: a..cn\r\n\r\n", InvalidHost::EmptyLabel),
+            (b"GET / HTTP/1.1\r\nHost: user@a.cn\r\n\r\n", InvalidHost::UserInfo),
+            (b"GET http://b.cn/ HTTP/1.1\r\nHost: a.cn\r\n\r\n", InvalidHost::Mismatch),
+            (b"GET http://u@a.cn/ HTTP/1.1\r\nHost: a.cn\r\n\r\n", InvalidHost::UserInfo),
+            (
+                b"POST / HTTP/1.1\r\nHost: a.cn\r\nHost: a.cn\r\nTransfer-Encoding: chunked\r\n\r\n",
+                InvalidHost::Duplicate,
+            ),
+        ] {
+            match parse(raw) {
+                Parsed::InvalidHost(r) => assert_eq!(r.invalid, invalid, "{}", raw.escape_ascii()),
+                _ => panic!("not refused: {}", raw.escape_ascii()),
+            }
+        }
+        // A matching absolute-form target is fine, and Pingora's to forward.
+        assert!(is_complex(
+            b"GET http://a.cn/x HTTP/1.1\r\nHost: a.cn\r\n\r\n"
+        ));
     }
 
     #[test]
