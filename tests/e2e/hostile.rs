@@ -298,3 +298,56 @@ fn a_head_over_max_header_bytes_gets_431_and_the_connection_ends() {
     );
     assert_eq!(origin.received().len(), 1);
 }
+
+#[test]
+fn a_host_cannot_forge_or_flood_the_access_log() {
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    let long = "a".repeat(5000);
+    let hostile: Vec<Vec<u8>> = vec![
+        b"x\" decision=\"allowed\" forged=\"1".to_vec(),
+        b"evil.cn\x1b[2J\x1b[31mred".to_vec(),
+        b"evil.cn\\n2026-01-01T00:00:00Z INFO forged".to_vec(),
+        b"\xff\xfe.cn".to_vec(),
+        long.clone().into_bytes(),
+        format!("{long}.cn").into_bytes(),
+    ];
+    let requests: Vec<Vec<u8>> = hostile
+        .iter()
+        .map(|host| [&b"GET / HTTP/1.1\r\nHost: "[..], host, b"\r\n\r\n"].concat())
+        .collect();
+    // The escape bytes cannot be in a header value: that head is refused by the parser
+    // outright, with no decision and so no access line. Every other one is decided.
+    let decided = requests.len() - 1;
+    for raw in &requests {
+        let out = send_raw(&gate, raw);
+        assert!(
+            out.starts_with("HTTP/1.1 4"),
+            "{}: {out:.200}",
+            raw.escape_ascii()
+        );
+    }
+    // Every request left exactly one access line, whole, escaped and capped.
+    let log = wait_for("the access lines", Duration::from_secs(5), || {
+        let log = gate.log();
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("icp_gate::access"))
+            .count();
+        (lines >= decided).then_some(log)
+    });
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("icp_gate::access"))
+        .collect();
+    assert_eq!(lines.len(), decided, "{lines:#?}");
+    for line in &lines {
+        assert!(!line.contains('\x1b'), "raw escape byte in {line:?}");
+        assert!(!line.contains("forged=\"1\""), "a forged field in {line:?}");
+        assert!(line.contains("decision=\"blocked\""), "{line:?}");
+        assert!(line.len() < 1024, "an access line of {} bytes", line.len());
+    }
+    assert!(log.lines().all(|l| !l.starts_with("2026-01-01T00:00:00Z")));
+    assert!(!log.contains('\x1b'), "a raw escape byte reached the log");
+    assert_origin_saw_only(&origin, &[]);
+}
