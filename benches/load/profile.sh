@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Profiles icp-gate under load: one path (block or forward), one proxy core, wrk on the other,
+# `perf record` on the gate. Prints the CPU time per request (user and kernel, from
+# /proc/PID/stat) and where the time goes (perf report by DSO and by symbol).
+#
+#   benches/load/profile.sh                 # block path, 10 s
+#   PATH_KIND=forward benches/load/profile.sh
+#
+# Environment (defaults in brackets): PATH_KIND [block] (block or forward), DURATION [10],
+# RECORDS [1000000], BASE_PORT [18180] (uses BASE_PORT..BASE_PORT+2), PROXY_CPU [0], LOAD_CPU [1],
+# SKIP_BUILD [0], OUT [a temporary directory, removed unless KEEP=1].
+#
+# perf's default event (cycles) needs a PMU, which VMs often lack: the script samples cpu-clock,
+# which works everywhere. Needs perf (Debian: linux-perf), nginx (the origin) and wrk.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PATH_KIND=${PATH_KIND:-block}
+DURATION=${DURATION:-10}
+RECORDS=${RECORDS:-1000000}
+BASE_PORT=${BASE_PORT:-18180}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP=${KEEP:-0}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+die() {
+    echo "profile.sh: error: $*" >&2
+    exit 1
+}
+[[ $PATH_KIND == block || $PATH_KIND == forward ]] || die "PATH_KIND must be block or forward"
+for var in DURATION RECORDS BASE_PORT PROXY_CPU LOAD_CPU; do
+    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
+done
+for tool in perf nginx wrk taskset curl awk; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install -y linux-perf nginx wrk)"
+done
+
+GATE_PORT=$BASE_PORT
+ADMIN_PORT=$((BASE_PORT + 1))
+ORIGIN_PORT=$((BASE_PORT + 2))
+OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/icp-gate-profile.XXXXXX")}
+mkdir -p "$OUT"
+chmod 755 "$OUT"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ $KEEP != 1 ]]; then rm -rf "$OUT"; else echo "profile.sh: kept $OUT" >&2; fi
+}
+trap cleanup EXIT
+
+GATE=$TARGET_DIR/release/icp-gate
+if [[ $SKIP_BUILD != 1 ]]; then
+    (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate)
+fi
+[[ -x $GATE ]] || die "$GATE not found"
+
+"$GATE" registry generate "$OUT/registry.tsv" --records "$RECORDS" >/dev/null
+FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$OUT/registry.tsv")
+HOST=unfiled-load-test.cn
+[[ $PATH_KIND == forward ]] && HOST=$FORWARD_HOST
+
+mkdir -p "$OUT/origin"
+cat >"$OUT/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $OUT/origin/nginx.pid;
+error_log $OUT/origin/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $OUT/origin/cb;
+    proxy_temp_path $OUT/origin/p;
+    fastcgi_temp_path $OUT/origin/f;
+    uwsgi_temp_path $OUT/origin/u;
+    scgi_temp_path $OUT/origin/s;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        location / { default_type text/plain; return 200 "hello from the icp-gate load-test origin\n"; }
+    }
+}
+EOF
+taskset -c "$LOAD_CPU" nginx -e "$OUT/origin/error.log" -p "$OUT/origin" -c "$OUT/origin/nginx.conf" &
+PIDS+=($!)
+
+cat >"$OUT/icp-gate.toml" <<EOF
+[[listener]]
+name = "profile"
+address = "127.0.0.1:$GATE_PORT"
+max_requests_per_connection = 1000000
+keepalive_timeout_seconds = 300
+[upstream]
+servers = ["127.0.0.1:$ORIGIN_PORT"]
+[registry]
+source = "file://$OUT/registry.tsv"
+refresh_interval_seconds = 86400
+[admin]
+address = "127.0.0.1:$ADMIN_PORT"
+[log]
+level = "warn"
+access_log = false
+[server]
+threads = 1
+grace_period_seconds = 0
+shutdown_timeout_seconds = 1
+pid_file = "$OUT/icp-gate.pid"
+upgrade_sock = "$OUT/upgrade.sock"
+EOF
+taskset -c "$PROXY_CPU" "$GATE" -c "$OUT/icp-gate.toml" >"$OUT/icp-gate.out" 2>&1 &
+GATE_PID=$!
+PIDS+=("$GATE_PID")
+for ((i = 0; i < 1200; i++)); do
+    curl -sf -o /dev/null -m 2 "http://127.0.0.1:$ADMIN_PORT/readyz" && break
+    kill -0 "$GATE_PID" 2>/dev/null || die "icp-gate exited: $(cat "$OUT/icp-gate.out")"
+    sleep 0.1
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "http://127.0.0.1:$GATE_PORT/")
+echo "path $PATH_KIND, Host: $HOST -> $status"
+
+taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s -H "Host: $HOST" "http://127.0.0.1:$GATE_PORT/" >/dev/null
+read -r u1 s1 < <(awk '{ print $14, $15 }' "/proc/$GATE_PID/stat")
+taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" -H "Host: $HOST" "http://127.0.0.1:$GATE_PORT/" >"$OUT/wrk.txt" &
+WRK=$!
+sleep 1
+perf record -e cpu-clock -F 1999 -g -p "$GATE_PID" -o "$OUT/perf.data" -- sleep $((DURATION - 2)) 2>/dev/null
+wait "$WRK"
+read -r u2 s2 < <(awk '{ print $14, $15 }' "/proc/$GATE_PID/stat")
+requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk.txt")
+hz=$(getconf CLK_TCK)
+grep -E 'Requests/sec|Latency' "$OUT/wrk.txt"
+awk -v u=$((u2 - u1)) -v s=$((s2 - s1)) -v n="$requests" -v hz="$hz" 'BEGIN {
+    printf "CPU per request: user %.2f us, kernel %.2f us (perf adds a little to both)\n",
+        u / hz / n * 1e6, s / hz / n * 1e6 }'
+echo
+echo "== by DSO =="
+perf report -i "$OUT/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep '%' | head -8
+echo
+echo "== top symbols =="
+perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | grep '%' | head -40 | cut -c1-150
