@@ -265,6 +265,13 @@ fn cap(s: &str) -> &str {
 }
 
 pub fn escape_html_into(out: &mut String, s: &str) {
+    // Normalized hosts and request ids need no escaping: copy them whole.
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+    {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
