@@ -550,10 +550,13 @@ impl GateApp {
         } else {
             &b"\r\nConnection: close\r\n\r\n"[..]
         });
-        if !head_only {
-            out.extend_from_slice(c.page.as_bytes());
-        }
-        (write_all(&mut c.stream, &c.out).await, id)
+        // Head and page go out together (one write), without copying the page behind the head.
+        let body = if head_only {
+            &b""[..]
+        } else {
+            c.page.as_bytes()
+        };
+        (write_all_two(&mut c.stream, &c.out, body).await, id)
     }
 
     fn log(&self, c: &mut Conn, line: LogLine<'_>) {
@@ -758,6 +761,25 @@ fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
 async fn write_all(stream: &mut Stream, bytes: &[u8]) -> bool {
     let write = async {
         stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+/// `a` then `b`, as one write when the socket takes them (a vectored write).
+async fn write_all_two(stream: &mut Stream, a: &[u8], b: &[u8]) -> bool {
+    let write = async {
+        let (mut a, mut b) = (a, b);
+        while !a.is_empty() || !b.is_empty() {
+            let slices = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+            let n = stream.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_a = n.min(a.len());
+            a = &a[from_a..];
+            b = &b[n - from_a..];
+        }
         stream.flush().await
     };
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
