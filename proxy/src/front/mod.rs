@@ -92,8 +92,10 @@ struct Conn {
     /// The request head for the origin, and the origin's bytes on their way.
     up_head: Vec<u8>,
     up_buf: BytesMut,
-    /// The client's address, looked up once when first needed.
+    /// The client's address, looked up once when first needed, and its IP as text for
+    /// `X-Forwarded-For`.
     client: Option<Option<std::net::SocketAddr>>,
+    client_ip: String,
     /// Requests answered on this connection so far.
     served: u32,
     /// Which of `GateApp::stopping` this connection waits on.
@@ -210,6 +212,7 @@ impl ServerApp for GateApp {
             up_head: Vec::new(),
             up_buf: BytesMut::new(),
             client: None,
+            client_ip: String::new(),
             served: 0,
             shard: fastrand::usize(..STOP_SHARDS),
         };
@@ -353,15 +356,16 @@ impl GateApp {
         started: Instant,
     ) -> bool {
         let id = self.gate.request_ids.next_id();
-        let client_ip = match c.client() {
-            Some(addr) => addr.ip(),
-            None => std::net::IpAddr::from([0, 0, 0, 0]),
-        };
-        let mut ip_text = String::new();
-        let _ = write!(ip_text, "{client_ip}");
+        if c.client_ip.is_empty() {
+            let ip = match c.client() {
+                Some(addr) => addr.ip(),
+                None => std::net::IpAddr::from([0, 0, 0, 0]),
+            };
+            let _ = write!(c.client_ip, "{ip}");
+        }
         let built = upstream_head(
             &c.buf[..req.head_len],
-            &ip_text,
+            &c.client_ip,
             id.as_str(),
             &mut c.up_head,
         );
