@@ -201,7 +201,7 @@ impl ServerApp for GateApp {
         let accepted = Instant::now();
         // TLS (ALPN may have chosen HTTP/2) is Pingora's to handle whole.
         if stream.get_ssl_digest().is_some() {
-            return self.hand_over(stream, BytesMut::new(), 0, shutdown).await;
+            return self.serve_with_pingora(stream, shutdown).await;
         }
         let mut c = Conn {
             stream,
@@ -244,13 +244,11 @@ impl ServerApp for GateApp {
                         // HTTP/1.0 forwards (the answer may need re-framing) and not ready:
                         // Pingora's to do.
                         _ => {
-                            let Conn {
-                                stream,
-                                buf,
-                                served,
-                                ..
-                            } = c;
-                            return self.hand_over(stream, buf, served, shutdown).await;
+                            match self.pass_one(c, shutdown).await {
+                                Some(back) => c = back,
+                                None => return None,
+                            }
+                            continue;
                         }
                     };
                     if !open {
@@ -296,15 +294,10 @@ impl ServerApp for GateApp {
                     }
                     return None;
                 }
-                Head::Complex => {
-                    let Conn {
-                        stream,
-                        buf,
-                        served,
-                        ..
-                    } = c;
-                    return self.hand_over(stream, buf, served, shutdown).await;
-                }
+                Head::Complex => match self.pass_one(c, shutdown).await {
+                    Some(back) => c = back,
+                    None => return None,
+                },
                 Head::TooLarge => {
                     self.gate.counters.bad[BadRequest::HeadTooLarge as usize].inc();
                     const BODY: &str = "request header fields too large\n";
@@ -584,34 +577,72 @@ impl GateApp {
         });
     }
 
-    /// Gives the connection, with the bytes already read, to Pingora's proxy for the rest of
-    /// its life, as Pingora's own HTTP/1 loop would run it.
-    async fn hand_over(
-        self: &Arc<Self>,
-        stream: Stream,
-        read: BytesMut,
-        served: u32,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    /// Lets Pingora's proxy serve the next request of the connection (the bytes already read
+    /// are its start), then takes the connection back when Pingora keeps it open.
+    ///
+    /// Pingora's HTTP/1.1 pipelining stays off: then a connection it hands back has nothing
+    /// read ahead (bytes pipelined behind this request make Pingora close it after its answer,
+    /// which RFC 9112 §9.3.2 allows), so the front end can read the next request itself, under
+    /// its own limits.
+    async fn pass_one(self: &Arc<Self>, c: Conn, shutdown: &ShutdownWatch) -> Option<Conn> {
+        let Conn {
+            stream,
+            buf,
+            out,
+            page,
+            shown_host,
+            up_head,
+            up_buf,
+            client,
+            client_ip,
+            served,
+            shard,
+        } = c;
         let mut session = ServerSession::new_http1(stream);
         if let ServerSession::H1(h1) = &mut session {
-            // The front end answers pipelined requests in order; so does Pingora from here on
-            // (its default would drop every request after the first of a burst and close).
-            h1.set_pipelining_enabled(true);
-            if !read.is_empty() {
-                h1.set_pipelined_prefix(read);
+            if !buf.is_empty() {
+                h1.set_pipelined_prefix(buf);
             }
         }
         if *shutdown.borrow() {
             session.set_keepalive(None);
         } else {
-            // The first read is bounded by the head deadline; Gate sets the idle time per request.
+            // The head is already here; Gate sets the keep-alive time per request.
             session.set_keepalive(Some(self.header_timeout.as_secs().max(1)));
         }
         // Pingora counts reuses after this request: a connection serves `max_requests` in all.
         session.set_keepalive_reuses_remaining(Some(
             self.max_requests.saturating_sub(served).saturating_sub(1),
         ));
+        let (stream, _settings) = self
+            .proxy
+            .process_new_http(session, shutdown)
+            .await?
+            .consume();
+        Some(Conn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            out,
+            page,
+            shown_host,
+            up_head,
+            up_buf,
+            client,
+            client_ip,
+            served: served + 1,
+            shard,
+        })
+    }
+
+    /// Pingora's own loop, for connections the front end does not read at all (TLS).
+    async fn serve_with_pingora(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(Some(self.header_timeout.as_secs().max(1)));
+        session.set_keepalive_reuses_remaining(Some(self.max_requests.saturating_sub(1)));
         let mut result = self.proxy.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             let mut session = ServerSession::new_http1(stream);
