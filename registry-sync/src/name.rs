@@ -71,14 +71,21 @@ impl DomainName {
     /// suffix (PSL default rule) and so is never filed, which is why it is not produced.
     pub fn self_and_parents(&self) -> impl Iterator<Item = &str> {
         let s = self.as_str();
+        self.candidate_starts().map(move |start| &s[start..])
+    }
+
+    /// Where each name of `self_and_parents` starts in `as_bytes()`: 0, then just after each dot
+    /// but the last. A plain byte scan, cheap enough for the decision path (no UTF-8 check).
+    #[inline]
+    pub fn candidate_starts(&self) -> impl Iterator<Item = usize> + '_ {
+        let bytes = self.as_bytes();
         let mut next = Some(0usize);
         std::iter::from_fn(move || {
             let start = next?;
-            let rest = &s[start..];
-            match rest.find('.') {
+            match bytes[start..].iter().position(|&b| b == b'.') {
                 Some(dot) => {
                     next = Some(start + dot + 1);
-                    Some(rest)
+                    Some(start)
                 }
                 None => {
                     next = None;
