@@ -15,7 +15,7 @@
 //! - the worst decision latency seen on another thread while a second registry of the same size
 //!   is loaded, swapped in and the first one freed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,15 +147,19 @@ fn main() {
     drop(registry);
     syncer.sync_once();
     // The worst single decision on another thread over a window, with a swap in that window or
-    // without: the difference is what a swap costs requests.
-    let watch = |during: &dyn Fn()| {
+    // without: the difference is what a swap costs requests. The window is cut in phases (the
+    // closure moves `phase` on); the worst is kept per phase.
+    const PHASES: usize = 2;
+    let watch = |during: &dyn Fn(&AtomicUsize)| {
         let stop = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(AtomicUsize::new(0));
         let worker = {
             let handle = handle.clone();
             let stop = stop.clone();
+            let phase = phase.clone();
             let hits = hits.clone();
             std::thread::spawn(move || {
-                let mut worst = Duration::ZERO;
+                let mut worst = [Duration::ZERO; PHASES];
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let h = &hits[(n as usize) % hits.len()];
@@ -166,42 +170,55 @@ fn main() {
                         .map(|r| r.registry.decide(h, Requirement::Filed, NOW));
                     drop(guard);
                     std::hint::black_box(d);
-                    worst = worst.max(s.elapsed());
+                    let p = phase.load(Ordering::Relaxed).min(PHASES - 1);
+                    worst[p] = worst[p].max(s.elapsed());
                     n += 1;
                 }
                 (worst, n)
             })
         };
         let started = Instant::now();
-        during();
+        during(&phase);
         let took = started.elapsed();
         std::thread::sleep(Duration::from_millis(50));
         stop.store(true, Ordering::Relaxed);
         let (worst, n) = worker.join().expect("worker");
         (took, worst, n)
     };
-    let (window, idle_worst, idle_n) = watch(&|| {
+    let (window, idle_worst, idle_n) = watch(&|_| {
         // As long as a load takes, with no swap: the machine's own noise.
         std::thread::sleep(load);
     });
+    let idle_worst = idle_worst.iter().max().copied().unwrap_or_default();
     let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
     synthetic::write_snapshot(file, records, 42, 2).expect("write snapshot");
-    let syncer = std::sync::Mutex::new(syncer);
-    let (took, swap_worst, swap_n) = watch(&|| {
-        let outcome = syncer.lock().unwrap().sync_once();
+    let swap_time = std::sync::Mutex::new(Duration::ZERO);
+    let (took, swap_worst, swap_n) = watch(&|phase| {
+        // Phase 0: the second snapshot loads on this thread (as on the sync thread).
+        let size = std::fs::metadata(&path).expect("stat").len();
+        let next = read_snapshot_sized(std::fs::File::open(&path).expect("open"), Some(size))
+            .expect("valid");
+        // Phase 1: it is swapped in and the first one freed (in `offer`, on this thread).
+        phase.store(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = syncer.offer(next);
+        *swap_time.lock().unwrap() = started.elapsed();
         assert!(matches!(
             outcome,
             icp_gate_registry::SyncOutcome::Loaded { .. }
         ));
     });
     println!(
-        "second load + swap + free of the first: {:.2} s",
-        took.as_secs_f64()
+        "second load + swap + free of the first: {:.2} s (swap and free: {} ms)",
+        took.as_secs_f64(),
+        swap_time.lock().unwrap().as_millis()
     );
     println!(
-        "worst single decision on another thread: {} us during the load and swap ({swap_n} \
-         decisions), {} us over a {:.2} s window without one ({idle_n} decisions)",
-        swap_worst.as_micros(),
+        "worst single decision on another thread: {} us during the load, {} us during the swap \
+         and free ({swap_n} decisions); {} us over a {:.2} s window without either ({idle_n} \
+         decisions)",
+        swap_worst[0].as_micros(),
+        swap_worst[1].as_micros(),
         idle_worst.as_micros(),
         window.as_secs_f64()
     );

@@ -67,6 +67,8 @@ pub struct NameIndex {
     arena: Vec<u8>,
     /// The arena was allocated (and advised) by `reserve`, not grown.
     arena_reserved: bool,
+    /// `pending` was allocated (and advised) by `reserve` with room for the final table.
+    pending_reserved: bool,
     expiries: HashMap<u32, i64>,
     len: usize,
     hasher: RandomState,
@@ -106,15 +108,25 @@ impl NameIndex {
     /// (multiply-shift). Monotonic in the hash, which is what lets `finish` fill in order.
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        (((hash >> 32) * self.slots.len() as u64) >> 32) as usize
+        home_in(hash, self.slots.len())
     }
 
     /// Makes room for about `records` names of `name_bytes` in all, so that building does not
     /// grow (copy and re-zero) its vectors again and again; the name storage is advised for huge
     /// pages before it is written.
+    ///
+    /// `pending` gets room for the final table of that many records: `finish` builds the table
+    /// in place, so the memory of a snapshot's slots is touched (and zeroed by the kernel) once,
+    /// not once for the pending slots and again for the table.
     pub fn reserve(&mut self, records: usize, name_bytes: usize) {
-        self.pending
-            .reserve_exact(records.saturating_sub(self.pending.len()));
+        if self.pending.is_empty() && slots_for(records) > self.pending.capacity() {
+            self.pending = Vec::with_capacity(slots_for(records));
+            advise_huge_pages(
+                self.pending.as_ptr(),
+                self.pending.capacity() * std::mem::size_of::<Slot>(),
+            );
+            self.pending_reserved = true;
+        }
         if self.arena.is_empty() && name_bytes > self.arena.capacity() {
             self.arena = Vec::with_capacity(name_bytes);
             advise_huge_pages(self.arena.as_ptr(), name_bytes);
@@ -164,28 +176,16 @@ impl NameIndex {
                 return Err(self.name_at(&pair[1]).to_vec());
             }
         }
-        self.slots = huge_page_vec(slots_for(pending.len()));
-        // Slots whose probe runs past the end wrap to the front; they are placed after the
-        // in-order pass so they cannot take a place a later home needs.
-        let mut wrapped = Vec::new();
-        let mut next_free = 0usize;
-        for slot in pending {
-            let home = self.home(slot.hash);
-            let i = home.max(next_free);
-            if i < self.slots.len() {
-                self.slots[i] = slot;
-                next_free = i + 1;
-            } else {
-                wrapped.push(slot);
-            }
+        let n = slots_for(pending.len());
+        if !(self.pending_reserved && pending.capacity() >= n) {
+            // Not reserved (input of unknown size, such as gzip), or more records than
+            // reserved for: move to an advised allocation of the table's size first.
+            let mut table = Vec::with_capacity(n);
+            advise_huge_pages(table.as_ptr(), n * std::mem::size_of::<Slot>());
+            table.extend_from_slice(&pending);
+            pending = table;
         }
-        for slot in wrapped {
-            let mut i = 0;
-            while self.slots[i].len != 0 {
-                i += 1;
-            }
-            self.slots[i] = slot;
-        }
+        self.slots = place_in_order(pending, n);
         // Keep the reserved arena when it is about the right size; otherwise move the names
         // into an exact, huge-page-advised allocation.
         if self.arena.capacity() > self.arena.len() + self.arena.len() / 10 || !self.arena_reserved
@@ -220,7 +220,10 @@ impl NameIndex {
         let mut i = self.home(hash);
         loop {
             let slot = &self.slots[i];
-            if slot.len == 0 {
+            // Slots were placed in hash order (see `finish`): a slot of a greater hash on the
+            // way means the name is not here, so a miss stops early instead of running to the
+            // next empty slot.
+            if slot.len == 0 || slot.hash > hash {
                 return None;
             }
             if slot.hash == hash && slot.len as usize == name.len() && self.name_at(slot) == name {
@@ -291,8 +294,10 @@ impl NameIndex {
     }
 
     /// Bytes held besides the names' own text: the slot table and the expiry side table.
+    /// The table counts by its length: a table built in place in a reservation from the
+    /// snapshot's size may have capacity past its end, which is never written, so never resident.
     pub fn overhead_bytes(&self) -> usize {
-        (self.slots.capacity() + self.pending.capacity()) * std::mem::size_of::<Slot>()
+        (self.slots.len() + self.pending.capacity()) * std::mem::size_of::<Slot>()
             + self.expiries.capacity() * (std::mem::size_of::<(u32, i64)>() + 1)
     }
 
@@ -302,15 +307,70 @@ impl NameIndex {
     }
 }
 
-/// A zeroed vector of `n` empty slots, backed by transparent huge pages where the kernel
-/// offers them: a random lookup in a table of hundreds of megabytes otherwise pays a TLB miss
-/// (and a page walk) on top of its cache miss.
-fn huge_page_vec(n: usize) -> Vec<Slot> {
-    // Advise before the first write: pages already touched stay small.
-    let mut v = Vec::with_capacity(n);
-    advise_huge_pages(v.as_ptr(), n * std::mem::size_of::<Slot>());
-    v.resize(n, Slot::default());
-    v
+/// Where the probe for `hash` starts in a table of `n` slots (see `NameIndex::home`).
+#[inline]
+fn home_in(hash: u64, n: usize) -> usize {
+    (((hash >> 32) * n as u64) >> 32) as usize
+}
+
+/// Turns `slots`, sorted by hash, into a table of `n` slots, in place (`slots` has the capacity):
+/// each slot goes to the first free place at or after its home, in hash order, so that positions
+/// increase with the hash (lookups rely on it); the few whose run passes the end wrap to the
+/// first free places at the front. Positions are found front to back (each depends on the one
+/// before), then slots are moved back to front, where a slot's place never holds a slot not yet
+/// moved (a place is at or after the slot's index and before the next slot's place).
+fn place_in_order(mut slots: Vec<Slot>, n: usize) -> Vec<Slot> {
+    let len = slots.len();
+    debug_assert!(n >= len && slots.capacity() >= n);
+    // Forward: each slot's distance from its home, kept in its pad byte; the rare larger ones
+    // (255 marks them) in a side list, in order.
+    let mut far = Vec::new();
+    let mut next_free = 0usize;
+    let mut placed = len;
+    for (k, slot) in slots.iter_mut().enumerate() {
+        let home = home_in(slot.hash, n);
+        let i = home.max(next_free);
+        if i >= n {
+            // This one and every later one wrap.
+            placed = k;
+            break;
+        }
+        let distance = i - home;
+        if distance < 255 {
+            slot._pad = distance as u8;
+        } else {
+            slot._pad = 255;
+            far.push(i);
+        }
+        next_free = i + 1;
+    }
+    let wrapped: Vec<Slot> = slots[placed..].to_vec();
+    for slot in &mut slots[placed..] {
+        *slot = Slot::default();
+    }
+    slots.resize(n, Slot::default());
+    // Backward: move each slot to its place, leaving its old index empty unless a slot before
+    // it takes that index.
+    for k in (0..placed).rev() {
+        let mut slot = slots[k];
+        let i = if slot._pad == 255 {
+            far.pop().expect("one place per far slot")
+        } else {
+            home_in(slot.hash, n) + slot._pad as usize
+        };
+        slot._pad = 0;
+        slots[k] = Slot::default();
+        slots[i] = slot;
+    }
+    for mut slot in wrapped {
+        slot._pad = 0;
+        let i = slots
+            .iter()
+            .position(|s| s.len == 0)
+            .expect("the table has free slots");
+        slots[i] = slot;
+    }
+    slots
 }
 
 /// `bytes` copied into a fresh allocation of exactly their size, advised for huge pages before
@@ -377,6 +437,27 @@ mod tests {
         // Steady state: about 16 / 0.7 bytes of table per record.
         let per_entry = idx.overhead_bytes() as f64 / idx.len() as f64;
         assert!(per_entry < 32.0, "{per_entry} bytes per entry");
+    }
+
+    #[test]
+    fn small_tables_find_every_name_across_the_wrap() {
+        // Tiny tables wrap often: every name must be found and no other, with the early stop on
+        // a greater hash.
+        for round in 0..400u32 {
+            let mut idx = NameIndex::new();
+            let n = 1 + round as usize % 23;
+            let names: Vec<String> = (0..n).map(|i| format!("r{round}n{i}.cn")).collect();
+            for name in &names {
+                idx.push(name.as_bytes(), Status::Connected, None).unwrap();
+            }
+            idx.finish().unwrap();
+            for name in &names {
+                assert!(idx.get(name.as_bytes()).is_some(), "{name} lost");
+            }
+            for i in n..n + 40 {
+                assert_eq!(idx.get(format!("r{round}n{i}.cn").as_bytes()), None);
+            }
+        }
     }
 
     #[test]

@@ -71,14 +71,21 @@ impl DomainName {
     /// suffix (PSL default rule) and so is never filed, which is why it is not produced.
     pub fn self_and_parents(&self) -> impl Iterator<Item = &str> {
         let s = self.as_str();
+        self.candidate_starts().map(move |start| &s[start..])
+    }
+
+    /// Where each name of `self_and_parents` starts in `as_bytes()`: 0, then just after each dot
+    /// but the last. A plain byte scan, cheap enough for the decision path (no UTF-8 check).
+    #[inline]
+    pub fn candidate_starts(&self) -> impl Iterator<Item = usize> + '_ {
+        let bytes = self.as_bytes();
         let mut next = Some(0usize);
         std::iter::from_fn(move || {
             let start = next?;
-            let rest = &s[start..];
-            match rest.find('.') {
+            match bytes[start..].iter().position(|&b| b == b'.') {
                 Some(dot) => {
                     next = Some(start + dot + 1);
-                    Some(rest)
+                    Some(start)
                 }
                 None => {
                     next = None;
@@ -319,6 +326,9 @@ pub fn parse_registry_name_into(
     out: &mut Vec<u8>,
 ) -> Result<Option<IpAddr>, InvalidHost> {
     let bytes = raw.as_bytes();
+    if plain_name_into(bytes, out) {
+        return Ok(None);
+    }
     if bytes.is_empty() {
         return Err(InvalidHost::Empty);
     }
@@ -342,6 +352,38 @@ pub fn parse_registry_name_into(
             Ok(None)
         }
     }
+}
+
+/// The common registry name in one pass: `[A-Za-z0-9_-]` labels of 1 to 63 bytes joined by
+/// single dots, at most 253 bytes, no trailing dot, no `xn--` label, and a last label that is not
+/// numeric. Such a name is written lower-cased into `out` and true returned: exactly what the
+/// general path gives it. Anything else returns false (`out` then holds nothing useful) and
+/// takes the general path, which decides it.
+fn plain_name_into(bytes: &[u8], out: &mut Vec<u8>) -> bool {
+    if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
+        return false;
+    }
+    out.clear();
+    out.extend_from_slice(bytes);
+    let is_xn = |label: &[u8]| label.len() >= 4 && label[..4].eq_ignore_ascii_case(b"xn--");
+    let mut label_start = 0;
+    for i in 0..out.len() {
+        let b = out[i];
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'A'..=b'Z' => out[i] = b | 0x20,
+            b'.' => {
+                let label = &out[label_start..i];
+                if label.is_empty() || label.len() > MAX_LABEL_LEN || is_xn(label) {
+                    return false;
+                }
+                label_start = i + 1;
+            }
+            _ => return false,
+        }
+    }
+    let last = &out[label_start..];
+    !(last.is_empty() || last.len() > MAX_LABEL_LEN || is_xn(last) || is_numeric_label(last))
 }
 
 fn is_plain_ascii_byte(b: u8) -> bool {
@@ -567,6 +609,58 @@ mod tests {
         };
         let walk: Vec<_> = d.self_and_parents().collect();
         assert_eq!(walk, ["a.b.example.com", "b.example.com", "example.com"]);
+    }
+
+    #[test]
+    fn registry_names_fast_path_agrees_with_the_general_path() {
+        let mut rng = crate::synthetic::Rng::new(11);
+        let alphabet = b"aZ0-_.x9n.-Q";
+        let mut fast = Vec::new();
+        let mut cases: Vec<Vec<u8>> = [
+            &b"example.com"[..],
+            b"EXAMPLE.Com",
+            b"xn--fsqu00a.xn--fiqs8s",
+            b"XN--FSQU00A.cn",
+            b"a.xn--",
+            b"1.2.3.4",
+            b"example.123",
+            b"example.0x1f",
+            b"a..b",
+            b".a",
+            b"a.",
+            b"my_site.example.com",
+        ]
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+        cases.push(format!("{}.com", "a".repeat(63)).into_bytes());
+        cases.push(format!("{}.com", "a".repeat(64)).into_bytes());
+        cases.push(format!("{}com", "a.".repeat(125)).into_bytes());
+        cases.push(format!("{}com", "a.".repeat(126)).into_bytes());
+        for _ in 0..20_000 {
+            let len = 1 + rng.below(12) as usize;
+            cases.push(
+                (0..len)
+                    .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for case in cases {
+            let text = std::str::from_utf8(&case).unwrap();
+            if plain_name_into(&case, &mut fast) {
+                match parse_registry_name(text) {
+                    Ok(Host::Domain(d)) => assert_eq!(d.as_bytes(), &fast[..], "{text}"),
+                    other => panic!("{text}: fast path took it, general path gave {other:?}"),
+                }
+            }
+            // Through the public entry point, fast path or not, the same as the general path.
+            let mut out = Vec::new();
+            let via_into = parse_registry_name_into(text, &mut out).map(|ip| match ip {
+                Some(ip) => Host::Ip(ip),
+                None => parse_registry_name(std::str::from_utf8(&out).unwrap()).unwrap(),
+            });
+            assert_eq!(via_into, parse_registry_name(text), "{text}");
+        }
     }
 
     #[test]

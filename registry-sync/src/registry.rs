@@ -350,23 +350,24 @@ impl Registry {
         }
         // Through the Arc once.
         let domains: &NameIndex = &self.domains;
+        let bytes = name.as_bytes();
         // Hash every candidate first and prefetch their slots, so the probes' cache misses
         // overlap instead of queueing one behind another.
-        let mut batch = [("", 0u64); BATCH];
+        let mut batch = [(0usize, 0u64); BATCH];
         let mut n = 0;
-        let mut candidates = name.self_and_parents();
-        for candidate in candidates.by_ref().take(BATCH) {
-            let hash = domains.hash(candidate.as_bytes());
+        let mut starts = name.candidate_starts();
+        for start in starts.by_ref().take(BATCH) {
+            let hash = domains.hash(&bytes[start..]);
             domains.prefetch(hash);
-            batch[n] = (candidate, hash);
+            batch[n] = (start, hash);
             n += 1;
         }
-        for (candidate, hash) in &batch[..n] {
-            if let Some(f) = domains.get_hashed(candidate.as_bytes(), *hash) {
+        for &(start, hash) in &batch[..n] {
+            if let Some(f) = domains.get_hashed(&bytes[start..], hash) {
                 return Some(entry_of(f));
             }
         }
-        candidates.find_map(|c| domains.get(c.as_bytes()).map(entry_of))
+        starts.find_map(|start| domains.get(&bytes[start..]).map(entry_of))
     }
 
     /// The walk when deltas changed some names: at each name, the overlay first (a removed
