@@ -16,6 +16,7 @@
 //! (`max_header_bytes`), for every request of a connection, the first one included.
 
 use std::fmt::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 mod chunked;
 mod forward;
@@ -100,6 +102,8 @@ struct Conn {
     served: u32,
     /// Which of `GateApp::stopping` this connection waits on.
     shard: usize,
+    /// The connection's one timer for its waits (see `read_head`).
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
@@ -215,12 +219,18 @@ impl ServerApp for GateApp {
             client_ip: String::new(),
             served: 0,
             shard: fastrand::usize(..STOP_SHARDS),
+            timer: Box::pin(tokio::time::sleep_until(
+                (accepted + self.header_timeout).into(),
+            )),
         };
+        // When the last request began: the keep-alive wait is counted from it.
+        let mut since = accepted;
         loop {
             let first_deadline = (c.served == 0).then(|| accepted + self.header_timeout);
-            match self.read_head(&mut c, first_deadline).await {
+            match self.read_head(&mut c, first_deadline, since).await {
                 Head::Simple(req) => {
                     let started = Instant::now();
+                    since = started;
                     let outcome = self.gate.decide(&req.host);
                     let open = match outcome {
                         Outcome::Blocked(reason) => {
@@ -238,8 +248,12 @@ impl ServerApp for GateApp {
                         Outcome::Allowed | Outcome::Monitored(_) if req.http11 => {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
                             self.gate.count(outcome);
-                            self.forward(&mut c, &req, outcome, keep_alive, started)
-                                .await
+                            let open = self
+                                .forward(&mut c, &req, outcome, keep_alive, started)
+                                .await;
+                            // An origin may take its time: the idle wait starts after it.
+                            since = Instant::now();
+                            open
                         }
                         // HTTP/1.0 forwards (the answer may need re-framing) and not ready:
                         // Pingora's to do.
@@ -248,6 +262,7 @@ impl ServerApp for GateApp {
                                 Some(back) => c = back,
                                 None => return None,
                             }
+                            since = Instant::now();
                             continue;
                         }
                     };
@@ -295,7 +310,10 @@ impl ServerApp for GateApp {
                     return None;
                 }
                 Head::Complex => match self.pass_one(c, shutdown).await {
-                    Some(back) => c = back,
+                    Some(back) => {
+                        c = back;
+                        since = Instant::now();
+                    }
                     None => return None,
                 },
                 Head::TooLarge => {
@@ -438,7 +456,12 @@ impl GateApp {
     /// `first_deadline` is set for a connection's first request: its head must be complete
     /// that long after the accept. Later requests may wait the keep-alive timeout for their
     /// first byte, then have `header_timeout` from it.
-    async fn read_head(&self, c: &mut Conn, first_deadline: Option<Instant>) -> Head {
+    async fn read_head(
+        &self,
+        c: &mut Conn,
+        first_deadline: Option<Instant>,
+        since: Instant,
+    ) -> Head {
         let mut deadline = first_deadline;
         loop {
             if !c.buf.is_empty() {
@@ -453,37 +476,50 @@ impl GateApp {
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.header_timeout);
             }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                // Idle between requests. Keep-alive off means no second request at all.
+            let idle = deadline.is_none();
+            let wait_until = match deadline {
+                Some(d) => d,
+                // Idle between requests, counted from the start of the last one (close enough,
+                // and it costs no clock read). Keep-alive off means no second request at all.
                 None => match self.gate.listener.keepalive_timeout {
-                    Some(idle) => idle,
+                    Some(keepalive) => since + keepalive,
                     None => return Head::Closed,
                 },
             };
+            // One timer per connection, moved only when it would fire late: re-arming a
+            // timer for every request costs more than the rest of the wait.
+            if c.timer.deadline() > wait_until.into() {
+                c.timer.as_mut().reset(wait_until.into());
+            }
             if c.buf.capacity() - c.buf.len() < 1024 {
                 c.buf.reserve(4096);
             }
-            let idle = c.buf.is_empty() && first_deadline.is_none();
-            let read = tokio::time::timeout(wait, c.stream.read_buf(&mut c.buf));
+            let read = c.stream.read_buf(&mut c.buf);
             let read = if idle {
                 // Between requests a shutting-down gate stops waiting at once (in-flight
                 // requests are not affected: they are not here).
                 let shard = &self.stopping[c.shard];
                 tokio::select! {
                     biased;
-                    read = read => read,
+                    read = read => Some(read),
+                    _ = c.timer.as_mut() => None,
                     _ = shard.notified() => return Head::Closed,
                 }
             } else {
-                read.await
+                tokio::select! {
+                    biased;
+                    read = read => Some(read),
+                    _ = c.timer.as_mut() => None,
+                }
             };
             match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
-                Ok(Ok(_)) => {}
+                Some(Ok(0)) | Some(Err(_)) => return Head::Closed,
+                Some(Ok(_)) => {}
+                // The timer was set for an earlier wait: this one is not over yet.
+                None if Instant::now() < wait_until => c.timer.as_mut().reset(wait_until.into()),
                 // Quiet between requests is the keep-alive timeout, not an offence.
-                Err(_) if c.buf.is_empty() && first_deadline.is_none() => return Head::Closed,
-                Err(_) => return Head::TimedOut,
+                None if idle => return Head::Closed,
+                None => return Head::TimedOut,
             }
         }
     }
@@ -597,6 +633,7 @@ impl GateApp {
             client_ip,
             served,
             shard,
+            timer,
         } = c;
         let mut session = ServerSession::new_http1(stream);
         if let ServerSession::H1(h1) = &mut session {
@@ -631,6 +668,7 @@ impl GateApp {
             client_ip,
             served: served + 1,
             shard,
+            timer,
         })
     }
 
