@@ -25,7 +25,6 @@ use bytes::{Buf, BytesMut};
 use icp_gate_registry::{BlockReason, Host, InvalidHost};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
-use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
@@ -35,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 mod chunked;
+mod clock;
 mod forward;
 
 use forward::{upstream_head, Exchange, Upstreams};
@@ -229,7 +229,13 @@ impl ServerApp for GateApp {
             let first_deadline = (c.served == 0).then(|| accepted + self.header_timeout);
             match self.read_head(&mut c, first_deadline, since).await {
                 Head::Simple(req) => {
-                    let started = Instant::now();
+                    // The access line's duration needs the precise clock; the keep-alive wait
+                    // does not.
+                    let started = if self.gate.access_log.wants_line() {
+                        Instant::now()
+                    } else {
+                        clock::coarse_now()
+                    };
                     since = started;
                     let outcome = self.gate.decide(&req.host);
                     let open = match outcome {
@@ -252,7 +258,7 @@ impl ServerApp for GateApp {
                                 .forward(&mut c, &req, outcome, keep_alive, started)
                                 .await;
                             // An origin may take its time: the idle wait starts after it.
-                            since = Instant::now();
+                            since = clock::coarse_now();
                             open
                         }
                         // HTTP/1.0 forwards (the answer may need re-framing) and not ready:
@@ -262,7 +268,7 @@ impl ServerApp for GateApp {
                                 Some(back) => c = back,
                                 None => return None,
                             }
-                            since = Instant::now();
+                            since = clock::coarse_now();
                             continue;
                         }
                     };
@@ -312,7 +318,7 @@ impl ServerApp for GateApp {
                 Head::Complex => match self.pass_one(c, shutdown).await {
                     Some(back) => {
                         c = back;
-                        since = Instant::now();
+                        since = clock::coarse_now();
                     }
                     None => return None,
                 },
@@ -440,7 +446,7 @@ impl GateApp {
         out.extend_from_slice(b"\r\nX-Request-Id: ");
         out.extend_from_slice(id.as_str().as_bytes());
         out.extend_from_slice(b"\r\nDate: ");
-        out.extend_from_slice(get_cached_date().as_bytes());
+        clock::push_http_date(out);
         out.extend_from_slice(if keep_alive {
             &b"\r\nConnection: keep-alive\r\n\r\n"[..]
         } else {
@@ -577,7 +583,7 @@ impl GateApp {
         out.extend_from_slice(
             b"\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nDate: ",
         );
-        out.extend_from_slice(get_cached_date().as_bytes());
+        clock::push_http_date(out);
         out.extend_from_slice(if keep_alive {
             &b"\r\nConnection: keep-alive\r\n\r\n"[..]
         } else {
