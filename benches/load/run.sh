@@ -579,6 +579,13 @@ load() {
             pc, pt ? 100 * (y[3] - x[3]) / pt : 0,
             lc, lt ? 100 * (y[5] - x[5]) / lt : 0,
             t ? 100 * (y[2] - x[2]) / t : 0 }')
+    # Requests per second of busy proxy core: with two cores the load generator's core is busy
+    # too, and a proxy that leaves its core partly idle is limited by wrk, not by itself.
+    local per_core
+    per_core=$(awk -v b="$before" -v a="$after" -v r="$rps" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        pt = y[4] - x[4]; busy = pt ? (y[3] - x[3]) / pt : 0
+        if (busy > 0) printf "%.0f", r / busy }')
     local line
     line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu")
@@ -591,7 +598,7 @@ load() {
     fi
     echo "$line"
     ROUND_LINES+=("$line")
-    printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" >>"$RAW"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" "$per_core" >>"$RAW"
 }
 
 SEQUENCE=("icp-gate block" "nginx block" "icp-gate forward" "nginx forward" "passthrough forward")
@@ -646,14 +653,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
 cell() { # FIELD PROXY PATH
     local v
     v=$(median "$1" "$2" "$3")
-    if [[ -z $v ]]; then echo "-"; elif [[ $1 == 3 ]]; then printf '%.0f' "$v"; else fmt_lat "$v"; fi
+    if [[ -z $v ]]; then echo "-"; elif [[ $1 == 3 || $1 == 6 ]]; then printf '%.0f' "$v"; else fmt_lat "$v"; fi
 }
 
 TABLE=$(
     printf '%-8s %-12s %12s %12s %12s %12s %17s\n' path metric icp-gate nginx passthrough gate/nginx gate/passthrough
     for path in block forward; do
-        for f in 3 4 5; do
-            case $f in 3) metric="req/s" ;; 4) metric="p50 latency" ;; 5) metric="p99 latency" ;; esac
+        for f in 3 6 4 5; do
+            case $f in 3) metric="req/s" ;; 6) metric="req/core-s" ;; 4) metric="p50 latency" ;; 5) metric="p99 latency" ;; esac
             g=$(median $f icp-gate $path)
             n=$(median $f nginx $path)
             p=$(median $f passthrough $path)
@@ -664,6 +671,7 @@ TABLE=$(
     done
     echo
     echo "medians over $ROUNDS round(s). req/s ratio above 1: icp-gate serves more; latency ratio below 1: icp-gate answers faster."
+    echo "req/core-s: req/s divided by the busy share of the proxy's core (what one fully busy core would serve, if the load generator kept up)."
     if ((HANGUP_LINES > 0)); then
         echo "note: $HANGUP_LINES ERROR lines logged by icp-gate for clients that closed a connection with a request in flight (wrk stopping); not counted as problems."
     fi
