@@ -366,8 +366,8 @@ events { worker_connections 4096; }
 http {
     access_log off;
     server_tokens off;
-    # Pingora puts no limit on requests per client connection; nginx's default (1000) would make
-    # wrk reconnect every 1000 requests.
+    # As the gate's max_requests_per_connection above: nginx's default (1000) would make wrk
+    # reconnect every 1000 requests.
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     client_body_temp_path $NGX/client_body;
