@@ -374,9 +374,10 @@ impl Exchange<'_> {
             let server = (first + attempt) % n;
             let mut fresh_tried = false;
             loop {
-                let (mut up, reused) = match u.take(server) {
-                    Some(s) if !fresh_tried => (s, true),
-                    _ => match u.connect(server).await {
+                let pooled = if fresh_tried { None } else { u.take(server) };
+                let (mut up, reused) = match pooled {
+                    Some(s) => (s, true),
+                    None => match u.connect(server).await {
                         Ok(s) => (s, false),
                         Err(e) => {
                             last_error = Some(e);
