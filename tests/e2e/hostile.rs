@@ -364,3 +364,52 @@ fn a_host_cannot_forge_or_flood_the_access_log() {
     assert!(!log.contains('\x1b'), "a raw escape byte reached the log");
     assert_origin_saw_only(&origin, &[]);
 }
+
+#[test]
+fn a_client_that_does_not_read_still_gets_every_answer_whole_and_in_order() {
+    // Hundreds of pipelined requests sent before reading anything: the answers (about 2.8 KB
+    // each) overflow the socket buffers, so the gate's writes go partly straight to the socket
+    // and partly through the stream once it drains. Every answer must arrive whole, in order.
+    let origin = Origin::start();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            listener_extra: "max_requests_per_connection = 100000\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut conn = Conn::open(gate.addr);
+    let n = 3000;
+    let burst: String = (0..n)
+        .map(|i| {
+            let host = if i % 50 == 49 {
+                FILED.to_string()
+            } else {
+                format!("u{i}.unfiled.cn")
+            };
+            format!("GET /{i} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        })
+        .collect();
+    let writer = conn.writer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut writer = writer;
+        writer.write_all(burst.as_bytes()).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..n {
+        let resp = conn
+            .read_response(false)
+            .unwrap_or_else(|| panic!("answer {i} missing"));
+        if i % 50 == 49 {
+            assert_eq!(resp.status, 200, "answer {i}");
+        } else {
+            assert_eq!(resp.status, 403, "answer {i}");
+            assert!(
+                resp.text().contains(&format!("u{i}.unfiled.cn")),
+                "answer {i} out of order"
+            );
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(origin.received().len(), n / 50);
+}
