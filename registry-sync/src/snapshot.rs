@@ -363,6 +363,12 @@ fn parse<R: BufRead, F: Format>(
         }
         // Bytes from `unhashed` to `pos` are lines read but not yet hashed.
         let mut unhashed = pos;
+        // The whole lines of this fill, checked for UTF-8 and control characters at once (see
+        // `span_is_clean`); when that fails, each line is checked alone, which finds the line.
+        let clean = match memchr::memrchr(b'\n', &buf[pos..]) {
+            Some(last) => span_is_clean(&buf[pos..pos + last + 1]),
+            None => false,
+        };
         while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
             let line = &buf[pos..pos + nl + 1];
             parser.check_len(line.len())?;
@@ -371,7 +377,7 @@ fn parse<R: BufRead, F: Format>(
                 parser.hash(&buf[unhashed..pos]);
                 unhashed = pos + nl + 1;
             }
-            parser.line(line, false)?;
+            parser.line_in(line, false, clean)?;
             pos += nl + 1;
         }
         if parser.hashing() {
@@ -446,6 +452,11 @@ impl<'f, F: Format> Parser<'f, F> {
     /// One line, with its `\n` when it has one. `hash`: add it to the checksum here (otherwise
     /// the caller does, with `hash`, in the same order), unless it is the trailer.
     fn line(&mut self, line: &[u8], hash: bool) -> Result<(), SnapshotError> {
+        self.line_in(line, hash, false)
+    }
+
+    /// `line`, where `clean` says the line lies in a span that `span_is_clean` accepted.
+    fn line_in(&mut self, line: &[u8], hash: bool, clean: bool) -> Result<(), SnapshotError> {
         self.line_no += 1;
         let line_no = self.line_no;
         match &self.state {
@@ -476,7 +487,12 @@ impl<'f, F: Format> Parser<'f, F> {
                 if hash {
                     self.hasher.update(line);
                 }
-                self.format.body_line(body_of(line, line_no)?, line_no)?;
+                let text = if clean {
+                    clean_body_of(line, line_no)?
+                } else {
+                    body_of(line, line_no)?
+                };
+                self.format.body_line(text, line_no)?;
                 self.records += 1;
                 Ok(())
             }
@@ -624,6 +640,26 @@ fn body_of(line: &[u8], line_no: u64) -> Result<&str, SnapshotError> {
     Ok(text)
 }
 
+/// Whether `span`, whole lines each ending in `\n`, is valid UTF-8 and holds no control
+/// character but tabs and the line ends. Then every line in it passes `body_of`'s checks
+/// (a `\r` before a `\n` is a control character, so such a span is not clean): UTF-8 split at
+/// ASCII bytes (`\n`) stays valid, and each line's bytes are a part of the span's. One call per
+/// buffer fill instead of one per line; a span that fails is checked line by line, so the
+/// error (reason, line, detail) is the one the line-by-line check gives.
+fn span_is_clean(span: &[u8]) -> bool {
+    std::str::from_utf8(span).is_ok() && !has_control_character_but(span, b'\t', b'\n')
+}
+
+/// `body_of` for a line in a span `span_is_clean` accepted: only the `\n` is checked.
+fn clean_body_of(line: &[u8], line_no: u64) -> Result<&str, SnapshotError> {
+    match line.strip_suffix(b"\n") {
+        // SAFETY: the line is a part of a span that is valid UTF-8, cut at ASCII bytes (the
+        // span's start, a `\n` and the byte after a `\n`), so it is valid UTF-8 too.
+        Some(body) => Ok(unsafe { std::str::from_utf8_unchecked(body) }),
+        None => body_of(line, line_no),
+    }
+}
+
 /// RFC 3339 with `T` between date and time (the `time` crate accepts any byte there).
 pub(crate) fn parse_rfc3339(v: &str) -> Result<OffsetDateTime, String> {
     if !matches!(v.as_bytes().get(10), Some(b'T' | b't')) {
@@ -769,8 +805,14 @@ fn has_control_character(s: &str) -> bool {
 /// into SIMD), and the C1 test only runs on text that holds a 0xC2 byte at all.
 fn has_control_character_but_tab(b: &[u8], allow_tab: bool) -> bool {
     let tab = if allow_tab { b'\t' } else { 0xff };
+    has_control_character_but(b, tab, 0xff)
+}
+
+/// A control character other than `allow_a` and `allow_b` (0xff allows nothing: it is no
+/// control character, and never a byte of UTF-8).
+fn has_control_character_but(b: &[u8], allow_a: u8, allow_b: u8) -> bool {
     let c0_or_del = b.iter().fold(false, |bad, &c| {
-        bad | ((c < 0x20 && c != tab) | (c == 0x7f))
+        bad | ((c < 0x20 && c != allow_a && c != allow_b) | (c == 0x7f))
     });
     c0_or_del
         || (memchr::memchr(0xc2, b).is_some()
