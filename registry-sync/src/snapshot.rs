@@ -651,47 +651,10 @@ fn span_is_clean(span: &[u8]) -> bool {
 }
 
 /// Whether `b` is valid UTF-8: what `std::str::from_utf8(b).is_ok()` says (a test compares
-/// them), faster on snapshot text, which is ASCII but for a few CJK characters per line: runs of
-/// 16 ASCII bytes are skipped by word tests, and each other character is checked where it starts
-/// (std steps byte by byte until its pointer is aligned again after every such character).
+/// them), with the `simdutf8` crate's SIMD validator: snapshot text is ASCII but for a few CJK
+/// characters per line, on which std's byte-at-a-time path after each such character is slow.
 fn is_utf8(b: &[u8]) -> bool {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    let cont = |i: usize| b.get(i).is_some_and(|&c| c & 0xc0 == 0x80);
-    let mut i = 0;
-    while i < b.len() {
-        if i + 16 <= b.len() {
-            let (lo, hi) = (word(i) & HIGH, word(i + 8) & HIGH);
-            if lo | hi == 0 {
-                i += 16;
-                continue;
-            }
-            // Up to the first non-ASCII byte (little-endian: the lowest set bit comes first).
-            i += if lo != 0 {
-                lo.trailing_zeros() as usize / 8
-            } else {
-                8 + hi.trailing_zeros() as usize / 8
-            };
-        } else if b[i] < 0x80 {
-            i += 1;
-            continue;
-        }
-        // b[i] is a lead byte (or invalid). The second byte's range excludes overlong forms,
-        // surrogates (U+D800 to U+DFFF) and code points past U+10FFFF, as in std.
-        let second = |lo: u8, hi: u8| b.get(i + 1).is_some_and(|c| (lo..=hi).contains(c));
-        let width = match b[i] {
-            0xc2..=0xdf if cont(i + 1) => 2,
-            0xe0 if second(0xa0, 0xbf) && cont(i + 2) => 3,
-            0xe1..=0xec | 0xee..=0xef if cont(i + 1) && cont(i + 2) => 3,
-            0xed if second(0x80, 0x9f) && cont(i + 2) => 3,
-            0xf0 if second(0x90, 0xbf) && cont(i + 2) && cont(i + 3) => 4,
-            0xf1..=0xf3 if cont(i + 1) && cont(i + 2) && cont(i + 3) => 4,
-            0xf4 if second(0x80, 0x8f) && cont(i + 2) && cont(i + 3) => 4,
-            _ => return false,
-        };
-        i += width;
-    }
-    true
+    simdutf8::basic::from_utf8(b).is_ok()
 }
 
 /// `body_of` for a line in a span `span_is_clean` accepted: only the `\n` is checked.
