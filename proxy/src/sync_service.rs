@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use icp_gate_registry::{RegistryHandle, SyncOutcome, Syncer};
+use icp_gate_registry::{RegistryHandle, RejectReason, SyncOutcome, Syncer};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -74,6 +74,18 @@ pub async fn sync_now(
 }
 
 /// Logs and counts one sync attempt.
+/// Counts a refused snapshot or delta; returns the serial still in service (-1: none), for the
+/// log line.
+fn count_rejection(metrics: &Metrics, registry: &RegistryHandle, reason: RejectReason) -> i64 {
+    metrics.sync(SyncResult::Rejected);
+    metrics.rejected(reason);
+    registry
+        .load()
+        .as_ref()
+        .map(|r| r.serial as i64)
+        .unwrap_or(-1)
+}
+
 pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metrics, source: &str) {
     let now = icp_gate_registry::sync::unix_now() as f64;
     metrics.registry_last_attempt.set(now);
@@ -107,13 +119,7 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
             tracing::debug!(source, "registry unchanged");
         }
         SyncOutcome::Rejected(e) => {
-            metrics.sync(SyncResult::Rejected);
-            metrics.rejected(e.reason);
-            let in_service = registry
-                .load()
-                .as_ref()
-                .map(|r| r.serial as i64)
-                .unwrap_or(-1);
+            let in_service = count_rejection(metrics, registry, e.reason);
             tracing::error!(
                 source,
                 reason = e.reason.as_str(),
@@ -165,13 +171,7 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
             );
         }
         SyncOutcome::DeltaRejected(e) => {
-            metrics.sync(SyncResult::Rejected);
-            metrics.rejected(e.reason);
-            let in_service = registry
-                .load()
-                .as_ref()
-                .map(|r| r.serial as i64)
-                .unwrap_or(-1);
+            let in_service = count_rejection(metrics, registry, e.reason);
             tracing::error!(
                 source,
                 reason = e.reason.as_str(),

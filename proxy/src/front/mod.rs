@@ -631,23 +631,9 @@ impl GateApp {
     /// read ahead (bytes pipelined behind this request make Pingora close it after its answer,
     /// which RFC 9112 §9.3.2 allows), so the front end can read the next request itself, under
     /// its own limits.
-    async fn pass_one(self: &Arc<Self>, c: Conn, shutdown: &ShutdownWatch) -> Option<Conn> {
-        let Conn {
-            stream,
-            buf,
-            out,
-            page,
-            shown_host,
-            up_head,
-            up_buf,
-            client,
-            client_ip,
-            served,
-            shard,
-            timer,
-            fd,
-        } = c;
-        let mut session = ServerSession::new_http1(stream);
+    async fn pass_one(self: &Arc<Self>, mut c: Conn, shutdown: &ShutdownWatch) -> Option<Conn> {
+        let buf = std::mem::take(&mut c.buf);
+        let mut session = ServerSession::new_http1(c.stream);
         if let ServerSession::H1(h1) = &mut session {
             if !buf.is_empty() {
                 h1.set_pipelined_prefix(buf);
@@ -661,28 +647,17 @@ impl GateApp {
         }
         // Pingora counts reuses after this request: a connection serves `max_requests` in all.
         session.set_keepalive_reuses_remaining(Some(
-            self.max_requests.saturating_sub(served).saturating_sub(1),
+            self.max_requests.saturating_sub(c.served).saturating_sub(1),
         ));
         let (stream, _settings) = self
             .proxy
             .process_new_http(session, shutdown)
             .await?
             .consume();
-        Some(Conn {
-            stream,
-            buf: BytesMut::with_capacity(4096),
-            out,
-            page,
-            shown_host,
-            up_head,
-            up_buf,
-            client,
-            client_ip,
-            served: served + 1,
-            shard,
-            timer,
-            fd,
-        })
+        c.stream = stream;
+        c.buf = BytesMut::with_capacity(4096);
+        c.served += 1;
+        Some(c)
     }
 
     /// Pingora's own loop, for connections the front end does not read at all (TLS).
