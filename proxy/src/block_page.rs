@@ -1,11 +1,14 @@
 //! The answer a blocked client sees: an HTML page (Chinese first, English below) or the same
-//! facts as JSON. Templates are split into literal and placeholder parts once, at start, so a
-//! block costs one buffer fill per request.
+//! facts as JSON. Templates are split into literal and placeholder parts once, at start, and
+//! everything that depends only on the reason is filled in then too: a page is a few large
+//! copies of fixed text around the request's own values (host, request id, detail).
 
 use bytes::Bytes;
 use icp_gate_registry::BlockReason;
 
 pub const FILING_SITE: &str = "https://beian.miit.gov.cn";
+pub const HTML_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// Values echoed from the request are escaped and capped: a page must never carry more of a
 /// client's input than this.
@@ -105,7 +108,68 @@ pub const PLACEHOLDERS: &str = "{{host}} {{reason}} {{status}} {{title_zh}} {{ti
 #[derive(Clone, Debug)]
 struct Template {
     parts: Vec<Part>,
-    size_hint: usize,
+}
+
+/// A template with the reason's own texts filled in: fixed runs of `text` between the values
+/// that change per request.
+#[derive(Debug)]
+struct ReasonPage {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Segment {
+    Fixed { start: usize, end: usize },
+    Host,
+    RequestId,
+    Detail,
+}
+
+impl ReasonPage {
+    fn new(template: &Template, reason: BlockReason) -> ReasonPage {
+        let words = reason_text(reason);
+        let mut text = String::new();
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for part in &template.parts {
+            let fixed = match part {
+                Part::Literal(s) => s.as_str(),
+                Part::Reason => reason.as_str(),
+                Part::Status => itoa_status(reason.http_status()),
+                Part::TitleZh => words.title_zh,
+                Part::TitleEn => words.title_en,
+                Part::ActionZh => words.action_zh,
+                Part::ActionEn => words.action_en,
+                Part::LegalBasisZh => LEGAL_BASIS_ZH,
+                Part::LegalBasisEn => LEGAL_BASIS_EN,
+                Part::FilingSite => FILING_SITE,
+                Part::Host | Part::RequestId | Part::Detail => {
+                    if text.len() > start {
+                        segments.push(Segment::Fixed {
+                            start,
+                            end: text.len(),
+                        });
+                    }
+                    start = text.len();
+                    segments.push(match part {
+                        Part::Host => Segment::Host,
+                        Part::RequestId => Segment::RequestId,
+                        _ => Segment::Detail,
+                    });
+                    continue;
+                }
+            };
+            text.push_str(fixed);
+        }
+        if text.len() > start {
+            segments.push(Segment::Fixed {
+                start,
+                end: text.len(),
+            });
+        }
+        ReasonPage { text, segments }
+    }
 }
 
 impl Template {
@@ -138,10 +202,7 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        Template {
-            size_hint: text.len() + 1024,
-            parts,
-        }
+        Template { parts }
     }
 }
 
@@ -155,18 +216,22 @@ pub struct BlockBody {
 
 /// Block pages for every reason, compiled once.
 pub struct BlockPages {
-    templates: [Template; 6],
+    pages: [ReasonPage; 6],
 }
 
 impl BlockPages {
     /// `custom[reason.index()]` replaces the built-in page for that reason.
     pub fn new(custom: &[Option<String>; 6]) -> Self {
         let default = Template::compile(DEFAULT_TEMPLATE);
-        let templates = std::array::from_fn(|i| match &custom[i] {
-            Some(text) => Template::compile(text),
-            None => default.clone(),
+        let pages = std::array::from_fn(|i| {
+            let reason = BlockReason::ALL[i];
+            debug_assert_eq!(reason.index(), i);
+            match &custom[i] {
+                Some(text) => ReasonPage::new(&Template::compile(text), reason),
+                None => ReasonPage::new(&default, reason),
+            }
         });
-        BlockPages { templates }
+        BlockPages { pages }
     }
 
     /// Renders the page for `reason`. `host` is what the page names (escaped here); `detail`
@@ -179,7 +244,7 @@ impl BlockPages {
         request_id: &str,
         json: bool,
     ) -> BlockBody {
-        let mut out = String::with_capacity(self.templates[reason.index()].size_hint);
+        let mut out = String::with_capacity(self.pages[reason.index()].text.len() + 1024);
         let content_type = self.render_into(&mut out, reason, host, detail, request_id, json);
         BlockBody {
             content_type,
@@ -199,10 +264,10 @@ impl BlockPages {
     ) -> &'static str {
         if json {
             out.push_str(&render_json(reason, host, detail, request_id));
-            "application/json; charset=utf-8"
+            JSON_CONTENT_TYPE
         } else {
             self.render_html_into(out, reason, host, detail, request_id);
-            "text/html; charset=utf-8"
+            HTML_CONTENT_TYPE
         }
     }
 
@@ -216,25 +281,24 @@ impl BlockPages {
         detail: Option<&str>,
         request_id: &str,
     ) {
-        let text = reason_text(reason);
-        let template = &self.templates[reason.index()];
-        for part in &template.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Host => escape_html_into(out, cap(host)),
-                Part::Reason => out.push_str(reason.as_str()),
-                Part::Status => {
-                    out.push_str(itoa_status(reason.http_status()));
-                }
-                Part::TitleZh => out.push_str(text.title_zh),
-                Part::TitleEn => out.push_str(text.title_en),
-                Part::ActionZh => out.push_str(text.action_zh),
-                Part::ActionEn => out.push_str(text.action_en),
-                Part::LegalBasisZh => out.push_str(LEGAL_BASIS_ZH),
-                Part::LegalBasisEn => out.push_str(LEGAL_BASIS_EN),
-                Part::FilingSite => out.push_str(FILING_SITE),
-                Part::RequestId => escape_html_into(out, request_id),
-                Part::Detail => {
+        let page = &self.pages[reason.index()];
+        // Where the escaped host went the first time: later mentions copy it.
+        let mut escaped_host: Option<std::ops::Range<usize>> = None;
+        for segment in &page.segments {
+            match *segment {
+                Segment::Fixed { start, end } => out.push_str(&page.text[start..end]),
+                Segment::Host => match &escaped_host {
+                    // SAFETY: the range is text pushed onto `out` above, so it starts and ends
+                    // on character boundaries and a copy of it appended is valid UTF-8.
+                    Some(range) => unsafe { out.as_mut_vec() }.extend_from_within(range.clone()),
+                    None => {
+                        let start = out.len();
+                        escape_html_into(out, cap(host));
+                        escaped_host = Some(start..out.len());
+                    }
+                },
+                Segment::RequestId => escape_html_into(out, request_id),
+                Segment::Detail => {
                     if let Some(d) = detail {
                         out.push_str(" (");
                         escape_html_into(out, d);
@@ -264,11 +328,22 @@ fn cap(s: &str) -> &str {
     &s[..end]
 }
 
+/// Bytes that appear in a page as they are: what normalized hosts and request ids are made of.
+static VERBATIM: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']');
+        b += 1;
+    }
+    table
+};
+
 pub fn escape_html_into(out: &mut String, s: &str) {
     // Normalized hosts and request ids need no escaping: copy them whole.
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
-    {
+    if s.bytes().all(|b| VERBATIM[b as usize]) {
         out.push_str(s);
         return;
     }
@@ -356,6 +431,42 @@ mod tests {
             !page.contains("{{"),
             "unfilled placeholder left in the page"
         );
+    }
+
+    #[test]
+    fn every_reason_gets_its_own_texts_and_values() {
+        let p = pages();
+        for reason in BlockReason::ALL {
+            let body = p
+                .render(reason, "h.example.cn", Some("why"), "rid-7", false)
+                .body;
+            let page = std::str::from_utf8(&body).unwrap();
+            let words = reason_text(reason);
+            for needle in [
+                words.title_zh,
+                words.title_en,
+                words.action_zh,
+                words.action_en,
+                reason.as_str(),
+                itoa_status(reason.http_status()),
+                "h.example.cn",
+                "rid-7",
+                " (why)",
+            ] {
+                assert!(page.contains(needle), "{reason:?}: missing {needle:?}");
+            }
+            assert!(!page.contains("{{"), "{reason:?}: placeholder left");
+        }
+        let mut custom: [Option<String>; 6] = Default::default();
+        custom[BlockReason::Revoked.index()] =
+            Some("{{host}}{{host}}|{{detail}}|{{request_id}}".into());
+        let p = BlockPages::new(&custom);
+        let body = p
+            .render(BlockReason::Revoked, "a&b", Some("d"), "r", false)
+            .body;
+        assert_eq!(&body[..], b"a&amp;ba&amp;b| (d)|r");
+        let body = p.render(BlockReason::Revoked, "a", None, "r", false).body;
+        assert_eq!(&body[..], b"aa||r");
     }
 
     #[test]

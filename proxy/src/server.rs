@@ -120,11 +120,13 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         proxy.server_options = Some(options);
         let mut service =
             Service::new(format!("gate {}", listener.name), GateApp::new(gate, proxy));
-        // A block page's head and body leave in one write when they fit the buffer (Pingora's
-        // default, 1460 bytes, is smaller than the page, which costs a second syscall).
+        // Reads are not buffered below the front end: it reads into its own per-connection
+        // buffer, and a 64 KiB buffer under it (Pingora's default) only adds a copy of every
+        // request. Writes Pingora makes are buffered: an answer's head and body leave in one
+        // write when they fit (Pingora's default, 1460 bytes, is smaller than a block page).
         service.add_listener(
             ListenerConfig::tcp(listener.address.to_string())
-                .l4_buffer(L4BufferSettings::default().write(listener.write_buffer_bytes)),
+                .l4_buffer(L4BufferSettings::new(0, listener.write_buffer_bytes)),
         );
         server.add_service(service);
         tracing::info!(
