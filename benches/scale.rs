@@ -11,7 +11,10 @@
 //!   /proc/self/statm, not an estimate), per record and per record beyond the names' text;
 //! - per-decision latency percentiles for random three-label hosts (hits on subdomains of
 //!   registered names, and misses), each timed alone with `Instant` (the timer's own cost,
-//!   measured in the same run, is printed beside them);
+//!   measured in the same run, is printed beside them), every name equally likely: each
+//!   decision goes to memory the caches do not hold, the worst case;
+//! - the machine's floor for a cold decision: the latency of one dependent memory access in a
+//!   buffer the registry's size, on huge pages like the index (a pointer chase);
 //! - the worst decision latency seen on another thread while a second registry of the same size
 //!   is loaded, swapped in and the first one freed.
 
@@ -36,6 +39,41 @@ fn resident_bytes() -> u64 {
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The latency of one dependent load from memory: a pointer chase through a random cycle over a
+/// `bytes`-sized buffer, one 64-byte line per step, advised for transparent huge pages as the
+/// registry's index is. A cold decision cannot be faster than the accesses it depends on.
+fn dependent_access_ns(bytes: usize, rng: &mut Rng) -> f64 {
+    const LINE: usize = 64 / std::mem::size_of::<usize>();
+    let lines = (bytes / 64).max(1024);
+    let mut buf = vec![0usize; lines * LINE + 4096];
+    // Huge pages: advise the 2 MiB-aligned middle of the buffer.
+    let start = (buf.as_mut_ptr() as usize).next_multiple_of(2 << 20);
+    let end = (buf.as_ptr() as usize + buf.len() * std::mem::size_of::<usize>()) & !((2 << 20) - 1);
+    if end > start {
+        // SAFETY: the range lies inside `buf`'s allocation; MADV_HUGEPAGE changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    // Sattolo's algorithm: a single cycle through every line, in random order.
+    let mut order: Vec<usize> = (0..lines).collect();
+    for i in (1..lines).rev() {
+        let j = rng.below(i as u64) as usize;
+        order.swap(i, j);
+    }
+    for (i, &line) in order.iter().enumerate() {
+        buf[line * LINE] = order[(i + 1) % lines] * LINE;
+    }
+    drop(order);
+    let steps = 2_000_000;
+    let mut at = 0;
+    let started = Instant::now();
+    for _ in 0..steps {
+        at = buf[at];
+    }
+    let took = started.elapsed();
+    std::hint::black_box(at);
+    took.as_nanos() as f64 / steps as f64
 }
 
 fn host(text: &str) -> Host {
@@ -132,6 +170,12 @@ fn main() {
             percentile(&t, 0.999)
         );
     }
+    println!(
+        "memory floor: one dependent access in a {:.0} MB buffer on huge pages: {:.0} ns",
+        (index_bytes + name_bytes) as f64 / 1e6,
+        dependent_access_ns(index_bytes + name_bytes, &mut rng)
+    );
+
     let allowed = hits
         .iter()
         .filter(|h| registry.decide(h, Requirement::Filed, NOW) != Decision::Allow)
