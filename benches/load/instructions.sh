@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Counts the user-space instructions icp-gate executes per request, under callgrind, for the
+# block path and the forward path. Unlike requests per second on a shared VM, the count is
+# nearly the same from run to run, so it shows what a change to the request path did to the
+# gate's own work (kernel time is not counted: see profile.sh for that).
+#
+#   benches/load/instructions.sh                # both paths, 5 s of load each
+#   PATHS=block DURATION=10 benches/load/instructions.sh
+#
+# Environment (defaults in brackets): PATHS ["block forward"], DURATION [5], RECORDS [2000],
+# BASE_PORT [18280] (uses BASE_PORT..BASE_PORT+2), SKIP_BUILD [0], KEEP [0] (keep the callgrind
+# output in the printed directory; open it with callgrind_annotate).
+#
+# The gate runs under valgrind with instrumentation off while it starts and loads its registry;
+# it is switched on (callgrind_control -i on) after a 1 s warm-up of wrk, for one wrk run of
+# DURATION seconds (-t1 -c64), and the instructions counted are divided by the requests wrk
+# completed. Needs valgrind, nginx (the origin) and wrk.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PATHS=${PATHS:-block forward}
+DURATION=${DURATION:-5}
+RECORDS=${RECORDS:-2000}
+BASE_PORT=${BASE_PORT:-18280}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP=${KEEP:-0}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+die() {
+    echo "instructions.sh: error: $*" >&2
+    exit 1
+}
+for var in DURATION RECORDS BASE_PORT; do
+    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
+done
+for p in $PATHS; do
+    [[ $p == block || $p == forward ]] || die "PATHS may name block and forward (got '$p')"
+done
+for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl awk; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install -y valgrind nginx wrk)"
+done
+
+GATE_PORT=$BASE_PORT
+ADMIN_PORT=$((BASE_PORT + 1))
+ORIGIN_PORT=$((BASE_PORT + 2))
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/icp-gate-instructions.XXXXXX")
+chmod 755 "$OUT"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ $KEEP != 1 ]]; then rm -rf "$OUT"; else echo "instructions.sh: kept $OUT" >&2; fi
+}
+trap cleanup EXIT
+
+GATE=$TARGET_DIR/release/icp-gate
+if [[ $SKIP_BUILD != 1 ]]; then
+    (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate)
+fi
+[[ -x $GATE ]] || die "$GATE not found"
+
+"$GATE" registry generate "$OUT/registry.tsv" --records "$RECORDS" >/dev/null
+FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$OUT/registry.tsv")
+BLOCK_HOST=unfiled-load-test.cn
+
+mkdir -p "$OUT/origin"
+cat >"$OUT/origin/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $OUT/origin/nginx.pid;
+error_log $OUT/origin/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $OUT/origin/cb;
+    proxy_temp_path $OUT/origin/p;
+    fastcgi_temp_path $OUT/origin/f;
+    uwsgi_temp_path $OUT/origin/u;
+    scgi_temp_path $OUT/origin/s;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        location / { default_type text/plain; return 200 "hello from the icp-gate load-test origin\n"; }
+    }
+}
+EOF
+nginx -e "$OUT/origin/error.log" -p "$OUT/origin" -c "$OUT/origin/nginx.conf" &
+PIDS+=($!)
+
+cat >"$OUT/icp-gate.toml" <<EOF
+[[listener]]
+name = "instructions"
+address = "127.0.0.1:$GATE_PORT"
+max_requests_per_connection = 1000000
+keepalive_timeout_seconds = 300
+[upstream]
+servers = ["127.0.0.1:$ORIGIN_PORT"]
+[registry]
+source = "file://$OUT/registry.tsv"
+refresh_interval_seconds = 86400
+[admin]
+address = "127.0.0.1:$ADMIN_PORT"
+[log]
+level = "warn"
+access_log = false
+[server]
+threads = 1
+grace_period_seconds = 0
+shutdown_timeout_seconds = 1
+pid_file = "$OUT/icp-gate.pid"
+upgrade_sock = "$OUT/upgrade.sock"
+EOF
+
+echo "icp-gate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $RECORDS records, wrk -t1 -c64 for ${DURATION}s per path, user-space instructions (callgrind Ir)"
+for path in $PATHS; do
+    host=$BLOCK_HOST
+    [[ $path == forward ]] && host=$FORWARD_HOST
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.$path.%p" \
+        "$GATE" -c "$OUT/icp-gate.toml" >"$OUT/gate.$path.out" 2>&1 &
+    vg=$!
+    PIDS+=("$vg")
+    for ((i = 0; i < 600; i++)); do
+        curl -sf -o /dev/null -m 2 "http://127.0.0.1:$ADMIN_PORT/readyz" && break
+        kill -0 "$vg" 2>/dev/null || die "icp-gate exited: $(tail -5 "$OUT/gate.$path.out")"
+        sleep 0.2
+    done
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $host" "http://127.0.0.1:$GATE_PORT/")
+    wrk -t1 -c64 -d1s -H "Host: $host" "http://127.0.0.1:$GATE_PORT/" >/dev/null
+    callgrind_control -i on "$vg" >/dev/null 2>&1
+    wrk -t1 -c64 -d"${DURATION}s" -H "Host: $host" "http://127.0.0.1:$GATE_PORT/" >"$OUT/wrk.$path.txt"
+    callgrind_control -d "$vg" >/dev/null 2>&1
+    kill -INT "$vg"
+    wait "$vg" 2>/dev/null || true
+    requests=$(awk '/requests in/ { print $1 }' "$OUT/wrk.$path.txt")
+    dump=$(ls -t "$OUT"/callgrind."$path".*.* 2>/dev/null | head -1)
+    [[ -n $dump ]] || die "no callgrind dump for $path"
+    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+    ((requests > 0)) || die "wrk completed no requests on the $path path"
+    printf '%-8s Host: %-28s -> %s  %8d requests  %7d instructions per request\n' \
+        "$path" "$host" "$status" "$requests" $((ir / requests))
+done
