@@ -7,6 +7,7 @@
 //! the client's head with `Host` unchanged, minus hop-by-hop headers and every client-sent
 //! forwarding header, plus the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -139,9 +140,11 @@ pub fn upstream_head(
     request_id: &str,
     out: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+    // Uninitialised, as in `super::parse`: filling them costs more than the parse.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; super::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut headers)
+    else {
         return Err(());
     };
     let (Some(method), Some(path)) = (req.method, req.path) else {
@@ -198,9 +201,14 @@ pub fn client_head(
     close_client: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, UpstreamError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut headers =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
         Ok(httparse::Status::Partial) => {
