@@ -16,6 +16,8 @@ set -euo pipefail
 export LC_ALL=C
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=benches/load/lib.sh
+source "$HERE/lib.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 PATH_KIND=${PATH_KIND:-block}
 DURATION=${DURATION:-10}
@@ -65,54 +67,11 @@ FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connect
 HOST=unfiled-load-test.cn
 [[ $PATH_KIND == forward ]] && HOST=$FORWARD_HOST
 
-mkdir -p "$OUT/origin"
-cat >"$OUT/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $OUT/origin/nginx.pid;
-error_log $OUT/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $OUT/origin/cb;
-    proxy_temp_path $OUT/origin/p;
-    fastcgi_temp_path $OUT/origin/f;
-    uwsgi_temp_path $OUT/origin/u;
-    scgi_temp_path $OUT/origin/s;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT;
-        location / { default_type text/plain; return 200 "hello from the icp-gate load-test origin\n"; }
-    }
-}
-EOF
+write_origin_conf "$OUT/origin" "$ORIGIN_PORT"
 taskset -c "$LOAD_CPU" nginx -e "$OUT/origin/error.log" -p "$OUT/origin" -c "$OUT/origin/nginx.conf" &
 PIDS+=($!)
 
-cat >"$OUT/icp-gate.toml" <<EOF
-[[listener]]
-name = "profile"
-address = "127.0.0.1:$GATE_PORT"
-max_requests_per_connection = 1000000
-keepalive_timeout_seconds = 300
-[upstream]
-servers = ["127.0.0.1:$ORIGIN_PORT"]
-[registry]
-source = "file://$OUT/registry.tsv"
-refresh_interval_seconds = 86400
-[admin]
-address = "127.0.0.1:$ADMIN_PORT"
-[log]
-level = "warn"
-access_log = false
-[server]
-threads = 1
-grace_period_seconds = 0
-shutdown_timeout_seconds = 1
-pid_file = "$OUT/icp-gate.pid"
-upgrade_sock = "$OUT/upgrade.sock"
-EOF
+write_gate_conf "$OUT/icp-gate.toml" "$OUT" "$GATE_PORT" "$ADMIN_PORT" "$ORIGIN_PORT" "$OUT/registry.tsv"
 taskset -c "$PROXY_CPU" "$GATE" -c "$OUT/icp-gate.toml" >"$OUT/icp-gate.out" 2>&1 &
 GATE_PID=$!
 PIDS+=("$GATE_PID")

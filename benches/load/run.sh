@@ -19,6 +19,8 @@ set -euo pipefail
 export LC_ALL=C
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=benches/load/lib.sh
+source "$HERE/lib.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 
 ROUNDS=${ROUNDS:-3}
@@ -219,33 +221,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # The origin: a second nginx, a small fixed 200 body, keep-alive without a request limit.
 
-ORIGIN_BODY="hello from the icp-gate load-test origin"
-mkdir -p "$TMP/origin"
-cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server_tokens off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $TMP/origin/client_body;
-    proxy_temp_path $TMP/origin/proxy;
-    fastcgi_temp_path $TMP/origin/fastcgi;
-    uwsgi_temp_path $TMP/origin/uwsgi;
-    scgi_temp_path $TMP/origin/scgi;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT;
-        location / {
-            default_type text/plain;
-            return 200 "$ORIGIN_BODY\n";
-        }
-    }
-}
-EOF
+write_origin_conf "$TMP/origin" "$ORIGIN_PORT"
 note "starting the origin (nginx) on 127.0.0.1:$ORIGIN_PORT, cpu $ORIGIN_CPU"
 start origin TERM "$ORIGIN_CPU" nginx -e "$TMP/origin/error.log" -p "$TMP/origin" -c "$TMP/origin/nginx.conf"
 ORIGIN_PID=$STARTED_PID
@@ -254,37 +230,7 @@ wait_http origin "$ORIGIN_PID" "http://127.0.0.1:$ORIGIN_PORT/"
 # ---------------------------------------------------------------------------------------------
 # icp-gate.
 
-cat >"$TMP/icp-gate.toml" <<EOF
-[[listener]]
-name = "load"
-address = "127.0.0.1:$GATE_PORT"
-require = "connected"
-# As nginx below (keepalive_requests 1000000): no reconnects in the middle of a round.
-max_requests_per_connection = 1000000
-keepalive_timeout_seconds = 300
-mode = "enforce"
-
-[upstream]
-servers = ["127.0.0.1:$ORIGIN_PORT"]
-
-[registry]
-source = "file://$REGISTRY"
-refresh_interval_seconds = 86400
-
-[admin]
-address = "127.0.0.1:$ADMIN_PORT"
-
-[log]
-level = "warn"
-access_log = false
-
-[server]
-threads = 1
-grace_period_seconds = 0
-shutdown_timeout_seconds = 1
-pid_file = "$TMP/icp-gate.pid"
-upgrade_sock = "$TMP/icp-gate-upgrade.sock"
-EOF
+write_gate_conf "$TMP/icp-gate.toml" "$TMP" "$GATE_PORT" "$ADMIN_PORT" "$ORIGIN_PORT" "$REGISTRY"
 "$GATE" -t -c "$TMP/icp-gate.toml" >/dev/null || die "the generated icp-gate configuration is invalid"
 note "starting icp-gate on 127.0.0.1:$GATE_PORT (admin $ADMIN_PORT), cpu $PROXY_CPU"
 start icp-gate INT "$PROXY_CPU" "$GATE" -c "$TMP/icp-gate.toml"

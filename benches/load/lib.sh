@@ -1,0 +1,73 @@
+# Shared by the load scripts (run.sh, profile.sh, instructions.sh): the configurations of the
+# origin and of the gate under test, so that every script measures the same setup. Source it.
+
+ORIGIN_BODY="hello from the icp-gate load-test origin"
+
+# write_origin_conf DIR PORT: DIR/nginx.conf for the origin, a second nginx answering every
+# request 200 with ORIGIN_BODY, keep-alive without a request limit.
+write_origin_conf() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            default_type text/plain;
+            return 200 "$ORIGIN_BODY\n";
+        }
+    }
+}
+CONF
+}
+
+# write_gate_conf FILE DIR GATE_PORT ADMIN_PORT ORIGIN_PORT REGISTRY: the gate under test, one
+# thread, access log off, a `require = "connected"` listener, no reconnects in a round.
+write_gate_conf() {
+    local file=$1 dir=$2 gate_port=$3 admin_port=$4 origin_port=$5 registry=$6
+    cat >"$file" <<CONF
+[[listener]]
+name = "load"
+address = "127.0.0.1:$gate_port"
+require = "connected"
+# As nginx (keepalive_requests 1000000): no reconnects in the middle of a round.
+max_requests_per_connection = 1000000
+keepalive_timeout_seconds = 300
+mode = "enforce"
+
+[upstream]
+servers = ["127.0.0.1:$origin_port"]
+
+[registry]
+source = "file://$registry"
+refresh_interval_seconds = 86400
+
+[admin]
+address = "127.0.0.1:$admin_port"
+
+[log]
+level = "warn"
+access_log = false
+
+[server]
+threads = 1
+grace_period_seconds = 0
+shutdown_timeout_seconds = 1
+pid_file = "$dir/icp-gate.pid"
+upgrade_sock = "$dir/icp-gate-upgrade.sock"
+CONF
+}
