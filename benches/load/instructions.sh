@@ -47,25 +47,9 @@ done
 GATE_PORT=$BASE_PORT
 ADMIN_PORT=$((BASE_PORT + 1))
 ORIGIN_PORT=$((BASE_PORT + 2))
-OUT=$(mktemp -d "${TMPDIR:-/tmp}/icp-gate-instructions.XXXXXX")
-chmod 755 "$OUT"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [[ $KEEP != 1 ]]; then rm -rf "$OUT"; else echo "instructions.sh: kept $OUT" >&2; fi
-}
-trap cleanup EXIT
-
-GATE=$TARGET_DIR/release/icp-gate
-if [[ $SKIP_BUILD != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate)
-fi
-[[ -x $GATE ]] || die "$GATE not found"
-
-"$GATE" registry generate "$OUT/registry.tsv" --records "$RECORDS" >/dev/null
-FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$OUT/registry.tsv")
+setup_scratch instructions
+release_gate "$ROOT" "$TARGET_DIR"
+generate_registry "$RECORDS"
 BLOCK_HOST=unfiled-load-test.cn
 
 write_origin_conf "$OUT/origin" "$ORIGIN_PORT"

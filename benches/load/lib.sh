@@ -71,3 +71,39 @@ pid_file = "$dir/icp-gate.pid"
 upgrade_sock = "$dir/icp-gate-upgrade.sock"
 CONF
 }
+
+# setup_scratch NAME: OUT (a new temporary directory unless OUT is set) and PIDS; on exit every
+# process in PIDS is stopped and OUT removed (kept when KEEP=1).
+setup_scratch() {
+    local name=$1
+    OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/icp-gate-$name.XXXXXX")}
+    mkdir -p "$OUT"
+    chmod 755 "$OUT" # nginx workers run as nobody when the scripts run as root
+    PIDS=()
+    SCRATCH_NAME=$name
+    trap cleanup_scratch EXIT
+}
+
+cleanup_scratch() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ ${KEEP:-0} != 1 ]]; then rm -rf "$OUT"; else echo "$SCRATCH_NAME.sh: kept $OUT" >&2; fi
+}
+
+# release_gate ROOT TARGET_DIR: GATE, the release binary, built first unless SKIP_BUILD=1.
+release_gate() {
+    local root=$1 target_dir=$2
+    GATE=$target_dir/release/icp-gate
+    if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+        (cd "$root" && cargo build --release -q -p icp-gate --bin icp-gate)
+    fi
+    [[ -x $GATE ]] || die "$GATE not found"
+}
+
+# generate_registry RECORDS: OUT/registry.tsv, and FORWARD_HOST, a connected name from its middle.
+generate_registry() {
+    local records=$1
+    "$GATE" registry generate "$OUT/registry.tsv" --records "$records" >/dev/null
+    FORWARD_HOST=$(awk -F '\t' -v from=$((records / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$OUT/registry.tsv")
+}
