@@ -58,8 +58,8 @@ pub struct DomainName {
 
 impl DomainName {
     pub fn as_str(&self) -> &str {
-        // SAFETY: `from_ascii_lowercased`, the only constructor, checks that every byte is ASCII,
-        // and ASCII is valid UTF-8. (Checking again here cost more than the lookup itself on
+        // SAFETY: both constructors write ASCII only (`from_ascii_lowercased` checks every byte,
+        // `plain_authority` copies through a table of ASCII bytes), and ASCII is valid UTF-8. (Checking again here cost more than the lookup itself on
         // the block path: names are read as text several times per request.)
         unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len as usize]) }
     }
@@ -202,6 +202,81 @@ impl std::error::Error for InvalidHost {}
 /// authority, an HTTP/2 `:authority`): `host[:port]`, where host is a domain, a dotted-quad IPv4
 /// address or a bracketed IPv6 address. The port is checked and dropped.
 pub fn parse_authority(raw: &[u8]) -> Result<Host, InvalidHost> {
+    match plain_authority(raw) {
+        Some(name) => Ok(Host::Domain(name)),
+        None => parse_authority_general(raw),
+    }
+}
+
+/// Lower-cased name bytes by input byte: 0 for every byte that is not in `[A-Za-z0-9_.-]`.
+static PLAIN_NAME_BYTE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => c,
+            b'A'..=b'Z' => c | 0x20,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The common request authority in one pass: a plain ASCII name (`[A-Za-z0-9_-]` labels of 1 to
+/// 63 bytes joined by single dots, at most 253 bytes, no trailing dot, no `xn--` label, a last
+/// label that is not numeric), then nothing or a valid `:port`. Such an authority is copied
+/// lower-cased as it is checked and returned: exactly what `parse_authority_general` gives it.
+/// Anything else gives `None` and takes the general path, which decides it (and names the
+/// error). The general path checked, copied and lower-cased in separate passes, and on the block
+/// path that cost more than the registry lookup (`benches/load/instructions.sh`).
+fn plain_authority(raw: &[u8]) -> Option<DomainName> {
+    let mut buf = [0u8; MAX_NAME_LEN];
+    let mut len = 0;
+    let mut label_start = 0;
+    let mut end = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
+        let lower = PLAIN_NAME_BYTE[b as usize];
+        if lower == 0 {
+            if b == b':' {
+                end = i;
+                break;
+            }
+            return None;
+        }
+        if len == MAX_NAME_LEN {
+            return None;
+        }
+        buf[len] = lower;
+        len += 1;
+        if lower == b'.' {
+            if !plain_label(&buf[label_start..len - 1]) {
+                return None;
+            }
+            label_start = len;
+        }
+    }
+    let last = &buf[label_start..len];
+    if !plain_label(last) || is_numeric_label(last) {
+        return None;
+    }
+    check_port(&raw[end..]).ok()?;
+    Some(DomainName {
+        len: len as u8,
+        buf,
+    })
+}
+
+/// A label the plain paths take: 1 to 63 bytes (lower-cased already), not an `xn--` label
+/// (which UTS #46 must validate).
+#[inline]
+fn plain_label(label: &[u8]) -> bool {
+    !label.is_empty() && label.len() <= MAX_LABEL_LEN && !label.starts_with(b"xn--")
+}
+
+/// `parse_authority` without its fast path: every authority it can take.
+fn parse_authority_general(raw: &[u8]) -> Result<Host, InvalidHost> {
     if raw.is_empty() {
         return Err(InvalidHost::Empty);
     }
@@ -665,6 +740,69 @@ mod tests {
             });
             assert_eq!(via_into, parse_registry_name(text), "{text}");
         }
+    }
+
+    #[test]
+    fn authority_fast_path_agrees_with_the_general_path() {
+        let mut rng = crate::synthetic::Rng::new(12);
+        let alphabet = b"aZ0-_.x9n.-Q:8[]@";
+        let mut cases: Vec<Vec<u8>> = [
+            &b"example.com"[..],
+            b"EXAMPLE.Com:8080",
+            b"example.com:",
+            b"example.com:65535",
+            b"example.com:65536",
+            b"example.com:123456",
+            b"example.com:8a",
+            b"example.com::80",
+            b"example.com.",
+            b"example.com.:80",
+            b"xn--fsqu00a.xn--fiqs8s",
+            b"XN--FSQU00A.cn",
+            b"a.xn--",
+            b"1.2.3.4",
+            b"1.2.3.4:80",
+            b"example.123",
+            b"example.0x1f",
+            b"example.0X1F",
+            b"example.0x",
+            b"a..b",
+            b".a",
+            b":80",
+            b"",
+            b"my_site.example.com",
+            b"user@example.com",
+            b"[::1]:80",
+            b"ex\xc3\xa4mple.com",
+        ]
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+        for (label, labels) in [(63, 1), (64, 1), (1, 125), (1, 126), (63, 4)] {
+            let name = vec!["a".repeat(label); labels].join(".");
+            cases.push(format!("{name}.com").into_bytes());
+            cases.push(format!("{name}.com:443").into_bytes());
+        }
+        for _ in 0..50_000 {
+            let len = 1 + rng.below(14) as usize;
+            cases.push(
+                (0..len)
+                    .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        let mut taken = 0;
+        for case in cases {
+            let shown = String::from_utf8_lossy(&case);
+            let general = parse_authority_general(&case);
+            if let Some(fast) = plain_authority(&case) {
+                taken += 1;
+                assert_eq!(general, Ok(Host::Domain(fast)), "{shown}");
+            }
+            assert_eq!(parse_authority(&case), general, "{shown}");
+        }
+        // The fast path is not vacuous: random plain names mostly take it.
+        assert!(taken > 5_000, "the fast path took only {taken} cases");
     }
 
     #[test]
