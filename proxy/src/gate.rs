@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use icp_gate_config::{ListenerSettings, Mode, UpstreamSettings};
-use icp_gate_registry::sync::unix_now;
 use icp_gate_registry::{
     parse_authority, BlockReason, Decision, Host, InvalidHost, RegistryHandle,
 };
@@ -38,35 +37,68 @@ const CLIENT_FORWARDING_HEADERS: [&str; 5] = [
 ];
 
 /// Request ids: a per-process random prefix and a counter, unique without coordination.
+///
+/// Each thread takes the counter in blocks of `ID_BLOCK`, so threads do not pass one cache line
+/// between them on every request (on a many-core host a shared counter stalls every core that
+/// touches it). Ids therefore increase per thread, not across the process.
 pub struct RequestIds {
-    prefix: u32,
+    /// The prefix, already as hex digits.
+    prefix: [u8; 8],
     next: AtomicU64,
+    /// Tells this instance's blocks apart from another's in a thread's cache (tests build
+    /// several).
+    instance: u64,
+}
+
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's block: (instance, next id, end of block).
+    static ID_CACHE: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
 }
 
 impl RequestIds {
     pub fn new() -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(1);
+        let mut prefix = [0u8; 8];
+        hex_into(&mut prefix, u64::from(fastrand::u32(..)));
         RequestIds {
-            prefix: fastrand::u32(..),
+            prefix,
             next: AtomicU64::new(fastrand::u64(..) >> 24),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The next id, on the stack: minting one costs no allocation.
     pub fn next_id(&self) -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = ID_CACHE.with(|cache| {
+            let (instance, next, end) = cache.get();
+            if instance == self.instance && next < end {
+                cache.set((instance, next + 1, end));
+                next
+            } else {
+                let start = self.next.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                cache.set((self.instance, start + 1, start + ID_BLOCK));
+                start
+            }
+        });
         let mut id = [0u8; 24];
-        for (i, b) in id[..8].iter_mut().enumerate() {
-            *b = HEX[(self.prefix >> (28 - 4 * i) & 0xf) as usize];
-        }
-        for (i, b) in id[8..].iter_mut().enumerate() {
-            *b = HEX[(n >> (60 - 4 * i) & 0xf) as usize];
-        }
+        id[..8].copy_from_slice(&self.prefix);
+        hex_into(&mut id[8..], n);
         RequestId(id)
     }
 
     fn next(&self) -> String {
         self.next_id().as_str().to_owned()
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `n` into `out`, most significant first.
+fn hex_into(out: &mut [u8], mut n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
@@ -183,7 +215,7 @@ impl Gate {
         };
         match loaded
             .registry
-            .decide(host, self.listener.require, unix_now())
+            .decide(host, self.listener.require, crate::clock::unix_seconds())
         {
             Decision::Allow => Outcome::Allowed,
             Decision::Block(reason) => match self.listener.mode {
@@ -503,5 +535,55 @@ impl Gate {
             self.upstream.idle_timeout
         });
         peer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn request_ids_are_unique_across_threads_blocks_and_instances() {
+        let a = Arc::new(RequestIds::new());
+        let b = Arc::new(RequestIds::new());
+        // Several blocks per thread, both instances interleaved on each thread.
+        let per_thread = 3 * ID_BLOCK as usize + 7;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (a, b) = (a.clone(), b.clone());
+                std::thread::spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in 0..per_thread {
+                        let ids_from = if i % 3 == 0 { &b } else { &a };
+                        ids.push(ids_from.next_id());
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                let text = id.as_str();
+                assert_eq!(text.len(), 24);
+                assert!(text
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+                assert!(seen.insert(text.to_owned()), "{text} was minted twice");
+            }
+        }
+        assert_eq!(seen.len(), 4 * per_thread);
+        // One prefix per instance.
+        let prefixes: HashSet<_> = seen.iter().map(|id| id[..8].to_owned()).collect();
+        assert!(prefixes.len() <= 2);
+    }
+
+    #[test]
+    fn request_ids_count_up_within_a_thread() {
+        let ids = RequestIds::new();
+        let first = u64::from_str_radix(&ids.next_id().as_str()[8..], 16).unwrap();
+        let second = u64::from_str_radix(&ids.next_id().as_str()[8..], 16).unwrap();
+        assert_eq!(second, first + 1);
     }
 }

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod block_page;
+mod clock;
 pub mod demo_origin;
 pub mod front;
 pub mod gate;

@@ -35,9 +35,10 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 mod chunked;
-mod clock;
+
 mod forward;
 
+use crate::clock;
 use forward::{upstream_head, Exchange, Upstreams};
 
 use crate::access_log::AccessRecord;

@@ -29,6 +29,11 @@ pub fn coarse_now() -> Instant {
     base + read(libc::CLOCK_MONOTONIC_COARSE).saturating_sub(base_coarse)
 }
 
+/// Now in unix seconds, to within a scheduler tick: what a filing's expiry is compared with.
+pub fn unix_seconds() -> i64 {
+    read(libc::CLOCK_REALTIME_COARSE).as_secs() as i64
+}
+
 thread_local! {
     /// The `Date` value for the second it was made in, per thread.
     static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
