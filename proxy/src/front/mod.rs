@@ -43,7 +43,7 @@ use forward::{upstream_head, Exchange, Upstreams};
 
 use crate::access_log::AccessRecord;
 use crate::block_page::{wants_json, HTML_CONTENT_TYPE, JSON_CONTENT_TYPE};
-use crate::gate::{resolve_host, Gate, GateProxy, Outcome, RequestId, CSP};
+use crate::gate::{resolve_host_into, Gate, GateProxy, Outcome, RequestId, CSP};
 use crate::metrics::BadRequest;
 
 /// Headers parsed per request; a head with more goes to Pingora (which allows 256).
@@ -139,6 +139,8 @@ struct Conn {
     /// The answer being assembled (head and body), reused from one request to the next.
     out: Vec<u8>,
     page: String,
+    /// The current request's host, written in place by `parse` (see `resolve_host_into`).
+    host: Host,
     shown_host: String,
     /// The request head for the origin, and the origin's bytes on their way.
     up_head: Vec<u8>,
@@ -169,9 +171,9 @@ impl Conn {
 }
 
 /// What one complete request head that the front end may answer says.
+/// (Its host is in `Conn::host`.)
 struct SimpleRequest {
     head_len: usize,
-    host: Host,
     method: &'static str,
     /// HEAD: the answer has the body's length but no body.
     head_only: bool,
@@ -183,7 +185,8 @@ struct SimpleRequest {
 /// What an access line says about one request the front end answered.
 struct LogLine<'a> {
     method: &'static str,
-    host: Option<&'a Host>,
+    /// Whether `Conn::host` holds the request's host.
+    has_host: bool,
     invalid: Option<InvalidHost>,
     outcome: Outcome,
     status: u16,
@@ -202,7 +205,7 @@ impl<'a> LogLine<'a> {
     ) -> Self {
         LogLine {
             method: req.method,
-            host: Some(&req.host),
+            has_host: true,
             invalid: None,
             outcome,
             status,
@@ -265,6 +268,7 @@ impl ServerApp for GateApp {
             buf: BytesMut::with_capacity(4096),
             out: Vec::new(),
             page: String::new(),
+            host: Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
             shown_host: String::new(),
             up_head: Vec::new(),
             up_buf: BytesMut::new(),
@@ -290,7 +294,7 @@ impl ServerApp for GateApp {
                         clock::coarse_now()
                     };
                     since = started;
-                    let outcome = self.gate.decide(&req.host);
+                    let outcome = self.gate.decide(&c.host);
                     let open = match outcome {
                         Outcome::Blocked(reason) => {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
@@ -354,7 +358,7 @@ impl ServerApp for GateApp {
                         &mut c,
                         LogLine {
                             method: req.method,
-                            host: None,
+                            has_host: false,
                             invalid: Some(req.invalid),
                             outcome,
                             status: 400,
@@ -524,7 +528,7 @@ impl GateApp {
         let mut deadline = first_deadline;
         loop {
             if !c.buf.is_empty() {
-                match parse(&c.buf) {
+                match parse(&c.buf, &mut c.host) {
                     Parsed::Simple(req) => return Head::Simple(req),
                     Parsed::InvalidHost(req) => return Head::InvalidHost(req),
                     Parsed::Complex => return Head::Complex,
@@ -592,7 +596,7 @@ impl GateApp {
         keep_alive: bool,
     ) -> (bool, RequestId) {
         c.shown_host.clear();
-        match &req.host {
+        match &c.host {
             Host::Domain(name) => c.shown_host.push_str(name.as_str()),
             host => {
                 let _ = write!(c.shown_host, "{host}");
@@ -655,12 +659,13 @@ impl GateApp {
             return;
         }
         let client = c.client();
+        let c = &*c;
         let shown = &c.shown_host;
         self.gate.access_log.record(AccessRecord {
             listener: &self.gate.listener.name,
             client,
             method: line.method,
-            host: line.host,
+            host: line.has_host.then_some(&c.host),
             raw_host: || shown.clone(),
             invalid: line.invalid,
             outcome: line.outcome,
@@ -730,7 +735,7 @@ impl GateApp {
 
 /// Parses one request head and sorts it: simple enough to answer here, an unusable host (also
 /// answered here), or Pingora's.
-fn parse(buf: &[u8]) -> Parsed {
+fn parse(buf: &[u8], host_out: &mut Host) -> Parsed {
     // Left uninitialised: filling 96 empty headers for every request cost more than parsing.
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -807,8 +812,8 @@ fn parse(buf: &[u8]) -> Parsed {
         1 => close,
         _ => close || !keep_alive,
     };
-    let host = match resolve_host(host, duplicate_host, target) {
-        Ok(host) => host,
+    match resolve_host_into(host, duplicate_host, target, host_out) {
+        Ok(()) => {}
         Err(invalid) => {
             let shown = target.or(host).unwrap_or_default();
             let shown = &shown[..shown.len().min(256)];
@@ -827,7 +832,6 @@ fn parse(buf: &[u8]) -> Parsed {
     let method = known.expect("an unknown method is complex");
     Parsed::Simple(SimpleRequest {
         head_len,
-        host,
         method,
         head_only: method == "HEAD",
         json: wants_json(accept),
@@ -962,34 +966,41 @@ async fn linger_close(mut stream: Stream) {
 mod tests {
     use super::*;
 
-    fn simple(raw: &[u8]) -> SimpleRequest {
-        match parse(raw) {
-            Parsed::Simple(r) => r,
-            Parsed::Partial => panic!("partial: {}", raw.escape_ascii()),
-            Parsed::Complex => panic!("complex: {}", raw.escape_ascii()),
-            Parsed::InvalidHost(_) => panic!("invalid host: {}", raw.escape_ascii()),
+    fn parse_alone(raw: &[u8]) -> (Parsed, Host) {
+        let mut host = Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let parsed = parse(raw, &mut host);
+        (parsed, host)
+    }
+
+    fn simple(raw: &[u8]) -> (SimpleRequest, Host) {
+        match parse_alone(raw) {
+            (Parsed::Simple(r), host) => (r, host),
+            (Parsed::Partial, _) => panic!("partial: {}", raw.escape_ascii()),
+            (Parsed::Complex, _) => panic!("complex: {}", raw.escape_ascii()),
+            (Parsed::InvalidHost(_), _) => panic!("invalid host: {}", raw.escape_ascii()),
         }
     }
 
     fn is_complex(raw: &[u8]) -> bool {
-        matches!(parse(raw), Parsed::Complex)
+        matches!(parse_alone(raw).0, Parsed::Complex)
     }
 
     #[test]
     fn plain_requests_are_simple() {
-        let r = simple(b"GET /x HTTP/1.1\r\nHost: WWW.Example.COM:80\r\nAccept: */*\r\n\r\nGET");
-        assert_eq!(r.host.to_string(), "www.example.com");
+        let (r, host) =
+            simple(b"GET /x HTTP/1.1\r\nHost: WWW.Example.COM:80\r\nAccept: */*\r\n\r\nGET");
+        assert_eq!(host.to_string(), "www.example.com");
         assert_eq!(r.head_len, 58);
         assert!(r.keep_alive && !r.head_only && !r.json);
-        let r = simple(b"HEAD / HTTP/1.1\r\nhost: a.cn\r\nconnection: Close\r\n\r\n");
+        let (r, _) = simple(b"HEAD / HTTP/1.1\r\nhost: a.cn\r\nconnection: Close\r\n\r\n");
         assert!(r.head_only && !r.keep_alive);
-        let r = simple(b"GET / HTTP/1.0\r\nHost: a.cn\r\n\r\n");
+        let (r, _) = simple(b"GET / HTTP/1.0\r\nHost: a.cn\r\n\r\n");
         assert!(!r.keep_alive, "HTTP/1.0 closes unless asked");
-        let r = simple(b"GET / HTTP/1.0\r\nHost: a.cn\r\nConnection: keep-alive\r\n\r\n");
+        let (r, _) = simple(b"GET / HTTP/1.0\r\nHost: a.cn\r\nConnection: keep-alive\r\n\r\n");
         assert!(r.keep_alive);
-        let r = simple(b"POST / HTTP/1.1\r\nHost: a.cn\r\nContent-Length: 0\r\n\r\n");
+        let (r, _) = simple(b"POST / HTTP/1.1\r\nHost: a.cn\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(r.method, "POST");
-        let r = simple(b"GET / HTTP/1.1\r\nHost: a.cn\r\nAccept: application/json\r\n\r\n");
+        let (r, _) = simple(b"GET / HTTP/1.1\r\nHost: a.cn\r\nAccept: application/json\r\n\r\n");
         assert!(r.json);
     }
 
@@ -1029,7 +1040,7 @@ mod tests {
                 InvalidHost::Duplicate,
             ),
         ] {
-            match parse(raw) {
+            match parse_alone(raw).0 {
                 Parsed::InvalidHost(r) => assert_eq!(r.invalid, invalid, "{}", raw.escape_ascii()),
                 _ => panic!("not refused: {}", raw.escape_ascii()),
             }
@@ -1048,7 +1059,7 @@ mod tests {
             b"\x00\x01\x02",
         ] {
             assert!(
-                matches!(parse(raw), Parsed::Partial),
+                matches!(parse_alone(raw).0, Parsed::Partial),
                 "{}",
                 raw.escape_ascii()
             );
