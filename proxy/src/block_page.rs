@@ -281,6 +281,21 @@ impl BlockPages {
         detail: Option<&str>,
         request_id: &str,
     ) {
+        self.render_html_noting_ids(out, reason, host, detail, request_id, |_| {});
+    }
+
+    /// `render_html_into`, telling `id_at` where in `out` each copy of the request id starts.
+    /// A request id is hex digits, written as they are, so a caller can later overwrite those
+    /// bytes with another id of the same length and have the page for that id.
+    pub fn render_html_noting_ids(
+        &self,
+        out: &mut String,
+        reason: BlockReason,
+        host: &str,
+        detail: Option<&str>,
+        request_id: &str,
+        mut id_at: impl FnMut(usize),
+    ) {
         let page = &self.pages[reason.index()];
         // Where the escaped host went the first time: later mentions copy it.
         let mut escaped_host: Option<std::ops::Range<usize>> = None;
@@ -297,7 +312,10 @@ impl BlockPages {
                         escaped_host = Some(start..out.len());
                     }
                 },
-                Segment::RequestId => escape_html_into(out, request_id),
+                Segment::RequestId => {
+                    id_at(out.len());
+                    escape_html_into(out, request_id);
+                }
                 Segment::Detail => {
                     if let Some(d) = detail {
                         out.push_str(" (");

@@ -36,22 +36,30 @@ pub fn unix_seconds() -> i64 {
 
 thread_local! {
     /// The `Date` value for the second it was made in, per thread.
-    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    static DATE: RefCell<(u64, [u8; HTTP_DATE_LEN])> = const { RefCell::new((u64::MAX, [0; HTTP_DATE_LEN])) };
 }
 
-/// Appends the current `Date` header value (RFC 9110 §5.6.7 IMF-fixdate).
-pub fn push_http_date(out: &mut Vec<u8>) {
+/// The current `Date` header value (RFC 9110 §5.6.7 IMF-fixdate).
+pub fn http_date() -> [u8; HTTP_DATE_LEN] {
     let now = read(libc::CLOCK_REALTIME_COARSE).as_secs();
     DATE.with(|cell| {
         let mut date = cell.borrow_mut();
         if date.0 != now {
             *date = (now, imf_fixdate(now));
         }
-        out.extend_from_slice(&date.1);
-    });
+        date.1
+    })
 }
 
-fn imf_fixdate(unix_seconds: u64) -> [u8; 29] {
+/// Every IMF-fixdate has this length (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub const HTTP_DATE_LEN: usize = 29;
+
+/// Appends the current `Date` header value.
+pub fn push_http_date(out: &mut Vec<u8>) {
+    out.extend_from_slice(&http_date());
+}
+
+fn imf_fixdate(unix_seconds: u64) -> [u8; HTTP_DATE_LEN] {
     const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -224,6 +224,94 @@ fn one_keep_alive_connection_is_decided_per_request() {
 }
 
 #[test]
+fn repeated_blocks_on_one_connection_each_name_their_own_host_and_request_id() {
+    // The front end keeps a connection's last block answer and patches the next one for the
+    // same host in place: every answer must still be its own.
+    let origin = Origin::start();
+    let gate = Gate::start(&origin, GateOptions::default());
+    let mut conn = Conn::open(gate.addr);
+    let get = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut ids = std::collections::HashSet::new();
+    // (host, page with its id taken out, page length)
+    let mut pages: Vec<(String, String, usize)> = Vec::new();
+    let mut check = |resp: &Response, host: &str, reason: &str| {
+        assert_blocked(resp, 403, reason);
+        let id = resp
+            .header("x-request-id")
+            .expect("a request id")
+            .to_owned();
+        assert_eq!(id.len(), 24, "{id}");
+        assert!(ids.insert(id.clone()), "request id {id} given twice");
+        let page = resp.text();
+        assert!(page.contains(&format!("request id: {id}")), "{page}");
+        assert!(page.contains(host), "{host} not named in {page}");
+        // Apart from the id, the page for the same host and reason is the same every time.
+        pages.push((host.to_owned(), page.replace(&id, "<id>"), page.len()));
+        pages.clone()
+    };
+    for _ in 0..3 {
+        check(
+            &conn.send(get("unfiled.cn").as_bytes()),
+            "unfiled.cn",
+            "unfiled",
+        );
+    }
+    // A HEAD for the same host: the same head (length included), no body.
+    let head = conn.send(b"HEAD / HTTP/1.1\r\nHost: unfiled.cn\r\n\r\n");
+    assert_eq!(head.block_reason(), Some("unfiled"));
+    assert!(head.body.is_empty());
+    let first_len = check(
+        &conn.send(get("unfiled.cn").as_bytes()),
+        "unfiled.cn",
+        "unfiled",
+    )[0]
+    .2;
+    assert_eq!(
+        head.header("content-length"),
+        Some(first_len.to_string().as_str())
+    );
+    check(
+        &conn.send(get("other-unfiled.cn").as_bytes()),
+        "other-unfiled.cn",
+        "unfiled",
+    );
+    check(
+        &conn.send(get("bad.example.com").as_bytes()),
+        "bad.example.com",
+        "denied",
+    );
+    check(
+        &conn.send(get("UNFILED.cn").as_bytes()),
+        "unfiled.cn",
+        "unfiled",
+    );
+    // JSON in between, then HTML again.
+    let json = conn.send(b"GET / HTTP/1.1\r\nHost: unfiled.cn\r\nAccept: application/json\r\n\r\n");
+    assert!(json.text().starts_with('{'), "{}", json.text());
+    let pages = check(
+        &conn.send(get("unfiled.cn").as_bytes()),
+        "unfiled.cn",
+        "unfiled",
+    );
+    let same: Vec<_> = pages.iter().filter(|p| p.0 == "unfiled.cn").collect();
+    assert_eq!(same.len(), 6);
+    assert!(same.iter().all(|p| p.1 == same[0].1));
+    let other = &pages[4];
+    assert_eq!(other.0, "other-unfiled.cn");
+    assert!(!other
+        .1
+        .replace("other-unfiled.cn", "")
+        .contains("unfiled.cn"));
+    assert_ne!(pages[5].1, same[0].1, "denied and unfiled pages differ");
+    // The last answer of a connection says so, though the one before it was kept alive.
+    let last = conn.send(b"GET / HTTP/1.1\r\nHost: unfiled.cn\r\nConnection: close\r\n\r\n");
+    assert_eq!(last.block_reason(), Some("unfiled"));
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(conn.is_closed());
+    assert!(origin.received().is_empty());
+}
+
+#[test]
 fn absolute_form_targets_are_decided_on_their_authority() {
     let origin = Origin::start();
     let gate = Gate::start(&origin, GateOptions::default());

@@ -136,9 +136,10 @@ struct Conn {
     stream: Stream,
     /// Bytes read and not yet consumed: the current head, and anything pipelined behind it.
     buf: BytesMut,
-    /// The answer being assembled (head and body), reused from one request to the next.
+    /// Answers the front end writes (other than blocks) and the origin's answers relayed.
     out: Vec<u8>,
-    page: String,
+    /// The last block answer, kept for the next (see `LastBlock`).
+    block: LastBlock,
     /// The current request's host, written in place by `parse` (see `resolve_host_into`).
     host: Host,
     shown_host: String,
@@ -167,6 +168,36 @@ impl Conn {
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
         })
+    }
+}
+
+/// The last block answer written on a connection, head and page, with where its request id
+/// and date sit. A client usually asks for one site throughout a connection (a browser loading
+/// a page and what it links to), so the next block is most often the same answer but for the
+/// request id and the date: those are overwritten in place, and the page is not rendered again.
+#[derive(Default)]
+struct LastBlock {
+    /// Whether `head` and `page` are a complete answer for the key below.
+    valid: bool,
+    reason: Option<BlockReason>,
+    head_only: bool,
+    keep_alive: bool,
+    /// The host the page names (`Conn::shown_host` when it was rendered).
+    host: String,
+    head: Vec<u8>,
+    page: String,
+    head_id_at: usize,
+    head_date_at: usize,
+    page_ids_at: Vec<usize>,
+}
+
+impl LastBlock {
+    fn answers(&self, reason: BlockReason, head_only: bool, keep_alive: bool, host: &str) -> bool {
+        self.valid
+            && self.reason == Some(reason)
+            && self.head_only == head_only
+            && self.keep_alive == keep_alive
+            && self.host == host
     }
 }
 
@@ -267,7 +298,7 @@ impl ServerApp for GateApp {
             fd,
             buf: BytesMut::with_capacity(4096),
             out: Vec::new(),
-            page: String::new(),
+            block: LastBlock::default(),
             host: Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
             shown_host: String::new(),
             up_head: Vec::new(),
@@ -618,40 +649,86 @@ impl GateApp {
         keep_alive: bool,
     ) -> (bool, RequestId) {
         let id = self.gate.request_ids.next_id();
-        c.page.clear();
-        self.gate.pages.render_into(
-            &mut c.page,
-            reason,
-            &c.shown_host,
-            detail,
-            id.as_str(),
-            json,
-        );
-        let out = &mut c.out;
-        out.clear();
-        let head = &self.block_heads.by_reason[reason.index()];
-        out.extend_from_slice(if json {
-            &head.json_start
+        let id_bytes = id.as_str().as_bytes();
+        let block = &mut c.block;
+        // Only plain HTML pages are kept: a detail is only ever shown once per connection (on
+        // the answer that ends it), and JSON is rendered by serde, which does not say where the
+        // id went.
+        let keep = detail.is_none() && !json;
+        if keep && block.answers(reason, head_only, keep_alive, &c.shown_host) {
+            // SAFETY: hex digits overwrite hex digits (see `render_html_noting_ids`): the page
+            // stays valid UTF-8.
+            let page = unsafe { block.page.as_mut_vec() };
+            for &at in &block.page_ids_at {
+                page[at..at + id_bytes.len()].copy_from_slice(id_bytes);
+            }
+            block.head[block.head_id_at..block.head_id_at + id_bytes.len()]
+                .copy_from_slice(id_bytes);
+            block.head[block.head_date_at..block.head_date_at + clock::HTTP_DATE_LEN]
+                .copy_from_slice(&clock::http_date());
         } else {
-            &head.html_start
-        });
-        out.extend_from_slice(itoa(c.page.len(), &mut [0u8; 20]));
-        out.extend_from_slice(&head.before_id);
-        out.extend_from_slice(id.as_str().as_bytes());
-        out.extend_from_slice(&self.block_heads.before_date);
-        clock::push_http_date(out);
-        out.extend_from_slice(if keep_alive {
-            &b"\r\nConnection: keep-alive\r\n\r\n"[..]
-        } else {
-            &b"\r\nConnection: close\r\n\r\n"[..]
-        });
+            block.valid = false;
+            block.page.clear();
+            block.page_ids_at.clear();
+            if json {
+                self.gate.pages.render_into(
+                    &mut block.page,
+                    reason,
+                    &c.shown_host,
+                    detail,
+                    id.as_str(),
+                    json,
+                );
+            } else {
+                let ids_at = &mut block.page_ids_at;
+                self.gate.pages.render_html_noting_ids(
+                    &mut block.page,
+                    reason,
+                    &c.shown_host,
+                    detail,
+                    id.as_str(),
+                    |at| ids_at.push(at),
+                );
+            }
+            let out = &mut block.head;
+            out.clear();
+            let head = &self.block_heads.by_reason[reason.index()];
+            out.extend_from_slice(if json {
+                &head.json_start
+            } else {
+                &head.html_start
+            });
+            out.extend_from_slice(itoa(block.page.len(), &mut [0u8; 20]));
+            out.extend_from_slice(&head.before_id);
+            block.head_id_at = out.len();
+            out.extend_from_slice(id_bytes);
+            out.extend_from_slice(&self.block_heads.before_date);
+            block.head_date_at = out.len();
+            clock::push_http_date(out);
+            out.extend_from_slice(if keep_alive {
+                &b"\r\nConnection: keep-alive\r\n\r\n"[..]
+            } else {
+                &b"\r\nConnection: close\r\n\r\n"[..]
+            });
+            if keep {
+                block.valid = true;
+                block.reason = Some(reason);
+                block.head_only = head_only;
+                block.keep_alive = keep_alive;
+                block.host.clear();
+                block.host.push_str(&c.shown_host);
+            }
+        }
         // Head and page go out together (one write), without copying the page behind the head.
         let body = if head_only {
             &b""[..]
         } else {
-            c.page.as_bytes()
+            block.page.as_bytes()
         };
-        (write_all_two(&mut c.stream, c.fd, &c.out, body).await, id)
+        (
+            write_all_two(&mut c.stream, c.fd, &block.head, body).await,
+            id,
+        )
     }
 
     fn log(&self, c: &mut Conn, line: LogLine<'_>) {
