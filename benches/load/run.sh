@@ -414,6 +414,23 @@ cpu_snapshot() {
         END { print t, s, pb, pt, lb, lt }' /proc/stat
 }
 
+# proxy_sleeps PID: how often the proxy's threads (and an nginx master's workers) have blocked so
+# far (voluntary context switches): each is a wake-up that the sender's core paid for.
+proxy_sleeps() {
+    local p t n=0
+    for p in $1 $(pgrep -P "$1" || true); do
+        for t in /proc/"$p"/task/*/status; do
+            n=$((n + $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t" 2>/dev/null || echo 0)))
+        done
+    done
+    echo "$n"
+}
+
+# TCP segments sent on the machine so far (loopback included), or 0 without nstat (iproute2).
+tcp_segments() {
+    nstat -az TcpOutSegs 2>/dev/null | awk '$1 == "TcpOutSegs" { print $2; f = 1 } END { if (!f) print 0 }'
+}
+
 # gate_counter DECISION REASON: the gate's icp_gate_requests_total for the load listener.
 gate_counter() {
     curl -s -m 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
@@ -471,6 +488,9 @@ load() {
     if [[ $proxy == icp-gate ]]; then
         if [[ $path == block ]]; then c0=$(gate_counter blocked unfiled); else c0=$(gate_counter allowed ""); fi
     fi
+    local sleeps0 segs0
+    sleeps0=$(proxy_sleeps "$pid")
+    segs0=$(tcp_segments)
     before=$(cpu_snapshot)
     # In the background and waited for, so that a signal to the script is acted on at once.
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --latency -H "Host: $host" \
@@ -479,6 +499,9 @@ load() {
     wait "$WRK_PID" || true
     WRK_PID=
     after=$(cpu_snapshot)
+    local sleeps segs
+    sleeps=$(($(proxy_sleeps "$pid") - sleeps0))
+    segs=$(($(tcp_segments) - segs0))
     sleep 0.2 # let the proxy log what happened when wrk closed its connections
     [[ $round == warmup ]] && return 0
 
@@ -533,8 +556,13 @@ load() {
         pt = y[4] - x[4]; busy = pt ? (y[3] - x[3]) / pt : 0
         if (busy > 0) printf "%.0f", r / busy }')
     local line
-    line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s' \
-        "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu")
+    # TCP segments per answer (2 for a request and its answer, 4 with the origin's leg: more
+    # means pure ACKs or split writes) and the proxy's sleeps per second.
+    local wire
+    wire=$(awk -v s="$segs" -v r="$req" -v z="$sleeps" -v d="$secs" 'BEGIN {
+        printf "segs/answer %s  sleeps %5.0f/s", (s > 0 && r > 0) ? sprintf("%.2f", s / r) : "-", z / d }')
+    line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s  %s' \
+        "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu" "$wire")
     if ((${#problems[@]})); then
         line+="  PROBLEM: $(
             IFS=';'
