@@ -266,28 +266,16 @@ impl BlockPages {
             out.push_str(&render_json(reason, host, detail, request_id));
             JSON_CONTENT_TYPE
         } else {
-            self.render_html_into(out, reason, host, detail, request_id);
+            self.render_html_into(out, reason, host, detail, request_id, |_| {});
             HTML_CONTENT_TYPE
         }
     }
 
-    /// Appends the HTML page for `reason` to `out` (which a connection reuses from one
-    /// request to the next, so a block allocates nothing).
+    /// Appends the HTML page for `reason` to `out` (which a connection reuses from one request
+    /// to the next, so a block allocates nothing), telling `id_at` where in `out` each copy of
+    /// the request id starts. A request id is hex digits, written as they are, so a caller can
+    /// later overwrite those bytes with another id of the same length and have the page for it.
     pub fn render_html_into(
-        &self,
-        out: &mut String,
-        reason: BlockReason,
-        host: &str,
-        detail: Option<&str>,
-        request_id: &str,
-    ) {
-        self.render_html_noting_ids(out, reason, host, detail, request_id, |_| {});
-    }
-
-    /// `render_html_into`, telling `id_at` where in `out` each copy of the request id starts.
-    /// A request id is hex digits, written as they are, so a caller can later overwrite those
-    /// bytes with another id of the same length and have the page for that id.
-    pub fn render_html_noting_ids(
         &self,
         out: &mut String,
         reason: BlockReason,

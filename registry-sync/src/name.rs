@@ -690,6 +690,23 @@ mod tests {
         assert_eq!(walk, ["a.b.example.com", "b.example.com", "example.com"]);
     }
 
+    /// `count` strings of 1 to `max_len` bytes drawn from `alphabet`.
+    fn random_strings(
+        rng: &mut crate::synthetic::Rng,
+        alphabet: &[u8],
+        count: usize,
+        max_len: u64,
+    ) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|_| {
+                let len = 1 + rng.below(max_len);
+                (0..len)
+                    .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn registry_names_fast_path_agrees_with_the_general_path() {
         let mut rng = crate::synthetic::Rng::new(11);
@@ -716,14 +733,7 @@ mod tests {
         cases.push(format!("{}.com", "a".repeat(64)).into_bytes());
         cases.push(format!("{}com", "a.".repeat(125)).into_bytes());
         cases.push(format!("{}com", "a.".repeat(126)).into_bytes());
-        for _ in 0..20_000 {
-            let len = 1 + rng.below(12) as usize;
-            cases.push(
-                (0..len)
-                    .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
-                    .collect(),
-            );
-        }
+        cases.extend(random_strings(&mut rng, alphabet, 20_000, 12));
         for case in cases {
             let text = std::str::from_utf8(&case).unwrap();
             if plain_name_into(&case, &mut fast) {
@@ -783,14 +793,7 @@ mod tests {
             cases.push(format!("{name}.com").into_bytes());
             cases.push(format!("{name}.com:443").into_bytes());
         }
-        for _ in 0..50_000 {
-            let len = 1 + rng.below(14) as usize;
-            cases.push(
-                (0..len)
-                    .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
-                    .collect(),
-            );
-        }
+        cases.extend(random_strings(&mut rng, alphabet, 50_000, 14));
         let mut taken = 0;
         for case in cases {
             let shown = String::from_utf8_lossy(&case);

@@ -656,7 +656,7 @@ impl GateApp {
         // id went.
         let keep = detail.is_none() && !json;
         if keep && block.answers(reason, head_only, keep_alive, &c.shown_host) {
-            // SAFETY: hex digits overwrite hex digits (see `render_html_noting_ids`): the page
+            // SAFETY: hex digits overwrite hex digits (see `render_html_into`): the page
             // stays valid UTF-8.
             let page = unsafe { block.page.as_mut_vec() };
             for &at in &block.page_ids_at {
@@ -681,7 +681,7 @@ impl GateApp {
                 );
             } else {
                 let ids_at = &mut block.page_ids_at;
-                self.gate.pages.render_html_noting_ids(
+                self.gate.pages.render_html_into(
                     &mut block.page,
                     reason,
                     &c.shown_host,
