@@ -426,6 +426,18 @@ proxy_sleeps() {
     echo "$n"
 }
 
+# run_delay PID: nanoseconds the process's threads (and its children's: nginx's workers) have
+# spent runnable but waiting for a CPU so far (/proc/PID/task/*/schedstat, second field).
+run_delay() {
+    local p t n=0
+    for p in $1 $(pgrep -P "$1" || true); do
+        for t in /proc/"$p"/task/*/schedstat; do
+            n=$((n + $(awk '{ print $2 }' "$t" 2>/dev/null || echo 0)))
+        done
+    done
+    echo "$n"
+}
+
 # TCP segments sent on the machine so far (loopback included), or 0 without nstat (iproute2).
 tcp_segments() {
     nstat -az TcpOutSegs 2>/dev/null | awk '$1 == "TcpOutSegs" { print $2; f = 1 } END { if (!f) print 0 }'
@@ -488,8 +500,9 @@ load() {
     if [[ $proxy == icp-gate ]]; then
         if [[ $path == block ]]; then c0=$(gate_counter blocked unfiled); else c0=$(gate_counter allowed ""); fi
     fi
-    local sleeps0 segs0
+    local sleeps0 segs0 queued0
     sleeps0=$(proxy_sleeps "$pid")
+    queued0=$(run_delay "$ORIGIN_PID")
     segs0=$(tcp_segments)
     before=$(cpu_snapshot)
     # In the background and waited for, so that a signal to the script is acted on at once.
@@ -499,8 +512,9 @@ load() {
     wait "$WRK_PID" || true
     WRK_PID=
     after=$(cpu_snapshot)
-    local sleeps segs
+    local sleeps segs queued
     sleeps=$(($(proxy_sleeps "$pid") - sleeps0))
+    queued=$(($(run_delay "$ORIGIN_PID") - queued0))
     segs=$(($(tcp_segments) - segs0))
     sleep 0.2 # let the proxy log what happened when wrk closed its connections
     [[ $round == warmup ]] && return 0
@@ -559,8 +573,11 @@ load() {
     # TCP segments per answer (2 for a request and its answer, 4 with the origin's leg: more
     # means pure ACKs or split writes) and the proxy's sleeps per second.
     local wire
-    wire=$(awk -v s="$segs" -v r="$req" -v z="$sleeps" -v d="$secs" 'BEGIN {
-        printf "segs/answer %s  sleeps %5.0f/s", (s > 0 && r > 0) ? sprintf("%.2f", s / r) : "-", z / d }')
+    # On the forward path, how long the origin waited for its core (shared with wrk) per answer:
+    # that wait is in every forwarded request's latency, whichever proxy is in front.
+    wire=$(awk -v s="$segs" -v r="$req" -v z="$sleeps" -v d="$secs" -v q="$queued" -v p="$path" 'BEGIN {
+        printf "segs/answer %s  sleeps %5.0f/s", (s > 0 && r > 0) ? sprintf("%.2f", s / r) : "-", z / d
+        if (p == "forward" && r > 0) printf "  origin queued %.1fus/answer", q / r / 1000 }')
     line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s  %s' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu" "$wire")
     if ((${#problems[@]})); then
