@@ -30,13 +30,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-die() {
-    echo "instructions.sh: error: $*" >&2
-    exit 1
-}
-for var in DURATION RECORDS BASE_PORT; do
-    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
-done
+require_integers DURATION RECORDS BASE_PORT
 for p in $PATHS; do
     [[ $p == block || $p == forward ]] || die "PATHS may name block and forward (got '$p')"
 done

@@ -3,6 +3,20 @@
 
 ORIGIN_BODY="hello from the icp-gate load-test origin"
 
+# die MESSAGE: the script's name, the message, exit 1.
+die() {
+    echo "$(basename "$0"): error: $*" >&2
+    exit 1
+}
+
+# require_integers VAR...: each named variable holds a non-negative integer, or the script ends.
+require_integers() {
+    local var
+    for var in "$@"; do
+        [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
+    done
+}
+
 # write_origin_conf DIR PORT: DIR/nginx.conf for the origin, a second nginx answering every
 # request 200 with ORIGIN_BODY, keep-alive without a request limit.
 write_origin_conf() {

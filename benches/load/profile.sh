@@ -29,14 +29,8 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-die() {
-    echo "profile.sh: error: $*" >&2
-    exit 1
-}
 [[ $PATH_KIND == block || $PATH_KIND == forward ]] || die "PATH_KIND must be block or forward"
-for var in DURATION RECORDS BASE_PORT PROXY_CPU LOAD_CPU; do
-    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
-done
+require_integers DURATION RECORDS BASE_PORT PROXY_CPU LOAD_CPU
 for tool in perf nginx wrk taskset curl awk; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install -y linux-perf nginx wrk)"
 done

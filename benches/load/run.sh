@@ -40,18 +40,12 @@ KEEP_TMP=${KEEP_TMP:-0}
 RESULTS=${RESULTS:-$HERE/results-latest.txt}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-die() {
-    echo "run.sh: error: $*" >&2
-    exit 1
-}
 note() { echo "run.sh: $*" >&2; }
 
 # ---------------------------------------------------------------------------------------------
 # Checks before anything is started.
 
-for var in ROUNDS DURATION WARMUP CONNECTIONS RECORDS BASE_PORT PROXY_CPU LOAD_CPU; do
-    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
-done
+require_integers ROUNDS DURATION WARMUP CONNECTIONS RECORDS BASE_PORT PROXY_CPU LOAD_CPU
 [[ $ORIGIN_CPU == none || $ORIGIN_CPU =~ ^[0-9]+$ ]] ||
     die "ORIGIN_CPU must be a CPU number or 'none' (got '$ORIGIN_CPU')"
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
