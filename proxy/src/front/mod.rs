@@ -35,14 +35,13 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 mod chunked;
-
 mod forward;
 
-use crate::clock;
 use forward::{upstream_head, Exchange, Upstreams};
 
 use crate::access_log::AccessRecord;
 use crate::block_page::{wants_json, HTML_CONTENT_TYPE, JSON_CONTENT_TYPE};
+use crate::clock;
 use crate::gate::{resolve_host_into, Gate, GateProxy, Outcome, RequestId, CSP};
 use crate::metrics::BadRequest;
 
@@ -177,8 +176,7 @@ impl Conn {
 /// request id and the date: those are overwritten in place, and the page is not rendered again.
 #[derive(Default)]
 struct LastBlock {
-    /// Whether `head` and `page` are a complete answer for the key below.
-    valid: bool,
+    /// The answer's reason; `None` while `head` and `page` are not a complete answer to reuse.
     reason: Option<BlockReason>,
     head_only: bool,
     keep_alive: bool,
@@ -193,8 +191,7 @@ struct LastBlock {
 
 impl LastBlock {
     fn answers(&self, reason: BlockReason, head_only: bool, keep_alive: bool, host: &str) -> bool {
-        self.valid
-            && self.reason == Some(reason)
+        self.reason == Some(reason)
             && self.head_only == head_only
             && self.keep_alive == keep_alive
             && self.host == host
@@ -667,7 +664,7 @@ impl GateApp {
             block.head[block.head_date_at..block.head_date_at + clock::HTTP_DATE_LEN]
                 .copy_from_slice(&clock::http_date());
         } else {
-            block.valid = false;
+            block.reason = None;
             block.page.clear();
             block.page_ids_at.clear();
             if json {
@@ -711,7 +708,6 @@ impl GateApp {
                 &b"\r\nConnection: close\r\n\r\n"[..]
             });
             if keep {
-                block.valid = true;
                 block.reason = Some(reason);
                 block.head_only = head_only;
                 block.keep_alive = keep_alive;
