@@ -86,6 +86,17 @@ fn count_rejection(metrics: &Metrics, registry: &RegistryHandle, reason: RejectR
         .unwrap_or(-1)
 }
 
+/// The gauges every successful sync sets: a registry at `serial` with `entries` records (of
+/// which `overlay` changed by deltas since the last full snapshot) is in service.
+fn registry_in_service(metrics: &Metrics, now: f64, serial: u64, entries: usize, overlay: usize) {
+    metrics.sync(SyncResult::Success);
+    metrics.registry_last_success.set(now);
+    metrics.registry_entries.set(entries as i64);
+    metrics.registry_serial.set(serial as i64);
+    metrics.registry_ready.set(1);
+    metrics.registry_overlay.set(overlay as i64);
+}
+
 pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metrics, source: &str) {
     let now = icp_gate_registry::sync::unix_now() as f64;
     metrics.registry_last_attempt.set(now);
@@ -96,14 +107,9 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
             build_time,
             previous_serial,
         } => {
-            metrics.sync(SyncResult::Success);
-            metrics.registry_last_success.set(now);
-            metrics.registry_entries.set(*entries as i64);
-            metrics.registry_serial.set(*serial as i64);
+            registry_in_service(metrics, now, *serial, *entries, 0);
             metrics.registry_load_seconds.set(build_time.as_secs_f64());
-            metrics.registry_ready.set(1);
             metrics.registry_base_serial.set(*serial as i64);
-            metrics.registry_overlay.set(0);
             tracing::info!(
                 source,
                 serial,
@@ -147,13 +153,8 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
             compacted,
             duration,
         } => {
-            metrics.sync(SyncResult::Success);
-            metrics.registry_last_success.set(now);
-            metrics.registry_entries.set(*entries as i64);
-            metrics.registry_serial.set(*to as i64);
-            metrics.registry_ready.set(1);
+            registry_in_service(metrics, now, *to, *entries, *overlay);
             metrics.deltas_applied.inc();
-            metrics.registry_overlay.set(*overlay as i64);
             if *compacted {
                 metrics.delta_compactions.inc();
             }
