@@ -34,9 +34,7 @@ require_integers DURATION RECORDS BASE_PORT
 for p in $PATHS; do
     [[ $p == block || $p == forward ]] || die "PATHS may name block and forward (got '$p')"
 done
-for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl awk; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install -y valgrind nginx wrk)"
-done
+require_tools "apt-get install -y valgrind nginx wrk" valgrind callgrind_control callgrind_annotate nginx wrk curl awk
 
 GATE_PORT=$BASE_PORT
 ADMIN_PORT=$((BASE_PORT + 1))

@@ -17,12 +17,13 @@ require_integers() {
     done
 }
 
-# write_origin_conf DIR PORT: DIR/nginx.conf for the origin, a second nginx answering every
-# request 200 with ORIGIN_BODY, keep-alive without a request limit.
-write_origin_conf() {
-    local dir=$1 port=$2
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<CONF
+# nginx_preamble DIR: the start of an nginx.conf for a one-worker nginx in the foreground whose
+# pid, logs and temporary files stay in DIR, up to and including the opening of `http {`, with
+# keep-alive without a request limit (nginx's default of 1000 would make wrk and the upstream
+# pools reconnect every 1000 requests). Used for the origin and for nginx under test.
+nginx_preamble() {
+    local dir=$1
+    cat <<CONF
 worker_processes 1;
 daemon off;
 pid $dir/nginx.pid;
@@ -38,6 +39,27 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
+CONF
+}
+
+# require_tools HINT TOOL...: each tool is on PATH, or the script ends naming the missing one and
+# HINT (how to install it).
+require_tools() {
+    local hint=$1 tool
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool not found ($hint)"
+    done
+}
+
+# write_origin_conf DIR PORT: DIR/nginx.conf for the origin, a second nginx answering every
+# request 200 with ORIGIN_BODY, keep-alive without a request limit.
+write_origin_conf() {
+    local dir=$1 port=$2
+    mkdir -p "$dir"
+    {
+        nginx_preamble "$dir"
+        cat <<CONF
     server {
         listen 127.0.0.1:$port;
         location / {
@@ -47,6 +69,7 @@ http {
     }
 }
 CONF
+    } >"$dir/nginx.conf"
 }
 
 # write_gate_conf FILE DIR GATE_PORT ADMIN_PORT ORIGIN_PORT REGISTRY: the gate under test, one

@@ -31,9 +31,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 [[ $PATH_KIND == block || $PATH_KIND == forward ]] || die "PATH_KIND must be block or forward"
 require_integers DURATION RECORDS BASE_PORT PROXY_CPU LOAD_CPU
-for tool in perf nginx wrk taskset curl awk; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install -y linux-perf nginx wrk)"
-done
+require_tools "apt-get install -y linux-perf nginx wrk" perf nginx wrk taskset curl awk
 
 GATE_PORT=$BASE_PORT
 ADMIN_PORT=$((BASE_PORT + 1))

@@ -297,24 +297,9 @@ $BLOCK_HEADERS
         }"
 fi
 
-cat >"$NGX/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server_tokens off;
-    # As the gate's max_requests_per_connection above: nginx's default (1000) would make wrk
-    # reconnect every 1000 requests.
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $NGX/client_body;
-    proxy_temp_path $NGX/proxy;
-    fastcgi_temp_path $NGX/fastcgi;
-    uwsgi_temp_path $NGX/uwsgi;
-    scgi_temp_path $NGX/scgi;
+{
+    nginx_preamble "$NGX"
+    cat <<EOF
 
     map_hash_max_size 4194304;
     map_hash_bucket_size 128;
@@ -354,6 +339,7 @@ $BLOCK_IN_IF
     }
 }
 EOF
+} >"$NGX/nginx.conf"
 note "starting nginx on 127.0.0.1:$NGINX_PORT, cpu $PROXY_CPU (loading a $MAP_ENTRIES-entry map takes a few seconds)"
 start nginx TERM "$PROXY_CPU" nginx -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf"
 NGINX_PID=$STARTED_PID
