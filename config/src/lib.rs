@@ -27,6 +27,35 @@ pub enum Mode {
     Monitor,
 }
 
+/// What a listener reads from its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1: each request decided on its Host.
+    Http,
+    /// TLS: each connection decided on its ClientHello's SNI, then passed through or refused.
+    Tls,
+}
+
+/// How a `tls` listener ends a connection it refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refuse {
+    /// The fatal `unrecognized_name` alert, then a close.
+    Alert,
+    /// A TCP reset.
+    Reset,
+}
+
+/// Where a listener forwards what it lets through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// These servers, in turn.
+    Servers(Vec<SocketAddr>),
+    /// Wherever the client sent the connection (`SO_ORIGINAL_DST` after a `REDIRECT`, or the
+    /// local address on a `transparent` listener), if it falls in `allow` (empty: anywhere) and
+    /// is not one of the gate's own listening addresses.
+    OriginalDestination { allow: Vec<ipnet::IpNet> },
+}
+
 #[derive(Clone, Debug)]
 pub struct ListenerSettings {
     pub address: SocketAddr,
@@ -39,6 +68,14 @@ pub struct ListenerSettings {
     pub max_requests_per_connection: u32,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub protocol: Protocol,
+    pub upstream: Upstream,
+    /// The listening socket is a TPROXY one (`IP_TRANSPARENT`).
+    pub transparent: bool,
+    pub refuse: Refuse,
+    pub client_hello_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -213,15 +250,15 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
             Vec::new()
         }
     };
-    let upstream: Option<UpstreamFile> = v.required(&table, "upstream");
+    let upstream: UpstreamFile = v.optional(&table, "upstream").unwrap_or_default();
     let registry: Option<RegistryFile> = v.required(&table, "registry");
     let admin: Option<AdminFile> = v.optional(&table, "admin");
     let log: LogFile = v.optional(&table, "log").unwrap_or_default();
     let block_page: BlockPageFile = v.optional(&table, "block_page").unwrap_or_default();
     let server: ServerFile = v.optional(&table, "server").unwrap_or_default();
 
-    let listeners = v.listeners(&listeners);
-    let upstream = upstream.and_then(|u| v.upstream(&u));
+    let upstream = v.upstream(&upstream);
+    let listeners = v.listeners(&listeners, &upstream.servers);
     let registry = registry.and_then(|r| v.registry(&r));
     let admin = admin.and_then(|a| v.socket_addr("admin.address", &a.address));
     if let Some(admin) = admin {
@@ -241,13 +278,21 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     }
     Ok(Settings {
         listeners,
-        upstream: upstream.expect("checked above"),
+        upstream,
         registry: registry.expect("checked above"),
         admin,
         log,
         block_page,
         server,
     })
+}
+
+/// `a.b.c.d/n`, `v6/n`, or a bare address (a prefix of one address).
+fn parse_prefix(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .map(|n| n.trunc())
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 #[derive(Default)]
@@ -318,7 +363,11 @@ impl Validator {
         Duration::from_secs_f64(seconds)
     }
 
-    fn listeners(&mut self, files: &[ListenerFile]) -> Vec<ListenerSettings> {
+    fn listeners(
+        &mut self,
+        files: &[ListenerFile],
+        default_servers: &[SocketAddr],
+    ) -> Vec<ListenerSettings> {
         let mut out: Vec<ListenerSettings> = Vec::new();
         for (i, l) in files.iter().enumerate() {
             let key = format!("listener[{i}].address");
@@ -365,6 +414,52 @@ impl Validator {
                     format!("{} is out of range (1024 to 1048576)", l.max_header_bytes),
                 );
             }
+            let protocol = match l.protocol {
+                ProtocolFile::Http => Protocol::Http,
+                ProtocolFile::Tls => Protocol::Tls,
+            };
+            if protocol == Protocol::Http {
+                let tls_only = [
+                    ("refuse", l.refuse.is_some()),
+                    (
+                        "client_hello_timeout_seconds",
+                        l.client_hello_timeout_seconds.is_some(),
+                    ),
+                    (
+                        "tunnel_idle_timeout_seconds",
+                        l.tunnel_idle_timeout_seconds.is_some(),
+                    ),
+                ];
+                for (key, set) in tls_only {
+                    if set {
+                        self.error(
+                            &format!("listener[{i}].{key}"),
+                            "only applies to a listener with protocol = \"tls\"",
+                        );
+                    }
+                }
+            }
+            let client_hello_timeout = l.client_hello_timeout_seconds.unwrap_or(10);
+            if !(1..=300).contains(&client_hello_timeout) {
+                self.error(
+                    &format!("listener[{i}].client_hello_timeout_seconds"),
+                    format!("{client_hello_timeout} is out of range (1 to 300)"),
+                );
+            }
+            let tunnel_idle_timeout = l.tunnel_idle_timeout_seconds.unwrap_or(600);
+            if !(1..=86_400).contains(&tunnel_idle_timeout) {
+                self.error(
+                    &format!("listener[{i}].tunnel_idle_timeout_seconds"),
+                    format!("{tunnel_idle_timeout} is out of range (1 to 86400)"),
+                );
+            }
+            if !(1..=10_000_000).contains(&l.max_connections) {
+                self.error(
+                    &format!("listener[{i}].max_connections"),
+                    format!("{} is out of range (1 to 10000000)", l.max_connections),
+                );
+            }
+            let upstream = self.listener_upstream(i, l, default_servers);
             let name = l.name.clone().unwrap_or_else(|| address.to_string());
             if name.is_empty() || name.len() > 64 {
                 self.error(&format!("listener[{i}].name"), "must be 1 to 64 characters");
@@ -386,15 +481,96 @@ impl Validator {
                 max_requests_per_connection: l.max_requests_per_connection,
                 header_read_timeout: Duration::from_secs(l.header_read_timeout_seconds),
                 max_header_bytes: l.max_header_bytes,
+                protocol,
+                upstream,
+                transparent: l.transparent,
+                refuse: match l.refuse {
+                    Some(RefuseFile::Reset) => Refuse::Reset,
+                    Some(RefuseFile::Alert) | None => Refuse::Alert,
+                },
+                client_hello_timeout: Duration::from_secs(client_hello_timeout),
+                tunnel_idle_timeout: Duration::from_secs(tunnel_idle_timeout),
+                max_connections: l.max_connections,
             });
         }
         out
     }
 
-    fn upstream(&mut self, u: &UpstreamFile) -> Option<UpstreamSettings> {
-        if u.servers.is_empty() {
-            self.error("upstream.servers", "at least one server is required");
+    /// A listener's `upstream`: its own list, `"original_destination"`, or the default servers.
+    fn listener_upstream(
+        &mut self,
+        i: usize,
+        l: &ListenerFile,
+        default_servers: &[SocketAddr],
+    ) -> Upstream {
+        let key = format!("listener[{i}].upstream");
+        let allow_key = format!("listener[{i}].original_destination_allow");
+        let upstream = match &l.upstream {
+            None => {
+                if default_servers.is_empty() {
+                    self.error(
+                        &key,
+                        "no upstream: set this listener's `upstream` or [upstream].servers",
+                    );
+                }
+                Upstream::Servers(default_servers.to_vec())
+            }
+            Some(toml::Value::String(s)) if s == "original_destination" => {
+                let mut allow = Vec::new();
+                for (j, prefix) in l.original_destination_allow.iter().flatten().enumerate() {
+                    match parse_prefix(prefix) {
+                        Some(net) => allow.push(net),
+                        None => self.error(
+                            &format!("{allow_key}[{j}]"),
+                            format!(
+                                "`{prefix}` is not an IP prefix (e.g. 10.0.0.0/8, 203.0.113.7 or 2001:db8::/32)"
+                            ),
+                        ),
+                    }
+                }
+                return Upstream::OriginalDestination { allow };
+            }
+            Some(toml::Value::String(s)) => {
+                self.error(
+                    &key,
+                    format!(
+                        "`{s}` is neither \"original_destination\" nor a list of servers (write [\"{s}\"] for one server)"
+                    ),
+                );
+                Upstream::Servers(Vec::new())
+            }
+            Some(toml::Value::Array(items)) => {
+                if items.is_empty() {
+                    self.error(&key, "at least one server is required");
+                }
+                let mut servers = Vec::new();
+                for (j, item) in items.iter().enumerate() {
+                    let item_key = format!("{key}[{j}]");
+                    match item.as_str() {
+                        Some(s) => servers.extend(self.socket_addr(&item_key, s)),
+                        None => self.error(&item_key, "must be a string \"ip:port\""),
+                    }
+                }
+                Upstream::Servers(servers)
+            }
+            Some(_) => {
+                self.error(
+                    &key,
+                    "must be a list of \"ip:port\" servers or \"original_destination\"",
+                );
+                Upstream::Servers(Vec::new())
+            }
+        };
+        if l.original_destination_allow.is_some() {
+            self.error(
+                &allow_key,
+                "only applies with upstream = \"original_destination\"",
+            );
         }
+        upstream
+    }
+
+    fn upstream(&mut self, u: &UpstreamFile) -> UpstreamSettings {
         let servers: Vec<SocketAddr> = u
             .servers
             .iter()
@@ -404,7 +580,7 @@ impl Validator {
         if u.keepalive_pool_size > 1_000_000 {
             self.error("upstream.keepalive_pool_size", "must be at most 1000000");
         }
-        Some(UpstreamSettings {
+        UpstreamSettings {
             servers,
             connect_timeout: self.duration(
                 "upstream.connect_timeout_seconds",
@@ -422,7 +598,7 @@ impl Validator {
                 0.0,
             ),
             keepalive_pool_size: u.keepalive_pool_size,
-        })
+        }
     }
 
     fn registry(&mut self, r: &RegistryFile) -> Option<RegistrySettings> {
