@@ -19,19 +19,21 @@ use crate::accept::{Limited, TransparentListener};
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::block_page::BlockPages;
-use crate::demo_origin::DemoOrigin;
+use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
 use crate::metrics::Metrics;
 use crate::sync_service::{report, SyncService};
 use crate::tls::TlsApp;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Take the listeners over from a running gate (graceful upgrade, see docs/operations.md).
     pub upgrade: bool,
     /// Also serve the built-in demo origin here.
     pub demo_origin: Option<SocketAddr>,
+    /// Also serve this TLS demo origin here.
+    pub demo_tls_origin: Option<(SocketAddr, DemoTlsOrigin)>,
 }
 
 /// Sets up logging: `RUST_LOG` if set, else the configured level. Pingora's own `log` records
@@ -225,6 +227,11 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     if let Some(origin) = options.demo_origin {
         let mut service = Service::new("demo origin".to_string(), DemoOrigin);
         service.add_tcp(&origin.to_string());
+        server.add_service(service);
+    }
+    if let Some((address, origin)) = options.demo_tls_origin {
+        let mut service = Service::new("demo tls origin".to_string(), origin);
+        service.add_tcp(&address.to_string());
         server.add_service(service);
     }
 

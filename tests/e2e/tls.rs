@@ -62,7 +62,10 @@ fn a_filed_sni_is_passed_through_untouched_to_the_origin() {
     let mut client = TlsClient::connect(&pki, gate.addr, "www.example.com").unwrap();
     let answer = client.get("www.example.com", "/x?y=1");
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    assert!(answer.ends_with("tls origin: GET /x?y=1 HTTP/1.1"), "{answer}");
+    assert!(
+        answer.ends_with("tls origin: GET /x?y=1 HTTP/1.1"),
+        "{answer}"
+    );
     // A second request on the same connection.
     assert!(client
         .get("www.example.com", "/second")
@@ -204,7 +207,10 @@ fn split_segments_and_split_records_are_reassembled_and_forwarded_byte_for_byte(
     wait_count(&gate, "allowed", "", cases.len() as f64);
     wait_count(&gate, "blocked", "unfiled", 2.0);
     let log = gate.log();
-    assert!(log.contains("records=10"), "a split refusal logs its record count");
+    assert!(
+        log.contains("records=10"),
+        "a split refusal logs its record count"
+    );
 }
 
 #[test]
@@ -518,7 +524,9 @@ fn sigterm_lets_a_passthrough_connection_finish_within_the_grace_period() {
     // Within the grace period (1 s in the harness) the open connection still works, and a new
     // one is not accepted.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(client.get("www.example.com", "/late").ends_with("GET /late HTTP/1.1"));
+    assert!(client
+        .get("www.example.com", "/late")
+        .ends_with("GET /late HTTP/1.1"));
     wait_for("the listener closed", WAIT, || {
         TcpStream::connect(gate_addr).is_err().then_some(())
     });

@@ -425,9 +425,7 @@ pub fn exchange(addr: SocketAddr, parts: &[&[u8]], gap: Duration, wait: Duration
         match s.read(&mut buf) {
             Ok(0) => return Ending::Closed(got),
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Ending::Reset(got)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ending::Reset(got),
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>

@@ -68,7 +68,9 @@ fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
     socket.bind(&src.into()).unwrap();
     socket.connect(&dst.into()).unwrap();
     let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stream
 }
 
@@ -132,7 +134,11 @@ fn inner_in_netns() {
     assert_eq!(
         m.value(
             "icp_gate_tls_connections_total",
-            &[("listener", "test"), ("decision", "allowed"), ("reason", "")]
+            &[
+                ("listener", "test"),
+                ("decision", "allowed"),
+                ("reason", "")
+            ]
         ),
         1.0,
         "it went through the gate"
@@ -172,11 +178,13 @@ fn inner_in_netns() {
     let _ = std::io::Read::read_to_end(&mut direct, &mut got);
     assert!(got.is_empty());
     let m = gate.metrics();
-    let refused = m.value("icp_gate_upstream_errors_total", &[("listener", "test"), ("reason", "loop")])
-        + m.value(
-            "icp_gate_upstream_errors_total",
-            &[("listener", "test"), ("reason", "no_original_destination")],
-        );
+    let refused = m.value(
+        "icp_gate_upstream_errors_total",
+        &[("listener", "test"), ("reason", "loop")],
+    ) + m.value(
+        "icp_gate_upstream_errors_total",
+        &[("listener", "test"), ("reason", "no_original_destination")],
+    );
     assert_eq!(refused, 1.0);
 
     // TPROXY: the transparent listener's connections keep their destination as local address.
@@ -189,7 +197,11 @@ fn inner_in_netns() {
     assert_eq!(
         gate.metrics().value(
             "icp_gate_tls_connections_total",
-            &[("listener", "tproxy"), ("decision", "allowed"), ("reason", "")]
+            &[
+                ("listener", "tproxy"),
+                ("decision", "allowed"),
+                ("reason", "")
+            ]
         ),
         1.0
     );
