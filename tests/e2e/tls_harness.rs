@@ -55,15 +55,7 @@ impl Pki {
     }
 
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(config)
+        client_config_trusting(self.ca_der.clone())
     }
 
     /// Writes the CA certificate to `dir/ca.pem` for curl and openssl.
@@ -72,6 +64,19 @@ impl Pki {
         std::fs::write(&path, &self.ca_pem).unwrap();
         path
     }
+}
+
+/// A client configuration trusting only `root`, offering ALPN h2 and http/1.1.
+pub fn client_config_trusting(root: CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -223,15 +228,21 @@ impl TlsClient {
 
     /// Completes a handshake with SNI `name` over a connected `stream`.
     pub fn over(pki: &Pki, stream: TcpStream, name: &str) -> std::io::Result<TlsClient> {
+        Self::with_config(pki.client_config(), stream, name)
+    }
+
+    pub fn with_config(
+        config: Arc<rustls::ClientConfig>,
+        stream: TcpStream,
+        name: &str,
+    ) -> std::io::Result<TlsClient> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         let rec = Recorder::new(stream);
         let written = rec.written.clone();
-        let conn = rustls::ClientConnection::new(
-            pki.client_config(),
-            ServerName::try_from(name.to_owned()).unwrap(),
-        )
-        .unwrap();
+        let conn =
+            rustls::ClientConnection::new(config, ServerName::try_from(name.to_owned()).unwrap())
+                .unwrap();
         let mut tls = rustls::StreamOwned::new(conn, rec);
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;
