@@ -257,7 +257,17 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     let block_page: BlockPageFile = v.optional(&table, "block_page").unwrap_or_default();
     let server: ServerFile = v.optional(&table, "server").unwrap_or_default();
 
-    let upstream = v.upstream(&upstream);
+    // Listeners (as written, parsed or not) that take the default servers.
+    let without_own_upstream: Vec<usize> = match table.get("listener") {
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| item.get("upstream").is_none())
+            .map(|(i, _)| i)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let upstream = v.upstream(&upstream, &without_own_upstream);
     let listeners = v.listeners(&listeners, &upstream.servers);
     let registry = registry.and_then(|r| v.registry(&r));
     let admin = admin.and_then(|a| v.socket_addr("admin.address", &a.address));
@@ -267,6 +277,20 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
                 "admin.address",
                 format!("`{admin}` is also a listener address"),
             );
+        }
+    }
+    // A listener forwarding to the gate's own address would loop.
+    let own: Vec<SocketAddr> = listeners.iter().map(|l| l.address).chain(admin).collect();
+    for (i, l) in listeners.iter().enumerate() {
+        if let Upstream::Servers(servers) = &l.upstream {
+            if let Some(s) = servers.iter().find(|s| own.contains(s)) {
+                v.error(
+                    &format!("listener[{i}].upstream"),
+                    format!(
+                        "`{s}` is an address this gate listens on: forwarding there would loop"
+                    ),
+                );
+            }
         }
     }
     let log = v.log(&log);
@@ -506,15 +530,8 @@ impl Validator {
         let key = format!("listener[{i}].upstream");
         let allow_key = format!("listener[{i}].original_destination_allow");
         let upstream = match &l.upstream {
-            None => {
-                if default_servers.is_empty() {
-                    self.error(
-                        &key,
-                        "no upstream: set this listener's `upstream` or [upstream].servers",
-                    );
-                }
-                Upstream::Servers(default_servers.to_vec())
-            }
+            // Reported once, as `upstream.servers`, when the default is empty.
+            None => Upstream::Servers(default_servers.to_vec()),
             Some(toml::Value::String(s)) if s == "original_destination" => {
                 let mut allow = Vec::new();
                 for (j, prefix) in l.original_destination_allow.iter().flatten().enumerate() {
@@ -570,7 +587,17 @@ impl Validator {
         upstream
     }
 
-    fn upstream(&mut self, u: &UpstreamFile) -> UpstreamSettings {
+    fn upstream(&mut self, u: &UpstreamFile, without_own_upstream: &[usize]) -> UpstreamSettings {
+        if u.servers.is_empty() {
+            if let Some(i) = without_own_upstream.first() {
+                self.error(
+                    "upstream.servers",
+                    format!(
+                        "at least one server is required (listener[{i}] has no upstream of its own)"
+                    ),
+                );
+            }
+        }
         let servers: Vec<SocketAddr> = u
             .servers
             .iter()
@@ -874,7 +901,10 @@ nonsense = "x.html"
             has("listener[1].colour: unknown field `colour`"),
             "{errs:#?}"
         );
-        assert!(has("upstream.servers: at least one"), "{errs:#?}");
+        assert!(
+            has("upstream.servers: at least one server is required (listener[0]"),
+            "{errs:#?}"
+        );
         assert!(has("registry.source: `ftp://"), "{errs:#?}");
         assert!(
             has("registry.refresh_interval_seconds: 0 is out of range"),
@@ -932,8 +962,9 @@ nonsense = "x.html"
 
     #[test]
     fn missing_sections_and_bad_toml() {
+        // [[listener]] and [registry]; [upstream] is only needed by listeners without their own.
         let errs = errors("");
-        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert_eq!(errs.len(), 2, "{errs:#?}");
         let errs = errors("[[listener]\naddress = 1");
         assert!(errs[0].contains("not valid TOML (line 1)"), "{errs:#?}");
     }
@@ -952,5 +983,126 @@ nonsense = "x.html"
         let text = format!("{MINIMAL}\n[block_page.templates]\nunfiled = \"missing.html\"\n");
         let errs = parse(&text, dir.path()).unwrap_err();
         assert_eq!(errs[0].key, "block_page.templates.unfiled");
+    }
+
+    #[test]
+    fn tls_listeners_and_where_listeners_forward() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:8443"
+protocol = "tls"
+upstream = ["127.0.0.1:9443", "127.0.0.1:9444"]
+refuse = "reset"
+client_hello_timeout_seconds = 3
+tunnel_idle_timeout_seconds = 30
+max_connections = 100
+
+[[listener]]
+address = "0.0.0.0:80"
+upstream = "original_destination"
+original_destination_allow = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+transparent = true
+
+[registry]
+source = "file:///r.tsv"
+"#;
+        let s = parse(text, Path::new("/")).unwrap();
+        let tls = &s.listeners[0];
+        assert_eq!(tls.protocol, Protocol::Tls);
+        assert_eq!(tls.refuse, Refuse::Reset);
+        assert_eq!(tls.client_hello_timeout, Duration::from_secs(3));
+        assert_eq!(tls.tunnel_idle_timeout, Duration::from_secs(30));
+        assert_eq!(tls.max_connections, 100);
+        assert_eq!(
+            tls.upstream,
+            Upstream::Servers(vec![
+                "127.0.0.1:9443".parse().unwrap(),
+                "127.0.0.1:9444".parse().unwrap()
+            ])
+        );
+        let http = &s.listeners[1];
+        assert_eq!(http.protocol, Protocol::Http);
+        assert!(http.transparent);
+        let Upstream::OriginalDestination { allow } = &http.upstream else {
+            panic!("{:?}", http.upstream)
+        };
+        assert_eq!(allow.len(), 3);
+        assert!(allow[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!allow[1].contains(&"192.0.2.8".parse::<std::net::IpAddr>().unwrap()));
+        // Defaults of a tls listener.
+        let s = parse(
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:8080\"",
+                "address = \"127.0.0.1:8080\"\nprotocol = \"tls\"",
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        let l = &s.listeners[0];
+        assert_eq!(l.refuse, Refuse::Alert);
+        assert_eq!(l.client_hello_timeout, Duration::from_secs(10));
+        assert_eq!(
+            l.upstream,
+            Upstream::Servers(vec!["127.0.0.1:8081".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_refused_where_they_do_not_apply_and_bad_values_named() {
+        let errs = errors(
+            r#"
+[[listener]]
+address = "127.0.0.1:8080"
+refuse = "alert"
+client_hello_timeout_seconds = 5
+upstream = "original-destination"
+
+[[listener]]
+address = "127.0.0.1:8443"
+protocol = "tls"
+client_hello_timeout_seconds = 0
+upstream = ["localhost:443", 7]
+original_destination_allow = ["10.0.0.0/8"]
+
+[[listener]]
+address = "127.0.0.1:8444"
+protocol = "tls"
+upstream = "original_destination"
+original_destination_allow = ["10.0.0.0/33"]
+max_connections = 0
+
+[registry]
+source = "file:///r.tsv"
+"#,
+        );
+        let has = |key: &str| errs.iter().any(|e| e.starts_with(key));
+        for key in [
+            "listener[0].refuse: only applies to a listener with protocol = \"tls\"",
+            "listener[0].client_hello_timeout_seconds: only applies",
+            "listener[0].upstream: `original-destination` is neither",
+            "listener[1].client_hello_timeout_seconds: 0 is out of range",
+            "listener[1].upstream[0]: `localhost:443` is not an IP:port",
+            "listener[1].upstream[1]: must be a string",
+            "listener[1].original_destination_allow: only applies with upstream = \"original_destination\"",
+            "listener[2].original_destination_allow[0]: `10.0.0.0/33` is not an IP prefix",
+            "listener[2].max_connections: 0 is out of range",
+        ] {
+            assert!(has(key), "{key} missing from {errs:#?}");
+        }
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+        // No [upstream] and a listener without its own: named.
+        let errs = errors(
+            "[[listener]]\naddress = \"127.0.0.1:80\"\n[[listener]]\naddress = \"127.0.0.1:81\"\nupstream = [\"127.0.0.1:1\"]\n[registry]\nsource = \"file:///r\"\n",
+        );
+        assert_eq!(
+            errs,
+            ["upstream.servers: at least one server is required (listener[0] has no upstream of its own)"]
+        );
+        // A listener forwarding to the gate itself.
+        let errs = errors(&MINIMAL.replace("127.0.0.1:8081", "127.0.0.1:8080"));
+        assert_eq!(
+            errs,
+            ["listener[0].upstream: `127.0.0.1:8080` is an address this gate listens on: forwarding there would loop"]
+        );
     }
 }
