@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
+/// A list shared between a server's threads and the test (each entry itself shared).
+type Shared<T> = Arc<Mutex<Vec<Arc<Mutex<T>>>>>;
+
 /// A test CA and one server certificate it signed for `names`.
 pub struct Pki {
     pub ca_pem: String,
@@ -133,7 +136,7 @@ pub struct TlsSeen {
 /// request `200` with `tls origin: <request line>`.
 pub struct TlsOrigin {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Arc<Mutex<TlsSeen>>>>>,
+    seen: Shared<TlsSeen>,
 }
 
 impl TlsOrigin {
@@ -145,7 +148,7 @@ impl TlsOrigin {
         let listener = TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
         let config = pki.server_config();
-        let seen: Arc<Mutex<Vec<Arc<Mutex<TlsSeen>>>>> = Arc::default();
+        let seen: Shared<TlsSeen> = Arc::default();
         let all = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -361,7 +364,7 @@ pub fn built_hello(sni: Option<&[u8]>, extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
 /// `received N` and closes.
 pub struct RawOrigin {
     pub addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Shared<Vec<u8>>,
 }
 
 impl RawOrigin {
@@ -372,7 +375,7 @@ impl RawOrigin {
     pub fn start_on(bind: &str) -> RawOrigin {
         let listener = TcpListener::bind(bind).unwrap();
         let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Shared<Vec<u8>> = Arc::default();
         let all = conns.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {

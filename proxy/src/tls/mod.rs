@@ -233,9 +233,9 @@ impl ServerApp for TlsApp {
         let listener = &self.gate.listener;
         let deadline = Instant::now() + listener.client_hello_timeout;
         let read = hello::read(&mut stream, deadline).await;
-        // SO_ORIGINAL_DST is a system call: only when it can matter (forwarding to it, or a
-        // decision without SNI, which takes it after the decision asks).
-        let addrs = ConnAddrs::of(&stream, true);
+        // SO_ORIGINAL_DST (a system call) only where the listener forwards to it; a connection
+        // without SNI is otherwise decided on the listener's local address.
+        let addrs = ConnAddrs::of(&stream, self.destinations.is_original_destination());
         let (verdict, facts) = match &read {
             Ok(hello) => {
                 let (verdict, _host, facts) = self.decide(hello, &addrs);
