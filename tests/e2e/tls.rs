@@ -583,3 +583,32 @@ fn curl_and_openssl_see_a_passthrough_and_an_unrecognized_name() {
         assert!(text.contains("unrecognized name"), "{text}");
     }
 }
+
+#[test]
+fn a_passthrough_idle_for_tunnel_idle_timeout_is_closed() {
+    let origin = RawOrigin::start();
+    let gate = tls_gate(
+        origin.addr,
+        "tunnel_idle_timeout_seconds = 1",
+        GateOptions::default(),
+    );
+    let hello = built_hello(Some(b"www.example.com"), &[]);
+    let started = Instant::now();
+    // Nothing either way after the hello: closed after about a second, not before.
+    assert_eq!(
+        exchange(gate.addr, &[&hello], NO_GAP, WAIT),
+        Ending::Closed(vec![])
+    );
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < WAIT,
+        "{idle:?}"
+    );
+    wait_for("the passthrough gauge back at 0", WAIT, || {
+        (gate
+            .metrics()
+            .value("icp_gate_tls_passthrough_connections", &[])
+            == 0.0)
+            .then_some(())
+    });
+}

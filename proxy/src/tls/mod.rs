@@ -81,61 +81,43 @@ impl TlsApp {
     /// Decides a complete hello: on its SNI, or with none (or an IP literal) on the address the
     /// client connected to. An SNI that is not a usable host name is refused, as an unusable
     /// Host is on HTTP listeners, in monitor mode too.
-    fn decide(&self, hello: &Hello, addrs: &ConnAddrs) -> (Verdict, Option<Host>, HelloFacts) {
+    fn decide(&self, hello: &Hello, addrs: &ConnAddrs) -> Verdict {
         let message = hello.message();
         let parsed = match hello::walk(&message) {
             Ok(p) => p,
-            Err(failure) => {
-                let facts = HelloFacts {
-                    sni: None,
-                    alpn: String::new(),
-                    ech: false,
-                    bytes: hello.wire_len,
-                    records: hello.records,
-                };
-                return (Verdict::NoHello(failure), None, facts);
-            }
+            Err(failure) => return Verdict::NoHello(failure),
         };
-        let facts = HelloFacts {
-            sni: parsed
-                .sni
-                .map(|s| escape_for_log(&String::from_utf8_lossy(s))),
-            alpn: {
-                let names: Vec<String> = parsed
-                    .alpn()
-                    .map(|p| escape_for_log(&String::from_utf8_lossy(p)))
-                    .collect();
-                escape_for_log(&names.join(","))
+        let host = match parsed.sni.map(parse_sni) {
+            Some(Ok(Some(name))) => Host::Domain(name),
+            // No SNI, or an IP literal (which counts as none).
+            None | Some(Ok(None)) => match self.destinations.destination_ip(addrs) {
+                Some(ip) => Host::Ip(ip),
+                None => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
             },
-            ech: parsed.has_ech,
+            Some(Err(_)) => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
+        };
+        Verdict::Decided(self.gate.decide(&host))
+    }
+
+    /// What a log line says about a hello (only built for the lines: refusals and monitored
+    /// connections).
+    fn facts(hello: &Hello) -> HelloFacts {
+        let message = hello.message();
+        let parsed = hello::walk(&message).ok();
+        let lossy = |b: &[u8]| escape_for_log(&String::from_utf8_lossy(b));
+        HelloFacts {
+            sni: parsed.as_ref().and_then(|p| p.sni).map(lossy),
+            alpn: parsed
+                .as_ref()
+                .map(|p| {
+                    let names: Vec<String> = p.alpn().map(lossy).collect();
+                    escape_for_log(&names.join(","))
+                })
+                .unwrap_or_default(),
+            ech: parsed.as_ref().is_some_and(|p| p.has_ech),
             bytes: hello.wire_len,
             records: hello.records,
-        };
-        let named = match parsed.sni {
-            None => Ok(None),
-            Some(raw) => parse_sni(raw),
-        };
-        let host = match named {
-            Ok(Some(name)) => Host::Domain(name),
-            Ok(None) => match self.destinations.destination_ip(addrs) {
-                Some(ip) => Host::Ip(ip),
-                None => {
-                    return (
-                        Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
-                        None,
-                        facts,
-                    )
-                }
-            },
-            Err(_) => {
-                return (
-                    Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
-                    None,
-                    facts,
-                )
-            }
-        };
-        (Verdict::Decided(self.gate.decide(&host)), Some(host), facts)
+        }
     }
 
     fn count(&self, verdict: Verdict) {
@@ -236,12 +218,9 @@ impl ServerApp for TlsApp {
         // SO_ORIGINAL_DST (a system call) only where the listener forwards to it; a connection
         // without SNI is otherwise decided on the listener's local address.
         let addrs = ConnAddrs::of(&stream, self.destinations.is_original_destination());
-        let (verdict, facts) = match &read {
-            Ok(hello) => {
-                let (verdict, _host, facts) = self.decide(hello, &addrs);
-                (verdict, Some(facts))
-            }
-            Err(failure) => (Verdict::NoHello(*failure), None),
+        let verdict = match &read {
+            Ok(hello) => self.decide(hello, &addrs),
+            Err(failure) => Verdict::NoHello(*failure),
         };
         self.count(verdict);
         let pass = matches!(
@@ -253,6 +232,7 @@ impl ServerApp for TlsApp {
                 return None;
             }
             let client = ConnAddrs::peer(&stream);
+            let facts = read.as_ref().ok().map(Self::facts);
             self.log_refusal(
                 verdict,
                 facts.as_ref(),
@@ -263,7 +243,8 @@ impl ServerApp for TlsApp {
             return None;
         }
         let hello = read.expect("a decided connection has its hello");
-        if let (Verdict::Decided(Outcome::Monitored(_)), Some(facts)) = (verdict, &facts) {
+        if let Verdict::Decided(Outcome::Monitored(_)) = verdict {
+            let facts = Self::facts(&hello);
             tracing::info!(
                 target: "icp_gate::tls",
                 listener = self.listener(),

@@ -58,21 +58,20 @@ pub async fn relay(
     let start = Instant::now();
     // Milliseconds since `start` of the last byte either way: shared by both directions.
     let last = AtomicU64::new(0);
+    let (to_upstream, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut up_read, mut up_write) = upstream.split();
     let up = copy(
         &mut client_read,
         &mut up_write,
-        start,
-        &last,
-        counters.to_upstream,
+        Clock { start, last: &last },
+        (&to_upstream, counters.to_upstream),
     );
     let down = copy(
         &mut up_read,
         &mut client_write,
-        start,
-        &last,
-        counters.to_client,
+        Clock { start, last: &last },
+        (&to_client, counters.to_client),
     );
     let both = async { tokio::join!(up, down) };
     let idle_watch = async {
@@ -85,45 +84,51 @@ pub async fn relay(
             tokio::time::sleep_until(deadline.into()).await;
         }
     };
-    tokio::select! {
-        ((to_upstream, up_ok), (to_client, down_ok)) = both => Relayed {
-            to_upstream,
-            to_client,
-            end: if up_ok && down_ok { End::Closed } else { End::Error },
-        },
-        () = idle_watch => Relayed { to_upstream: 0, to_client: 0, end: End::Idle },
+    let end = tokio::select! {
+        (up_ok, down_ok) = both => if up_ok && down_ok { End::Closed } else { End::Error },
+        () = idle_watch => End::Idle,
+    };
+    Relayed {
+        to_upstream: to_upstream.load(Ordering::Relaxed),
+        to_client: to_client.load(Ordering::Relaxed),
+        end,
     }
 }
 
+/// When the relay started, and when a byte last went either way (milliseconds since).
+struct Clock<'a> {
+    start: Instant,
+    last: &'a AtomicU64,
+}
+
 /// One direction: copies until `from` ends, then passes the end on (shuts `to`'s sending half).
-/// Returns the bytes copied and whether it ended cleanly.
+/// Adds the bytes copied to both counters as they go; returns whether it ended cleanly.
 async fn copy<R, W>(
     from: &mut R,
     to: &mut W,
-    start: Instant,
-    last: &AtomicU64,
-    counter: &IntCounter,
-) -> (u64, bool)
+    clock: Clock<'_>,
+    (total, counter): (&AtomicU64, &IntCounter),
+) -> bool
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
     let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => n,
-            Err(_) => return (total, false),
+            Err(_) => return false,
         };
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        clock
+            .last
+            .store(clock.start.elapsed().as_millis() as u64, Ordering::Relaxed);
         if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
-            return (total, false);
+            return false;
         }
-        total += n as u64;
+        total.fetch_add(n as u64, Ordering::Relaxed);
         counter.inc_by(n as u64);
     }
     // The other side may still be sending: only this direction is over.
-    let ok = to.shutdown().await.is_ok();
-    (total, ok)
+    to.shutdown().await.is_ok()
 }
