@@ -32,6 +32,8 @@ pub struct Metrics {
     pub delta_compactions: IntCounter,
     pub registry_overlay: IntGauge,
     pub registry_base_serial: IntGauge,
+    /// Syncs that panicked (each also counted as `error` in the sync total).
+    pub sync_panics: IntCounter,
     tls_connections: IntCounterVec,
     tls_abandoned: IntCounterVec,
     tls_passthrough_open: IntGaugeVec,
@@ -170,6 +172,12 @@ impl Metrics {
                 "Serial of the full snapshot the registry in service was built from; below \
                  icp_gate_registry_serial when deltas were applied on top of it",
             ),
+            sync_panics: IntCounter::new(
+                "icp_gate_registry_sync_panics_total",
+                "Registry syncs that panicked (a bug); each is also a sync with result error, and \
+                 the next sync runs as usual",
+            )
+            .unwrap(),
             tls_connections: IntCounterVec::new(
                 Opts::new(
                     "icp_gate_tls_connections_total",
@@ -254,6 +262,7 @@ impl Metrics {
         r.register(Box::new(m.registry_overlay.clone())).unwrap();
         r.register(Box::new(m.registry_base_serial.clone()))
             .unwrap();
+        r.register(Box::new(m.sync_panics.clone())).unwrap();
         r.register(Box::new(m.tls_connections.clone())).unwrap();
         r.register(Box::new(m.tls_abandoned.clone())).unwrap();
         r.register(Box::new(m.tls_passthrough_open.clone()))
