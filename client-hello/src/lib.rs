@@ -122,7 +122,8 @@ impl Scanner {
         }
         let result = self.advance(buf);
         match result {
-            Ok(Progress::NeedMore) if buf.len() > MAX_CLIENT_HELLO_BYTES => {
+            // Still incomplete with the cap's worth in hand: completing needs more than the cap.
+            Ok(Progress::NeedMore) if buf.len() >= MAX_CLIENT_HELLO_BYTES => {
                 self.done = Some(Err(HelloError::TooLarge));
                 Err(HelloError::TooLarge)
             }
