@@ -395,3 +395,156 @@ pub fn refusal(buf: &[u8]) -> HelloError {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// The named fixtures: the fuzz target's hand seeds (written to `fuzz/corpus/client_hello/` by
+/// `ICP_GATE_WRITE_SEEDS=1 cargo test -p icp-gate-client-hello --test fuzz_corpus`) and inputs
+/// of the differential test. Names starting with `rustls-` hold a fresh rustls hello (random
+/// and key share change every run).
+pub fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
+    let base = Hello::new()
+        .sni(b"www.example.com")
+        .alpn(&[b"h2", b"http/1.1"]);
+    let classic = {
+        let b = base.clone().grease();
+        let pad = 512 - b.message().len() - 4;
+        b.padding(pad)
+    };
+    let pq = base.clone().grease().post_quantum().ech();
+    let msg = base.message();
+    let mut h2 = Hello::new();
+    h2.handshake_type = 2;
+    let mut no_null = base.clone();
+    no_null.compression = vec![1];
+    let mut minor5 = base.wire();
+    minor5[2] = 5;
+    let mut alert = record(22, &msg[..40]);
+    alert.extend(record(21, &[2, 40]));
+    alert.extend(record(22, &msg[40..]));
+    let mut zero = record(22, &msg[..40]);
+    zero.extend(record(22, &[]));
+    zero.extend(record(22, &msg[40..]));
+    let mut trailing_hs = msg.clone();
+    trailing_hs.extend(handshake(20, &[0; 12]));
+    let cap_fill = MAX_CLIENT_HELLO_BYTES_FOR_TESTS - 5 - Hello::new().padding(0).message().len();
+    let too_large = split_even(&Hello::new().padding(20 * 1024).message(), 2);
+    let rustls = rustls_client_hello("rustls.example", true);
+    let rustls_msg = rustls[5..].to_vec();
+    vec![
+        ("builder-classic-517", classic.wire()),
+        ("builder-post-quantum-ech-grease", pq.wire()),
+        ("builder-2-records", split_even(&pq.message(), 2)),
+        ("builder-5-records", split_even(&pq.message(), 5)),
+        ("builder-64-records", split_even(&pq.message(), 64)),
+        ("builder-handshake-header-split-1", records(&msg, &[1, 1])),
+        ("builder-handshake-header-split-3", records(&msg, &[3, 60])),
+        (
+            "builder-trailing-handshake-in-record",
+            one_record(&trailing_hs),
+        ),
+        ("builder-no-sni", Hello::new().alpn(&[b"h2"]).wire()),
+        ("builder-no-extensions", Hello::new().no_extensions().wire()),
+        ("builder-ipv4-sni", Hello::new().sni(b"192.0.2.1").wire()),
+        ("builder-ipv6-sni", Hello::new().sni(b"2001:db8::1").wire()),
+        (
+            "builder-upper-case-trailing-dot",
+            Hello::new().sni(b"WWW.Example.COM.").wire(),
+        ),
+        (
+            "builder-unicode-sni",
+            Hello::new().sni("bücher.例子".as_bytes()).wire(),
+        ),
+        (
+            "builder-invalid-dns-sni",
+            Hello::new().sni(b"a b\x00.example").wire(),
+        ),
+        ("builder-ech-empty", base.clone().ext(EXT_ECH, &[]).wire()),
+        (
+            "builder-other-name-type-then-host",
+            Hello::new()
+                .set_ext(
+                    EXT_SERVER_NAME,
+                    &sni_ext(&[(1, b"opaque"), (0, b"other.example")]),
+                )
+                .wire(),
+        ),
+        (
+            "builder-two-host-names",
+            Hello::new()
+                .set_ext(
+                    EXT_SERVER_NAME,
+                    &sni_ext(&[(0, b"a.example"), (0, b"b.example")]),
+                )
+                .wire(),
+        ),
+        ("builder-empty-host-name", Hello::new().sni(b"").wire()),
+        ("builder-empty-alpn-list", Hello::new().alpn(&[]).wire()),
+        (
+            "builder-empty-alpn-name",
+            Hello::new().alpn(&[b"h2", b""]).wire(),
+        ),
+        (
+            "builder-odd-supported-versions",
+            Hello::new()
+                .set_ext(EXT_SUPPORTED_VERSIONS, &[3, 3, 4, 3])
+                .wire(),
+        ),
+        (
+            "builder-duplicate-extension",
+            base.clone()
+                .ext(EXT_ALPN, &u16_prefixed(&u8_prefixed(b"h2")))
+                .wire(),
+        ),
+        (
+            "builder-duplicate-grease",
+            Hello::new().ext(0x3a3a, &[]).ext(0x3a3a, &[]).wire(),
+        ),
+        (
+            "builder-no-signature-algorithms",
+            base.clone().without_ext(EXT_SIGNATURE_ALGORITHMS).wire(),
+        ),
+        ("builder-no-null-compression", no_null.wire()),
+        (
+            "builder-bad-supported-groups",
+            base.clone()
+                .set_ext(EXT_SUPPORTED_GROUPS, &[0, 3, 0, 29, 0])
+                .wire(),
+        ),
+        ("builder-record-minor-5", minor5),
+        ("builder-alert-interleaved", alert),
+        ("builder-zero-length-record", zero),
+        ("builder-handshake-type-2", h2.wire()),
+        ("builder-at-the-cap", Hello::new().padding(cap_fill).wire()),
+        (
+            "builder-over-the-cap-by-one",
+            Hello::new().padding(cap_fill + 1).wire(),
+        ),
+        ("builder-20-kib-prefix", too_large[..64].to_vec()),
+        ("builder-truncated", base.wire()[..100].to_vec()),
+        (
+            "plain-http-get",
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec(),
+        ),
+        (
+            "sslv2-client-hello",
+            vec![
+                0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x05,
+            ],
+        ),
+        (
+            "openssl-3.0-s_client",
+            include_bytes!("../fixtures/openssl-3.0-s_client.bin").to_vec(),
+        ),
+        ("rustls-one-record", rustls.clone()),
+        (
+            "rustls-no-sni",
+            rustls_client_hello("rustls.example", false),
+        ),
+        ("rustls-3-records", split_even(&rustls_msg, 3)),
+        (
+            "rustls-one-byte-records",
+            records(&rustls_msg, &vec![1; rustls_msg.len()]),
+        ),
+    ]
+}
+
+pub const MAX_CLIENT_HELLO_BYTES_FOR_TESTS: usize = icp_gate_client_hello::MAX_CLIENT_HELLO_BYTES;
