@@ -415,6 +415,8 @@ pub fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
     h2.handshake_type = 2;
     let mut no_null = base.clone();
     no_null.compression = vec![1];
+    let mut long_session_id = base.clone();
+    long_session_id.session_id = vec![0x55; 33];
     let mut minor5 = base.wire();
     minor5[2] = 5;
     let mut alert = record(22, &msg[..40]);
@@ -509,6 +511,7 @@ pub fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
                 .set_ext(EXT_SUPPORTED_GROUPS, &[0, 3, 0, 29, 0])
                 .wire(),
         ),
+        ("builder-session-id-33", long_session_id.wire()),
         ("builder-record-minor-5", minor5),
         ("builder-alert-interleaved", alert),
         ("builder-zero-length-record", zero),
