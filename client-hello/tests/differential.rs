@@ -11,7 +11,8 @@
 //!
 //! 1. `cap`: we refuse a hello needing more than 16 KiB on the wire (`TooLarge`); rustls buffers
 //!    up to 64 KiB.
-//! 2. `record-minor`: we refuse a record version 3.x with x > 4; rustls takes any 3.x.
+//! 2. `record-minor`: we refuse a record version 3.x with x > 4 (on its third byte); rustls takes
+//!    any 3.x.
 //! 3. `early`: we refuse on fewer bytes: NotTls after 1-2 bytes, a handshake type other than
 //!    client_hello after its first byte, TooLarge from the handshake length; rustls waits for a
 //!    whole record header or message (it says NeedMore where we already refuse).
@@ -192,6 +193,7 @@ fn compare(bytes: &[u8]) -> Result<Vec<&'static str>, String> {
         (Read::Refused(e), Theirs::NeedMore) => match e {
             HelloError::NotTls | HelloError::TooLarge => Ok(vec!["early"]),
             HelloError::Malformed("handshake type is not client_hello") => Ok(vec!["early"]),
+            HelloError::Malformed("record version minor above 4") => Ok(vec!["record-minor"]),
             _ => Err(format!("we refuse ({e:?}), rustls waits for more")),
         },
         (Read::Refused(e) | Read::ParseRefused { error: e, .. }, Theirs::Accepted(_)) => match e {
