@@ -540,8 +540,9 @@ pub fn parse(msg: &[u8]) -> Result<ClientHello<'_>, HelloError> {
     Ok(hello)
 }
 
-/// The host_name of a server_name extension (RFC 6066 §3). Entries of other name types are
-/// skipped by their 16-bit length, which RFC 6066 requires every future name type to begin with.
+/// The host_name of a server_name extension (RFC 6066 §3). An entry of any other name type is
+/// refused, as OpenSSL and BoringSSL do: none is defined, and a list a gate and an origin could
+/// read differently is not one to pass.
 fn server_name(data: &[u8]) -> Result<Option<&[u8]>, HelloError> {
     let mut r = Reader(data);
     let list = r.u16_prefixed("server_name list longer than the extension")?;
@@ -559,7 +560,9 @@ fn server_name(data: &[u8]) -> Result<Option<&[u8]>, HelloError> {
         let name_type = r.u8()?;
         let name = r.u16_prefixed("server_name entry longer than the list")?;
         if name_type != 0 {
-            continue;
+            return Err(HelloError::Malformed(
+                "server_name entry of a name type other than host_name",
+            ));
         }
         if host.is_some() {
             return Err(HelloError::Malformed(

@@ -16,10 +16,9 @@
 //! 3. `early`: we refuse on fewer bytes: NotTls after 1-2 bytes, a handshake type other than
 //!    client_hello after its first byte, TooLarge from the handshake length; rustls waits for a
 //!    whole record header or message (it says NeedMore where we already refuse).
-//! 4. `sni-name-type`: in server_name we skip an entry of another name_type by its 16-bit length
-//!    (RFC 6066 §3 requires it of future types) and read on; rustls stops reading the list at such
-//!    an entry. So a host_name after one is ours and not rustls's, and bad bytes after one are
-//!    refused by us only.
+//! 4. `sni-name-type`: we refuse a server_name list with an entry of any name_type other than
+//!    host_name (OpenSSL and BoringSSL do too); rustls stops reading the list at such an entry, so
+//!    it accepts a host_name followed by one.
 //! 5. `sni-dns`: we return the host_name bytes raw; rustls refuses one that is neither a valid
 //!    DNS name nor an IP literal. Checking the name is the host normalizer's job.
 //! 6. `sig-algs`: rustls refuses a hello without signature_algorithms (it needs one to pick a

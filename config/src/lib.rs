@@ -250,7 +250,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
             Vec::new()
         }
     };
-    let upstream: UpstreamFile = v.optional(&table, "upstream").unwrap_or_default();
+    let upstream: Option<UpstreamFile> = v.optional(&table, "upstream");
+    // An [upstream] that did not parse has its error already: no second one about its servers.
+    let upstream_unreadable = upstream.is_none() && table.contains_key("upstream");
+    let upstream = upstream.unwrap_or_default();
     let registry: Option<RegistryFile> = v.required(&table, "registry");
     let admin: Option<AdminFile> = v.optional(&table, "admin");
     let log: LogFile = v.optional(&table, "log").unwrap_or_default();
@@ -259,7 +262,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
 
     // Listeners (as written, parsed or not) that take the default servers.
     let without_own_upstream: Vec<usize> = match table.get("listener") {
-        Some(toml::Value::Array(items)) => items
+        Some(toml::Value::Array(items)) if !upstream_unreadable => items
             .iter()
             .enumerate()
             .filter(|(_, item)| item.get("upstream").is_none())

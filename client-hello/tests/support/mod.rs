@@ -470,6 +470,15 @@ pub fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
                 .wire(),
         ),
         (
+            "builder-host-then-other-name-type",
+            Hello::new()
+                .set_ext(
+                    EXT_SERVER_NAME,
+                    &sni_ext(&[(0, b"other.example"), (1, b"opaque")]),
+                )
+                .wire(),
+        ),
+        (
             "builder-two-host-names",
             Hello::new()
                 .set_ext(
