@@ -613,3 +613,72 @@ fn a_passthrough_idle_for_tunnel_idle_timeout_is_closed() {
             .then_some(())
     });
 }
+
+/// The gate's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_flood_of_trickling_hellos_holds_bounded_memory() {
+    const CONNS: usize = 400;
+    let origin = RawOrigin::start();
+    let gate = tls_gate(
+        origin.addr,
+        &format!("max_connections = {CONNS}\nclient_hello_timeout_seconds = 60"),
+        GateOptions::default(),
+    );
+    // Each connection sends most of a large hello (just under the 16 KiB cap) and stops: the
+    // gate must hold it, and nothing more, until the deadline.
+    let big = built_hello(Some(b"www.example.com"), &[(0x1a1a, vec![0; 16_200])]);
+    assert!(big.len() <= 16 * 1024 && big.len() > 16_000);
+    let part = &big[..big.len() - 100];
+    let before = rss_bytes(gate.pid());
+    let held: Vec<TcpStream> = (0..CONNS)
+        .map(|_| {
+            let mut s = TcpStream::connect(gate.addr).unwrap();
+            s.write_all(part).unwrap();
+            s
+        })
+        .collect();
+    wait_for("every connection open", WAIT, || {
+        (gate.metrics().value("icp_gate_open_connections", &[]) == CONNS as f64).then_some(())
+    });
+    // One more is over the cap: closed at once.
+    let mut extra = TcpStream::connect(gate.addr).unwrap();
+    extra.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)));
+    let grown = rss_bytes(gate.pid()).saturating_sub(before);
+    // Still pending, every one of them: nothing decided or refused yet.
+    let m = gate.metrics();
+    assert_eq!(m.value("icp_gate_open_connections", &[]), CONNS as f64);
+    assert!(
+        !m.0.lines()
+            .any(|l| l.starts_with("icp_gate_tls_connections_total") && !l.ends_with(" 0")),
+        "{}",
+        m.0
+    );
+    // 16 KiB of hello each, plus the connection's task and socket state: well under 48 KiB.
+    let per_conn = grown / CONNS as u64;
+    assert!(
+        per_conn < 48 * 1024,
+        "{per_conn} bytes per pending connection ({grown} in all)"
+    );
+    drop(held);
+    wait_for("the connections gone", WAIT, || {
+        (gate.metrics().value("icp_gate_open_connections", &[]) == 0.0).then_some(())
+    });
+    assert!(origin.received().is_empty());
+    assert_eq!(
+        gate.metrics()
+            .value("icp_gate_connections_rejected_total", &[]),
+        1.0
+    );
+}

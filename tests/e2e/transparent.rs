@@ -169,6 +169,21 @@ fn inner_in_netns() {
     let mut http = connect_from("127.0.0.3", "127.0.0.2:80".parse().unwrap());
     assert!(answer(&mut http, "unfiled.cn").starts_with("HTTP/1.1 403"));
     assert_eq!(http_origin.received().len(), 1);
+    // A request with a body is served by Pingora's proxy: it forwards to the same destination.
+    let mut http = connect_from("127.0.0.3", "127.0.0.2:80".parse().unwrap());
+    std::io::Write::write_all(
+        &mut http,
+        b"POST /form HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 5\r\n\
+          Connection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut http, &mut text);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let received = http_origin.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1].method, "POST");
+    assert_eq!(received[1].body, b"hello");
 
     // Straight to the gate (not redirected): its original destination is the gate itself, a
     // loop, so nothing is forwarded.
