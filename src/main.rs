@@ -77,6 +77,15 @@ enum RegistryCommand {
 const DEMO_CONFIG: &str = include_str!("demo.toml");
 const DEMO_REGISTRY: &[u8] = include_bytes!("../examples/registry.tsv");
 const DEMO_ORIGIN: &str = "127.0.0.1:8081";
+const DEMO_TLS_ORIGIN: &str = "127.0.0.1:8444";
+/// The names the demo TLS origin's certificate covers (filed and unfiled alike: the gate, not
+/// the certificate, decides which ones pass).
+const DEMO_TLS_NAMES: [&str; 4] = [
+    "www.example.com",
+    "example.com",
+    "icp-demo.cn",
+    "unfiled-demo.cn",
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -137,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 icp_gate_proxy::RunOptions {
                     upgrade: cli.upgrade,
                     demo_origin: None,
+                    demo_tls_origin: None,
                 },
             )?;
             Ok(ExitCode::SUCCESS)
@@ -159,22 +169,34 @@ fn demo() -> anyhow::Result<ExitCode> {
         anyhow::anyhow!("the embedded demo configuration is invalid: {errors:?}")
     })?;
     icp_gate_proxy::init_logging(&settings.log);
+    let (tls_origin, tls_cert) =
+        icp_gate_proxy::demo_origin::DemoTlsOrigin::generate(&DEMO_TLS_NAMES)
+            .context("making the demo TLS origin's certificate")?;
+    let cert = dir.join("demo-origin.pem");
+    std::fs::write(&cert, tls_cert).with_context(|| format!("writing {}", cert.display()))?;
     eprintln!(
-        "icp-gate demo: gate on http://127.0.0.1:8080, admin on http://127.0.0.1:9090, \
-         demo origin on http://{DEMO_ORIGIN}\n\
+        "icp-gate demo: gate on http://127.0.0.1:8080 and TLS on 127.0.0.1:8443, admin on \
+         http://127.0.0.1:9090, demo origins on http://{DEMO_ORIGIN} and {DEMO_TLS_ORIGIN} (TLS)\n\
          sample registry: {} (edit it: the gate reloads it every 5 s)\n\
          try:\n  \
          curl -H 'Host: www.example.com' http://127.0.0.1:8080/      # filed and connected: forwarded\n  \
          curl -H 'Host: unfiled-demo.cn' http://127.0.0.1:8080/      # unfiled: block page\n  \
          curl -H 'Host: cdn-only.cn' http://127.0.0.1:8080/          # filed elsewhere: connect it here\n  \
+         curl --cacert {cert} --resolve www.example.com:8443:127.0.0.1 https://www.example.com:8443/   # passed through\n  \
+         curl --cacert {cert} --resolve unfiled-demo.cn:8443:127.0.0.1 https://unfiled-demo.cn:8443/   # refused: unrecognized name\n  \
          curl http://127.0.0.1:9090/metrics",
-        registry.display()
+        registry.display(),
+        cert = cert.display(),
     );
     icp_gate_proxy::run(
         settings,
         icp_gate_proxy::RunOptions {
             upgrade: false,
             demo_origin: Some(DEMO_ORIGIN.parse().expect("constant address")),
+            demo_tls_origin: Some((
+                DEMO_TLS_ORIGIN.parse().expect("constant address"),
+                tls_origin,
+            )),
         },
     )?;
     Ok(ExitCode::SUCCESS)

@@ -27,6 +27,35 @@ pub enum Mode {
     Monitor,
 }
 
+/// What a listener reads from its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1: each request decided on its Host.
+    Http,
+    /// TLS: each connection decided on its ClientHello's SNI, then passed through or refused.
+    Tls,
+}
+
+/// How a `tls` listener ends a connection it refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refuse {
+    /// The fatal `unrecognized_name` alert, then a close.
+    Alert,
+    /// A TCP reset.
+    Reset,
+}
+
+/// Where a listener forwards what it lets through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// These servers, in turn.
+    Servers(Vec<SocketAddr>),
+    /// Wherever the client sent the connection (`SO_ORIGINAL_DST` after a `REDIRECT`, or the
+    /// local address on a `transparent` listener), if it falls in `allow` (empty: anywhere) and
+    /// is not one of the gate's own listening addresses.
+    OriginalDestination { allow: Vec<ipnet::IpNet> },
+}
+
 #[derive(Clone, Debug)]
 pub struct ListenerSettings {
     pub address: SocketAddr,
@@ -39,6 +68,14 @@ pub struct ListenerSettings {
     pub max_requests_per_connection: u32,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub protocol: Protocol,
+    pub upstream: Upstream,
+    /// The listening socket is a TPROXY one (`IP_TRANSPARENT`).
+    pub transparent: bool,
+    pub refuse: Refuse,
+    pub client_hello_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -213,15 +250,28 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
             Vec::new()
         }
     };
-    let upstream: Option<UpstreamFile> = v.required(&table, "upstream");
+    let upstream: Option<UpstreamFile> = v.optional(&table, "upstream");
+    // An [upstream] that did not parse has its error already: no second one about its servers.
+    let upstream_unreadable = upstream.is_none() && table.contains_key("upstream");
+    let upstream = upstream.unwrap_or_default();
     let registry: Option<RegistryFile> = v.required(&table, "registry");
     let admin: Option<AdminFile> = v.optional(&table, "admin");
     let log: LogFile = v.optional(&table, "log").unwrap_or_default();
     let block_page: BlockPageFile = v.optional(&table, "block_page").unwrap_or_default();
     let server: ServerFile = v.optional(&table, "server").unwrap_or_default();
 
-    let listeners = v.listeners(&listeners);
-    let upstream = upstream.and_then(|u| v.upstream(&u));
+    // Listeners (as written, parsed or not) that take the default servers.
+    let without_own_upstream: Vec<usize> = match table.get("listener") {
+        Some(toml::Value::Array(items)) if !upstream_unreadable => items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| item.get("upstream").is_none())
+            .map(|(i, _)| i)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let upstream = v.upstream(&upstream, &without_own_upstream);
+    let listeners = v.listeners(&listeners, &upstream.servers);
     let registry = registry.and_then(|r| v.registry(&r));
     let admin = admin.and_then(|a| v.socket_addr("admin.address", &a.address));
     if let Some(admin) = admin {
@@ -230,6 +280,20 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
                 "admin.address",
                 format!("`{admin}` is also a listener address"),
             );
+        }
+    }
+    // A listener forwarding to the gate's own address would loop.
+    let own: Vec<SocketAddr> = listeners.iter().map(|l| l.address).chain(admin).collect();
+    for (i, l) in listeners.iter().enumerate() {
+        if let Upstream::Servers(servers) = &l.upstream {
+            if let Some(s) = servers.iter().find(|s| own.contains(s)) {
+                v.error(
+                    &format!("listener[{i}].upstream"),
+                    format!(
+                        "`{s}` is an address this gate listens on: forwarding there would loop"
+                    ),
+                );
+            }
         }
     }
     let log = v.log(&log);
@@ -241,13 +305,21 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     }
     Ok(Settings {
         listeners,
-        upstream: upstream.expect("checked above"),
+        upstream,
         registry: registry.expect("checked above"),
         admin,
         log,
         block_page,
         server,
     })
+}
+
+/// `a.b.c.d/n`, `v6/n`, or a bare address (a prefix of one address).
+fn parse_prefix(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .map(|n| n.trunc())
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 #[derive(Default)]
@@ -318,7 +390,11 @@ impl Validator {
         Duration::from_secs_f64(seconds)
     }
 
-    fn listeners(&mut self, files: &[ListenerFile]) -> Vec<ListenerSettings> {
+    fn listeners(
+        &mut self,
+        files: &[ListenerFile],
+        default_servers: &[SocketAddr],
+    ) -> Vec<ListenerSettings> {
         let mut out: Vec<ListenerSettings> = Vec::new();
         for (i, l) in files.iter().enumerate() {
             let key = format!("listener[{i}].address");
@@ -365,6 +441,52 @@ impl Validator {
                     format!("{} is out of range (1024 to 1048576)", l.max_header_bytes),
                 );
             }
+            let protocol = match l.protocol {
+                ProtocolFile::Http => Protocol::Http,
+                ProtocolFile::Tls => Protocol::Tls,
+            };
+            if protocol == Protocol::Http {
+                let tls_only = [
+                    ("refuse", l.refuse.is_some()),
+                    (
+                        "client_hello_timeout_seconds",
+                        l.client_hello_timeout_seconds.is_some(),
+                    ),
+                    (
+                        "tunnel_idle_timeout_seconds",
+                        l.tunnel_idle_timeout_seconds.is_some(),
+                    ),
+                ];
+                for (key, set) in tls_only {
+                    if set {
+                        self.error(
+                            &format!("listener[{i}].{key}"),
+                            "only applies to a listener with protocol = \"tls\"",
+                        );
+                    }
+                }
+            }
+            let client_hello_timeout = l.client_hello_timeout_seconds.unwrap_or(10);
+            if !(1..=300).contains(&client_hello_timeout) {
+                self.error(
+                    &format!("listener[{i}].client_hello_timeout_seconds"),
+                    format!("{client_hello_timeout} is out of range (1 to 300)"),
+                );
+            }
+            let tunnel_idle_timeout = l.tunnel_idle_timeout_seconds.unwrap_or(600);
+            if !(1..=86_400).contains(&tunnel_idle_timeout) {
+                self.error(
+                    &format!("listener[{i}].tunnel_idle_timeout_seconds"),
+                    format!("{tunnel_idle_timeout} is out of range (1 to 86400)"),
+                );
+            }
+            if !(1..=10_000_000).contains(&l.max_connections) {
+                self.error(
+                    &format!("listener[{i}].max_connections"),
+                    format!("{} is out of range (1 to 10000000)", l.max_connections),
+                );
+            }
+            let upstream = self.listener_upstream(i, l, default_servers);
             let name = l.name.clone().unwrap_or_else(|| address.to_string());
             if name.is_empty() || name.len() > 64 {
                 self.error(&format!("listener[{i}].name"), "must be 1 to 64 characters");
@@ -386,14 +508,98 @@ impl Validator {
                 max_requests_per_connection: l.max_requests_per_connection,
                 header_read_timeout: Duration::from_secs(l.header_read_timeout_seconds),
                 max_header_bytes: l.max_header_bytes,
+                protocol,
+                upstream,
+                transparent: l.transparent,
+                refuse: match l.refuse {
+                    Some(RefuseFile::Reset) => Refuse::Reset,
+                    Some(RefuseFile::Alert) | None => Refuse::Alert,
+                },
+                client_hello_timeout: Duration::from_secs(client_hello_timeout),
+                tunnel_idle_timeout: Duration::from_secs(tunnel_idle_timeout),
+                max_connections: l.max_connections,
             });
         }
         out
     }
 
-    fn upstream(&mut self, u: &UpstreamFile) -> Option<UpstreamSettings> {
+    /// A listener's `upstream`: its own list, `"original_destination"`, or the default servers.
+    fn listener_upstream(
+        &mut self,
+        i: usize,
+        l: &ListenerFile,
+        default_servers: &[SocketAddr],
+    ) -> Upstream {
+        let key = format!("listener[{i}].upstream");
+        let allow_key = format!("listener[{i}].original_destination_allow");
+        let upstream = match &l.upstream {
+            // Reported once, as `upstream.servers`, when the default is empty.
+            None => Upstream::Servers(default_servers.to_vec()),
+            Some(toml::Value::String(s)) if s == "original_destination" => {
+                let mut allow = Vec::new();
+                for (j, prefix) in l.original_destination_allow.iter().flatten().enumerate() {
+                    match parse_prefix(prefix) {
+                        Some(net) => allow.push(net),
+                        None => self.error(
+                            &format!("{allow_key}[{j}]"),
+                            format!(
+                                "`{prefix}` is not an IP prefix (e.g. 10.0.0.0/8, 203.0.113.7 or 2001:db8::/32)"
+                            ),
+                        ),
+                    }
+                }
+                return Upstream::OriginalDestination { allow };
+            }
+            Some(toml::Value::String(s)) => {
+                self.error(
+                    &key,
+                    format!(
+                        "`{s}` is neither \"original_destination\" nor a list of servers (write [\"{s}\"] for one server)"
+                    ),
+                );
+                Upstream::Servers(Vec::new())
+            }
+            Some(toml::Value::Array(items)) => {
+                if items.is_empty() {
+                    self.error(&key, "at least one server is required");
+                }
+                let mut servers = Vec::new();
+                for (j, item) in items.iter().enumerate() {
+                    let item_key = format!("{key}[{j}]");
+                    match item.as_str() {
+                        Some(s) => servers.extend(self.socket_addr(&item_key, s)),
+                        None => self.error(&item_key, "must be a string \"ip:port\""),
+                    }
+                }
+                Upstream::Servers(servers)
+            }
+            Some(_) => {
+                self.error(
+                    &key,
+                    "must be a list of \"ip:port\" servers or \"original_destination\"",
+                );
+                Upstream::Servers(Vec::new())
+            }
+        };
+        if l.original_destination_allow.is_some() {
+            self.error(
+                &allow_key,
+                "only applies with upstream = \"original_destination\"",
+            );
+        }
+        upstream
+    }
+
+    fn upstream(&mut self, u: &UpstreamFile, without_own_upstream: &[usize]) -> UpstreamSettings {
         if u.servers.is_empty() {
-            self.error("upstream.servers", "at least one server is required");
+            if let Some(i) = without_own_upstream.first() {
+                self.error(
+                    "upstream.servers",
+                    format!(
+                        "at least one server is required (listener[{i}] has no upstream of its own)"
+                    ),
+                );
+            }
         }
         let servers: Vec<SocketAddr> = u
             .servers
@@ -404,7 +610,7 @@ impl Validator {
         if u.keepalive_pool_size > 1_000_000 {
             self.error("upstream.keepalive_pool_size", "must be at most 1000000");
         }
-        Some(UpstreamSettings {
+        UpstreamSettings {
             servers,
             connect_timeout: self.duration(
                 "upstream.connect_timeout_seconds",
@@ -422,7 +628,7 @@ impl Validator {
                 0.0,
             ),
             keepalive_pool_size: u.keepalive_pool_size,
-        })
+        }
     }
 
     fn registry(&mut self, r: &RegistryFile) -> Option<RegistrySettings> {
@@ -698,7 +904,10 @@ nonsense = "x.html"
             has("listener[1].colour: unknown field `colour`"),
             "{errs:#?}"
         );
-        assert!(has("upstream.servers: at least one"), "{errs:#?}");
+        assert!(
+            has("upstream.servers: at least one server is required (listener[0]"),
+            "{errs:#?}"
+        );
         assert!(has("registry.source: `ftp://"), "{errs:#?}");
         assert!(
             has("registry.refresh_interval_seconds: 0 is out of range"),
@@ -756,8 +965,9 @@ nonsense = "x.html"
 
     #[test]
     fn missing_sections_and_bad_toml() {
+        // [[listener]] and [registry]; [upstream] is only needed by listeners without their own.
         let errs = errors("");
-        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert_eq!(errs.len(), 2, "{errs:#?}");
         let errs = errors("[[listener]\naddress = 1");
         assert!(errs[0].contains("not valid TOML (line 1)"), "{errs:#?}");
     }
@@ -776,5 +986,126 @@ nonsense = "x.html"
         let text = format!("{MINIMAL}\n[block_page.templates]\nunfiled = \"missing.html\"\n");
         let errs = parse(&text, dir.path()).unwrap_err();
         assert_eq!(errs[0].key, "block_page.templates.unfiled");
+    }
+
+    #[test]
+    fn tls_listeners_and_where_listeners_forward() {
+        let text = r#"
+[[listener]]
+address = "127.0.0.1:8443"
+protocol = "tls"
+upstream = ["127.0.0.1:9443", "127.0.0.1:9444"]
+refuse = "reset"
+client_hello_timeout_seconds = 3
+tunnel_idle_timeout_seconds = 30
+max_connections = 100
+
+[[listener]]
+address = "0.0.0.0:80"
+upstream = "original_destination"
+original_destination_allow = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+transparent = true
+
+[registry]
+source = "file:///r.tsv"
+"#;
+        let s = parse(text, Path::new("/")).unwrap();
+        let tls = &s.listeners[0];
+        assert_eq!(tls.protocol, Protocol::Tls);
+        assert_eq!(tls.refuse, Refuse::Reset);
+        assert_eq!(tls.client_hello_timeout, Duration::from_secs(3));
+        assert_eq!(tls.tunnel_idle_timeout, Duration::from_secs(30));
+        assert_eq!(tls.max_connections, 100);
+        assert_eq!(
+            tls.upstream,
+            Upstream::Servers(vec![
+                "127.0.0.1:9443".parse().unwrap(),
+                "127.0.0.1:9444".parse().unwrap()
+            ])
+        );
+        let http = &s.listeners[1];
+        assert_eq!(http.protocol, Protocol::Http);
+        assert!(http.transparent);
+        let Upstream::OriginalDestination { allow } = &http.upstream else {
+            panic!("{:?}", http.upstream)
+        };
+        assert_eq!(allow.len(), 3);
+        assert!(allow[1].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!allow[1].contains(&"192.0.2.8".parse::<std::net::IpAddr>().unwrap()));
+        // Defaults of a tls listener.
+        let s = parse(
+            &MINIMAL.replace(
+                "address = \"127.0.0.1:8080\"",
+                "address = \"127.0.0.1:8080\"\nprotocol = \"tls\"",
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        let l = &s.listeners[0];
+        assert_eq!(l.refuse, Refuse::Alert);
+        assert_eq!(l.client_hello_timeout, Duration::from_secs(10));
+        assert_eq!(
+            l.upstream,
+            Upstream::Servers(vec!["127.0.0.1:8081".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_refused_where_they_do_not_apply_and_bad_values_named() {
+        let errs = errors(
+            r#"
+[[listener]]
+address = "127.0.0.1:8080"
+refuse = "alert"
+client_hello_timeout_seconds = 5
+upstream = "original-destination"
+
+[[listener]]
+address = "127.0.0.1:8443"
+protocol = "tls"
+client_hello_timeout_seconds = 0
+upstream = ["localhost:443", 7]
+original_destination_allow = ["10.0.0.0/8"]
+
+[[listener]]
+address = "127.0.0.1:8444"
+protocol = "tls"
+upstream = "original_destination"
+original_destination_allow = ["10.0.0.0/33"]
+max_connections = 0
+
+[registry]
+source = "file:///r.tsv"
+"#,
+        );
+        let has = |key: &str| errs.iter().any(|e| e.starts_with(key));
+        for key in [
+            "listener[0].refuse: only applies to a listener with protocol = \"tls\"",
+            "listener[0].client_hello_timeout_seconds: only applies",
+            "listener[0].upstream: `original-destination` is neither",
+            "listener[1].client_hello_timeout_seconds: 0 is out of range",
+            "listener[1].upstream[0]: `localhost:443` is not an IP:port",
+            "listener[1].upstream[1]: must be a string",
+            "listener[1].original_destination_allow: only applies with upstream = \"original_destination\"",
+            "listener[2].original_destination_allow[0]: `10.0.0.0/33` is not an IP prefix",
+            "listener[2].max_connections: 0 is out of range",
+        ] {
+            assert!(has(key), "{key} missing from {errs:#?}");
+        }
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+        // No [upstream] and a listener without its own: named.
+        let errs = errors(
+            "[[listener]]\naddress = \"127.0.0.1:80\"\n[[listener]]\naddress = \"127.0.0.1:81\"\nupstream = [\"127.0.0.1:1\"]\n[registry]\nsource = \"file:///r\"\n",
+        );
+        assert_eq!(
+            errs,
+            ["upstream.servers: at least one server is required (listener[0] has no upstream of its own)"]
+        );
+        // A listener forwarding to the gate itself.
+        let errs = errors(&MINIMAL.replace("127.0.0.1:8081", "127.0.0.1:8080"));
+        assert_eq!(
+            errs,
+            ["listener[0].upstream: `127.0.0.1:8080` is an address this gate listens on: forwarding there would loop"]
+        );
     }
 }

@@ -32,6 +32,54 @@ pub struct ListenerFile {
     /// The largest request head (request line and headers) accepted; larger ones get 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// `http` (decide each request on its Host) or `tls` (decide each connection on the SNI of
+    /// its ClientHello, then pass it through or refuse it).
+    #[serde(default = "default_protocol")]
+    pub protocol: ProtocolFile,
+    /// Where this listener forwards: a list of `host:port` servers, or the string
+    /// `"original_destination"`. Default: `[upstream].servers`. Validated by hand (two shapes).
+    pub upstream: Option<toml::Value>,
+    /// With `upstream = "original_destination"`: the destinations the gate may forward to, as
+    /// CIDR prefixes (default: any but the gate's own listening addresses).
+    pub original_destination_allow: Option<Vec<String>>,
+    /// TPROXY: the listening socket gets `IP_TRANSPARENT`, and a connection's local address is
+    /// the address the client sent it to.
+    #[serde(default)]
+    pub transparent: bool,
+    /// `tls` listeners: how a refused connection ends, with the `unrecognized_name` alert or a
+    /// TCP reset.
+    pub refuse: Option<RefuseFile>,
+    /// `tls` listeners: how long a client may take to send its whole ClientHello.
+    pub client_hello_timeout_seconds: Option<u64>,
+    /// `tls` listeners: a passed-through connection with no byte either way for this long is
+    /// closed.
+    pub tunnel_idle_timeout_seconds: Option<u64>,
+    /// Connections this listener holds open at once; past it, new ones are closed at accept and
+    /// counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    65_536
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolFile {
+    Http,
+    Tls,
+}
+
+fn default_protocol() -> ProtocolFile {
+    ProtocolFile::Http
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RefuseFile {
+    Alert,
+    Reset,
 }
 
 fn default_header_read_timeout() -> u64 {
@@ -76,6 +124,9 @@ fn default_mode() -> ModeFile {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
+    /// Every listener's default origin servers; may be left out when every listener has its
+    /// own `upstream`.
+    #[serde(default)]
     pub servers: Vec<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_seconds: f64,
@@ -85,6 +136,18 @@ pub struct UpstreamFile {
     pub idle_timeout_seconds: f64,
     #[serde(default = "default_pool_size")]
     pub keepalive_pool_size: usize,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        UpstreamFile {
+            servers: Vec::new(),
+            connect_timeout_seconds: default_connect_timeout(),
+            read_timeout_seconds: default_read_timeout(),
+            idle_timeout_seconds: default_upstream_idle(),
+            keepalive_pool_size: default_pool_size(),
+        }
+    }
 }
 
 fn default_connect_timeout() -> f64 {

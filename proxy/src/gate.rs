@@ -2,7 +2,7 @@
 //! upstream, per request (never per connection).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::AccessLog;
 use crate::block_page::{wants_json, BlockPages};
+use crate::destination::{ConnAddrs, Destinations};
 use crate::metrics::ListenerCounters;
 
 pub const BLOCK_REASON_HEADER: &str = "x-icp-block-reason";
@@ -165,6 +166,8 @@ pub struct RequestCtx {
     pub invalid: Option<InvalidHost>,
     request_id: Option<String>,
     upstream_tries: usize,
+    /// The addresses this request may go to, in order (set at the first try).
+    candidates: Vec<SocketAddr>,
 }
 
 /// The gate for one listener.
@@ -176,7 +179,8 @@ pub struct Gate {
     pub counters: ListenerCounters,
     pub access_log: AccessLog,
     pub request_ids: Arc<RequestIds>,
-    next_upstream: AtomicUsize,
+    /// Where allowed requests go (shared with the front end).
+    pub destinations: Arc<Destinations>,
     /// Pingora's form of the listener's keep-alive timeout: None is off.
     pub keepalive_seconds: Option<u64>,
 }
@@ -191,9 +195,15 @@ impl Gate {
         counters: ListenerCounters,
         access_log: AccessLog,
         request_ids: Arc<RequestIds>,
+        own_addresses: Vec<SocketAddr>,
     ) -> Self {
         // Pingora reads Some(0) as "no timeout": keep at least a second.
         let keepalive_seconds = listener.keepalive_timeout.map(|d| d.as_secs().max(1));
+        let destinations = Arc::new(Destinations::new(
+            listener.upstream.clone(),
+            own_addresses,
+            listener.transparent,
+        ));
         Gate {
             listener,
             registry,
@@ -202,7 +212,7 @@ impl Gate {
             counters,
             access_log,
             request_ids,
-            next_upstream: AtomicUsize::new(0),
+            destinations,
             keepalive_seconds,
         }
     }
@@ -392,6 +402,7 @@ impl ProxyHttp for GateProxy {
             invalid: None,
             request_id: None,
             upstream_tries: 0,
+            candidates: Vec::new(),
         }
     }
 
@@ -434,7 +445,7 @@ impl ProxyHttp for GateProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Belt and braces: nothing undecided or blocked is ever given a peer.
@@ -444,10 +455,27 @@ impl ProxyHttp for GateProxy {
                 "upstream requested for a request that was not allowed",
             ));
         }
-        let servers = &self.upstream.servers;
-        let i = self.next_upstream.fetch_add(1, Ordering::Relaxed) % servers.len();
+        if ctx.upstream_tries == 0 {
+            let addrs = match session.stream() {
+                Some(stream) => ConnAddrs::of(stream, self.destinations.is_original_destination()),
+                None => ConnAddrs::default(),
+            };
+            match self.destinations.candidates(&addrs) {
+                Ok(c) => ctx.candidates = c.iter().collect(),
+                Err(e) => {
+                    self.counters.destination_error(e);
+                    return Err(Error::explain(ErrorType::ConnectNoRoute, e.to_string()));
+                }
+            }
+        }
+        let Some(&addr) = ctx.candidates.get(ctx.upstream_tries) else {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "every upstream server was tried",
+            ));
+        };
         ctx.upstream_tries += 1;
-        Ok(Box::new(self.peer(servers[i])))
+        Ok(Box::new(self.peer(addr)))
     }
 
     fn fail_to_connect(
@@ -458,8 +486,10 @@ impl ProxyHttp for GateProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Another server may be up: try each once before giving up.
-        if ctx.upstream_tries < self.upstream.servers.len() {
+        if ctx.upstream_tries < ctx.candidates.len() {
             e.set_retry(true);
+        } else {
+            self.counters.connect_failed();
         }
         e
     }

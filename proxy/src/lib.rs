@@ -1,15 +1,19 @@
 //! The icp-gate service on Pingora: the decision on each request, the block page, forwarding,
 //! the admin endpoint, metrics and the sync worker.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod block_page;
 mod clock;
 pub mod demo_origin;
+pub mod destination;
 pub mod front;
 pub mod gate;
 pub mod metrics;
 pub mod server;
+pub mod socket;
 pub mod sync_service;
+pub mod tls;
 
 pub use server::{init_logging, run, RunOptions};

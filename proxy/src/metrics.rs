@@ -4,7 +4,12 @@
 use std::sync::Arc;
 
 use icp_gate_registry::{BlockReason, RejectReason};
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::destination::DestinationError;
+use crate::tls::hello::HelloFailure;
 
 /// `reason` label when the gate answers before any registry is loaded.
 pub const NOT_READY: &str = "registry_not_ready";
@@ -27,6 +32,15 @@ pub struct Metrics {
     pub delta_compactions: IntCounter,
     pub registry_overlay: IntGauge,
     pub registry_base_serial: IntGauge,
+    /// Syncs that panicked (each also counted as `error` in the sync total).
+    pub sync_panics: IntCounter,
+    tls_connections: IntCounterVec,
+    tls_abandoned: IntCounterVec,
+    tls_passthrough_open: IntGaugeVec,
+    tls_relayed_bytes: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_rejected: IntCounterVec,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -158,6 +172,73 @@ impl Metrics {
                 "Serial of the full snapshot the registry in service was built from; below \
                  icp_gate_registry_serial when deltas were applied on top of it",
             ),
+            sync_panics: IntCounter::new(
+                "icp_gate_registry_sync_panics_total",
+                "Registry syncs that panicked (a bug); each is also a sync with result error, and \
+                 the next sync runs as usual",
+            )
+            .unwrap(),
+            tls_connections: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_connections_total",
+                    "Connections of tls listeners decided on their ClientHello, by listener, \
+                     decision (allowed, blocked, monitored) and reason",
+                ),
+                &["listener", "decision", "reason"],
+            )
+            .unwrap(),
+            tls_abandoned: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_abandoned_total",
+                    "Connections of tls listeners closed by the client before their \
+                     ClientHello was complete (nothing to decide)",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
+            tls_passthrough_open: IntGaugeVec::new(
+                Opts::new(
+                    "icp_gate_tls_passthrough_connections",
+                    "TLS connections being passed through to an origin now",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
+            tls_relayed_bytes: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_relayed_bytes_total",
+                    "Bytes relayed on passed-through TLS connections, by direction \
+                     (to_upstream counts the ClientHello too)",
+                ),
+                &["listener", "direction"],
+            )
+            .unwrap(),
+            upstream_errors: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_upstream_errors_total",
+                    "Allowed connections or requests that could not be forwarded, by listener \
+                     and reason (connect_failed, no_original_destination, loop, not_allowed)",
+                ),
+                &["listener", "reason"],
+            )
+            .unwrap(),
+            open_connections: IntGaugeVec::new(
+                Opts::new(
+                    "icp_gate_open_connections",
+                    "Client connections a listener holds open now",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
+            connections_rejected: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_connections_rejected_total",
+                    "Client connections closed at accept because the listener held \
+                     max_connections already",
+                ),
+                &["listener"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -180,6 +261,16 @@ impl Metrics {
         r.register(Box::new(m.delta_compactions.clone())).unwrap();
         r.register(Box::new(m.registry_overlay.clone())).unwrap();
         r.register(Box::new(m.registry_base_serial.clone()))
+            .unwrap();
+        r.register(Box::new(m.sync_panics.clone())).unwrap();
+        r.register(Box::new(m.tls_connections.clone())).unwrap();
+        r.register(Box::new(m.tls_abandoned.clone())).unwrap();
+        r.register(Box::new(m.tls_passthrough_open.clone()))
+            .unwrap();
+        r.register(Box::new(m.tls_relayed_bytes.clone())).unwrap();
+        r.register(Box::new(m.upstream_errors.clone())).unwrap();
+        r.register(Box::new(m.open_connections.clone())).unwrap();
+        r.register(Box::new(m.connections_rejected.clone()))
             .unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
@@ -226,6 +317,33 @@ impl Metrics {
             not_ready: c("blocked", NOT_READY),
             bad: BadRequest::ALL
                 .map(|r| self.bad_requests.with_label_values(&[listener, r.as_str()])),
+            upstream_errors: UPSTREAM_ERRORS
+                .map(|r| self.upstream_errors.with_label_values(&[listener, r])),
+            open_connections: self.open_connections.with_label_values(&[listener]),
+            connections_rejected: self.connections_rejected.with_label_values(&[listener]),
+        }
+    }
+
+    /// Counter handles for one `tls` listener.
+    pub fn tls_listener(&self, listener: &str) -> TlsCounters {
+        let c = |decision: &str, reason: &str| {
+            self.tls_connections
+                .with_label_values(&[listener, decision, reason])
+        };
+        TlsCounters {
+            allowed: c("allowed", ""),
+            blocked: BlockReason::ALL.map(|r| c("blocked", r.as_str())),
+            monitored: BlockReason::ALL.map(|r| c("monitored", r.as_str())),
+            not_ready: c("blocked", NOT_READY),
+            hello: HelloFailure::REASONS.map(|r| c("blocked", r)),
+            abandoned: self.tls_abandoned.with_label_values(&[listener]),
+            passthrough_open: self.tls_passthrough_open.with_label_values(&[listener]),
+            to_upstream: self
+                .tls_relayed_bytes
+                .with_label_values(&[listener, "to_upstream"]),
+            to_client: self
+                .tls_relayed_bytes
+                .with_label_values(&[listener, "to_client"]),
         }
     }
 
@@ -251,4 +369,45 @@ pub struct ListenerCounters {
     pub not_ready: IntCounter,
     /// Indexed by `BadRequest as usize`.
     pub bad: [IntCounter; 2],
+    /// Indexed as `UPSTREAM_ERRORS`.
+    pub upstream_errors: [IntCounter; 4],
+    pub open_connections: IntGauge,
+    pub connections_rejected: IntCounter,
+}
+
+/// `reason` values of `icp_gate_upstream_errors_total`: a connect that failed on every
+/// candidate, then the destination errors.
+pub const UPSTREAM_ERRORS: [&str; 4] = [
+    "connect_failed",
+    DestinationError::REASONS[0],
+    DestinationError::REASONS[1],
+    DestinationError::REASONS[2],
+];
+
+impl ListenerCounters {
+    pub fn connect_failed(&self) {
+        self.upstream_errors[0].inc();
+    }
+
+    pub fn destination_error(&self, e: DestinationError) {
+        let i = DestinationError::REASONS
+            .iter()
+            .position(|r| *r == e.reason())
+            .expect("every reason is listed");
+        self.upstream_errors[1 + i].inc();
+    }
+}
+
+/// The counters of one `tls` listener's connections.
+pub struct TlsCounters {
+    pub allowed: IntCounter,
+    pub blocked: [IntCounter; 6],
+    pub monitored: [IntCounter; 6],
+    pub not_ready: IntCounter,
+    /// Indexed by `HelloFailure::index()`.
+    pub hello: [IntCounter; 4],
+    pub abandoned: IntCounter,
+    pub passthrough_open: IntGauge,
+    pub to_upstream: IntCounter,
+    pub to_client: IntCounter,
 }

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use icp_gate_config::{LogFormat, LogSettings, Settings};
+use icp_gate_config::{ListenerSettings, LogFormat, LogSettings, Protocol, Settings};
 use icp_gate_registry::{RegistryHandle, Syncer};
-use pingora::apps::HttpServerOptions;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
@@ -15,21 +15,25 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::accept::{Limited, TransparentListener};
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::block_page::BlockPages;
-use crate::demo_origin::DemoOrigin;
+use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
 use crate::metrics::Metrics;
 use crate::sync_service::{report, SyncService};
+use crate::tls::TlsApp;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Take the listeners over from a running gate (graceful upgrade, see docs/operations.md).
     pub upgrade: bool,
     /// Also serve the built-in demo origin here.
     pub demo_origin: Option<SocketAddr>,
+    /// Also serve this TLS demo origin here.
+    pub demo_tls_origin: Option<(SocketAddr, DemoTlsOrigin)>,
 }
 
 /// Sets up logging: `RUST_LOG` if set, else the configured level. Pingora's own `log` records
@@ -46,6 +50,29 @@ pub fn init_logging(log: &LogSettings) {
     };
     // Already set (tests starting several gates in one process): keep the first.
     let _ = result;
+}
+
+/// Adds a listener's service: on a Pingora listener, or on a socket of our own for a
+/// transparent (TPROXY) one.
+fn add_listener<A: ServerApp + Send + Sync + 'static>(
+    server: &mut Server,
+    name: String,
+    listener: &ListenerSettings,
+    app: A,
+    buffers: L4BufferSettings,
+    threads: usize,
+) -> anyhow::Result<()> {
+    if listener.transparent {
+        let socket = TransparentListener::bind(&listener.name, listener.address)?;
+        let mut service = background_service(&name, socket.serve(app));
+        service.threads = Some(threads);
+        server.add_service(service);
+    } else {
+        let mut service = Service::new(name, app);
+        service.add_listener(ListenerConfig::tcp(listener.address.to_string()).l4_buffer(buffers));
+        server.add_service(service);
+    }
+    Ok(())
 }
 
 /// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast).
@@ -103,37 +130,78 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let pages = Arc::new(BlockPages::new(&settings.block_page.templates));
     let request_ids = Arc::new(RequestIds::new());
     let access_log = AccessLog::new(settings.log.access_log, settings.log.access_log_sample);
+    let threads = settings.server.threads;
+    // Every address the gate listens on: an original destination among them is a loop.
+    let own_addresses: Vec<SocketAddr> = settings
+        .listeners
+        .iter()
+        .map(|l| l.address)
+        .chain(settings.admin)
+        .collect();
     for listener in &settings.listeners {
+        let counters = metrics.listener(&listener.name);
+        let (open, rejected) = (
+            counters.open_connections.clone(),
+            counters.connections_rejected.clone(),
+        );
         let gate = Arc::new(Gate::new(
             listener.clone(),
             registry.clone(),
             settings.upstream.clone(),
             pages.clone(),
-            metrics.listener(&listener.name),
+            counters,
             access_log,
             request_ids.clone(),
+            own_addresses.clone(),
         ));
-        let mut options = HttpServerOptions::default();
-        // Pingora counts reuses: a limit of N serves N + 1 requests.
-        options.keepalive_request_limit = Some(listener.max_requests_per_connection - 1);
-        let mut proxy = http_proxy(&server.configuration, GateProxy(gate.clone()));
-        proxy.server_options = Some(options);
-        let mut service =
-            Service::new(format!("gate {}", listener.name), GateApp::new(gate, proxy));
-        // Reads are not buffered below the front end: it reads into its own per-connection
-        // buffer, and a 64 KiB buffer under it (Pingora's default) only adds a copy of every
-        // request. Writes Pingora makes are buffered: an answer's head and body leave in one
-        // write when they fit (Pingora's default, 1460 bytes, is smaller than a block page).
-        service.add_listener(
-            ListenerConfig::tcp(listener.address.to_string())
-                .l4_buffer(L4BufferSettings::new(0, listener.write_buffer_bytes)),
-        );
-        server.add_service(service);
+        let service_name = format!("gate {}", listener.name);
+        match listener.protocol {
+            Protocol::Http => {
+                let mut options = HttpServerOptions::default();
+                // Pingora counts reuses: a limit of N serves N + 1 requests.
+                options.keepalive_request_limit = Some(listener.max_requests_per_connection - 1);
+                let mut proxy = http_proxy(&server.configuration, GateProxy(gate.clone()));
+                proxy.server_options = Some(options);
+                let app = Limited::new(
+                    GateApp::new(gate, proxy),
+                    listener.max_connections,
+                    open,
+                    rejected,
+                );
+                // Reads are not buffered below the front end: it reads into its own
+                // per-connection buffer, and a 64 KiB buffer under it (Pingora's default) only
+                // adds a copy of every request. Writes Pingora makes are buffered: an answer's
+                // head and body leave in one write when they fit (Pingora's default, 1460
+                // bytes, is smaller than a block page).
+                let buffers = L4BufferSettings::new(0, listener.write_buffer_bytes);
+                add_listener(&mut server, service_name, listener, app, buffers, threads)?;
+            }
+            Protocol::Tls => {
+                let app = Limited::new(
+                    TlsApp::new(
+                        gate.clone(),
+                        metrics.tls_listener(&listener.name),
+                        gate.destinations.clone(),
+                        settings.upstream.clone(),
+                    ),
+                    listener.max_connections,
+                    open,
+                    rejected,
+                );
+                // The hello is read into its own buffer, and relayed bytes must leave as they
+                // come: nothing buffered below.
+                let buffers = L4BufferSettings::unbuffered();
+                add_listener(&mut server, service_name, listener, app, buffers, threads)?;
+            }
+        }
         tracing::info!(
             listener = listener.name,
             address = %listener.address,
+            protocol = ?listener.protocol,
             require = ?listener.require,
             mode = ?listener.mode,
+            upstream = ?listener.upstream,
+            transparent = listener.transparent,
             "listener configured"
         );
     }
@@ -159,6 +227,11 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     if let Some(origin) = options.demo_origin {
         let mut service = Service::new("demo origin".to_string(), DemoOrigin);
         service.add_tcp(&origin.to_string());
+        server.add_service(service);
+    }
+    if let Some((address, origin)) = options.demo_tls_origin {
+        let mut service = Service::new("demo tls origin".to_string(), origin);
+        service.add_tcp(&address.to_string());
         server.add_service(service);
     }
 

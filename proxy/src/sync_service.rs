@@ -49,20 +49,52 @@ pub async fn sync_now(
     feed: Feed,
 ) -> Option<SyncReport> {
     let task = tokio::task::spawn_blocking(move || {
-        let mut syncer = syncer.lock().expect("sync lock");
-        let mut sync = SyncReport::default();
-        if feed != Feed::Deltas {
-            let outcome = syncer.sync_once();
-            report(&outcome, &registry, &metrics, &syncer.source().to_string());
-            sync.snapshot = Some(outcome);
-        }
-        if feed != Feed::Snapshot {
-            for (source, outcome) in syncer.sync_deltas() {
-                report(&outcome, &registry, &metrics, &source);
-                sync.deltas.push(outcome);
+        // A panic is caught below, before the guard is dropped, so the lock is never poisoned
+        // by a sync; should it be anyway, the syncer is taken back and starts afresh.
+        let mut syncer = syncer.lock().unwrap_or_else(|poisoned| {
+            let mut syncer = poisoned.into_inner();
+            syncer.forget_seen();
+            syncer
+        });
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut sync = SyncReport::default();
+            if feed != Feed::Deltas {
+                let outcome = syncer.sync_once();
+                report(&outcome, &registry, &metrics, &syncer.source().to_string());
+                sync.snapshot = Some(outcome);
+            }
+            if feed != Feed::Snapshot {
+                for (source, outcome) in syncer.sync_deltas() {
+                    report(&outcome, &registry, &metrics, &source);
+                    sync.deltas.push(outcome);
+                }
+            }
+            sync
+        }));
+        match attempt {
+            Ok(sync) => sync,
+            Err(panic) => {
+                // The registry in service stays (a sync swaps a registry in whole or not at
+                // all); the next sync reads the source afresh.
+                syncer.forget_seen();
+                metrics.sync(SyncResult::Error);
+                metrics.sync_panics.inc();
+                metrics
+                    .registry_last_attempt
+                    .set(icp_gate_registry::sync::unix_now() as f64);
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(
+                    panic = message,
+                    "registry sync panicked: the registry in service stays, the next sync \
+                     starts afresh (a bug: please report it)"
+                );
+                SyncReport::default()
             }
         }
-        sync
     });
     match task.await {
         Ok(sync) => Some(sync),
@@ -244,5 +276,69 @@ impl BackgroundService for SyncService {
                 next_delta = now + self.delta_interval.unwrap_or(far);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use icp_gate_registry::{SnapshotSource, SnapshotWriter, Status};
+
+    fn snapshot(serial: u64) -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new(), serial, "2026-11-22T03:00:00Z").unwrap();
+        w.record("example.com", Status::Connected, None, None)
+            .unwrap();
+        if serial > 1 {
+            w.record("new.cn", Status::Connected, None, None).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn serial(registry: &RegistryHandle) -> Option<u64> {
+        registry.load().as_ref().map(|r| r.serial)
+    }
+
+    #[tokio::test]
+    async fn a_sync_that_panics_stops_no_later_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.tsv");
+        std::fs::write(&path, snapshot(1)).unwrap();
+        let registry = RegistryHandle::new();
+        let source = SnapshotSource::parse(&format!("file://{}", path.display())).unwrap();
+        let syncer = Arc::new(Mutex::new(Syncer::new(source, registry.clone())));
+        let metrics = Metrics::new();
+        let sync = || {
+            sync_now(
+                syncer.clone(),
+                registry.clone(),
+                metrics.clone(),
+                Feed::Both,
+            )
+        };
+
+        sync().await.unwrap();
+        assert_eq!(serial(&registry), Some(1));
+
+        // A new snapshot, and the sync that should load it panics half-way.
+        std::fs::write(&path, snapshot(2)).unwrap();
+        syncer.lock().unwrap().panic_next = true;
+        let report = sync().await.expect("the task itself did not fail");
+        assert!(report.snapshot.is_none());
+        assert_eq!(serial(&registry), Some(1), "the registry in service stays");
+        assert_eq!(metrics.sync_panics.get(), 1);
+        assert!(!syncer.is_poisoned());
+
+        // The next sync runs, and loads what the panicked one missed.
+        sync().await.unwrap();
+        assert_eq!(serial(&registry), Some(2));
+        let text = String::from_utf8(metrics.render(None)).unwrap();
+        assert!(
+            text.contains("icp_gate_registry_sync_panics_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("icp_gate_registry_sync_total{result=\"error\"} 1"),
+            "{text}"
+        );
     }
 }

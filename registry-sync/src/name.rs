@@ -302,6 +302,34 @@ fn parse_authority_general(raw: &[u8]) -> Result<Host, InvalidHost> {
     parse_host(host)
 }
 
+/// Normalizes a TLS ClientHello's SNI (`server_name` host_name) exactly as a Host without a
+/// port: case, one trailing dot, Unicode to A-labels, length and label rules. `Ok(None)` for an
+/// IP literal, which counts as no SNI (RFC 6066 §3 forbids literals there; the connection is
+/// then decided on its destination address). A port, brackets or user information are not part
+/// of a server name and are refused.
+pub fn parse_sni(raw: &[u8]) -> Result<Option<DomainName>, InvalidHost> {
+    if let Some(name) = plain_authority(raw) {
+        // The fast path also takes `name:port`: only the plain name itself is an SNI.
+        if name.len as usize == raw.len() {
+            return Ok(Some(name));
+        }
+        return Err(InvalidHost::BadCharacter);
+    }
+    if raw.is_empty() {
+        return Err(InvalidHost::Empty);
+    }
+    if raw.len() > MAX_RAW_LEN {
+        return Err(InvalidHost::TooLong);
+    }
+    if raw.iter().any(|&b| matches!(b, b':' | b'[' | b']' | b'@')) {
+        return Err(InvalidHost::BadCharacter);
+    }
+    match parse_host(raw)? {
+        Host::Domain(name) => Ok(Some(name)),
+        Host::Ip(_) => Ok(None),
+    }
+}
+
 /// Normalizes a registry record's name: a domain (Unicode or A-labels, any case, optional trailing
 /// dot) or an IP address (IPv6 bare or bracketed). No port.
 pub fn parse_registry_name(raw: &str) -> Result<Host, InvalidHost> {
@@ -584,6 +612,38 @@ pub fn is_public_suffix_bytes(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sni_is_normalized_as_a_host_and_ip_literals_count_as_none() {
+        let sni = |raw: &[u8]| parse_sni(raw).map(|n| n.map(|d| d.as_str().to_owned()));
+        assert_eq!(sni(b"Filed-A.CN"), Ok(Some("filed-a.cn".into())));
+        assert_eq!(sni(b"filed-a.cn."), Ok(Some("filed-a.cn".into())));
+        assert_eq!(
+            sni("例子.中国".as_bytes()),
+            Ok(Some("xn--fsqu00a.xn--fiqs8s".into()))
+        );
+        assert_eq!(sni(b"127.0.0.1"), Ok(None));
+        assert_eq!(sni(b"::1"), Err(InvalidHost::BadCharacter));
+        assert_eq!(sni(b"filed-a.cn:443"), Err(InvalidHost::BadCharacter));
+        assert_eq!(sni(b"[::1]"), Err(InvalidHost::BadCharacter));
+        assert_eq!(sni(b"a@filed-a.cn"), Err(InvalidHost::BadCharacter));
+        assert_eq!(sni(b""), Err(InvalidHost::Empty));
+        assert_eq!(sni(b"a..cn"), Err(InvalidHost::EmptyLabel));
+        // Whatever the SNI, it decides as the same name does in a Host header.
+        for raw in [
+            "Filed-A.CN",
+            "filed-a.cn.",
+            "例子.中国",
+            "xn--fsqu00a.xn--fiqs8s",
+            "x_y.cn",
+        ] {
+            let host = parse_authority(raw.as_bytes()).unwrap();
+            assert_eq!(
+                parse_sni(raw.as_bytes()).unwrap().map(Host::Domain),
+                Some(host)
+            );
+        }
+    }
 
     fn dom(s: &str) -> String {
         match parse_authority(s.as_bytes()) {

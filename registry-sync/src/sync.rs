@@ -380,6 +380,9 @@ pub struct Syncer {
     /// The delta last rejected: the serial it was asked for, the SHA-256 of its bytes and why.
     /// The same bytes at the same place are not counted (nor fallen back from) again.
     rejected_delta: Option<(u64, [u8; 32], RejectReason)>,
+    /// Test builds only: the next sync panics (to test that a panic stops no later sync).
+    #[cfg(feature = "testing")]
+    pub panic_next: bool,
 }
 
 impl Syncer {
@@ -396,6 +399,21 @@ impl Syncer {
             delta_source: None,
             delta_http: None,
             rejected_delta: None,
+            #[cfg(feature = "testing")]
+            panic_next: false,
+        }
+    }
+
+    /// Forgets what the source looked like last time (file fingerprint, HTTP validators, the
+    /// last rejections), so the next sync reads everything afresh. Called after a sync panicked
+    /// half-way: whatever it had recorded may not match what is in service.
+    pub fn forget_seen(&mut self) {
+        self.last_seen = None;
+        self.last_rejection = None;
+        self.rejected_delta = None;
+        for http in [&mut self.http, &mut self.delta_http].into_iter().flatten() {
+            http.etag = None;
+            http.last_modified = None;
         }
     }
 
@@ -655,6 +673,10 @@ impl Syncer {
 
     /// One sync attempt. Blocking: run it off the request threads.
     pub fn sync_once(&mut self) -> SyncOutcome {
+        #[cfg(feature = "testing")]
+        if std::mem::take(&mut self.panic_next) {
+            panic!("injected by a test: a sync panicking half-way");
+        }
         let outcome = self.read_source();
         match &outcome {
             SyncOutcome::Rejected(e) => self.last_rejection = Some(e.reason),

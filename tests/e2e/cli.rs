@@ -99,13 +99,14 @@ fn sigterm_lets_in_flight_requests_finish_then_exits() {
     assert_eq!(resp.status, 200, "the in-flight request was cut off");
 }
 
-/// The contract's demo: fixed ports 8080 (gate), 9090 (admin), 8081 (demo origin).
+/// The contract's demo: fixed ports 8080 (gate), 9090 (admin), 8081 (demo origin), and 8443
+/// (TLS listener) with its TLS demo origin on 8444.
 #[test]
 fn demo_allows_a_filed_sample_and_blocks_an_unfiled_one() {
-    for port in [8080, 8081, 9090] {
+    for port in [8080, 8081, 9090, 8443, 8444] {
         assert!(
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "port {port} is busy: the demo test needs 8080, 8081 and 9090 free"
+            "port {port} is busy: the demo test needs 8080, 8081, 9090, 8443 and 8444 free"
         );
     }
     let mut child = Command::new(BIN)
@@ -114,6 +115,7 @@ fn demo_allows_a_filed_sample_and_blocks_an_unfiled_one() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let child_id = child.id();
     let gate = addr(8080);
     let admin = addr(9090);
     let result = std::panic::catch_unwind(|| {
@@ -128,6 +130,35 @@ fn demo_allows_a_filed_sample_and_blocks_an_unfiled_one() {
         let blocked = get_host(gate, "unfiled-demo.cn");
         assert_eq!(blocked.status, 403);
         assert_eq!(blocked.block_reason(), Some("unfiled"));
+
+        // HTTPS: passed through to the TLS demo origin, whose certificate the demo wrote out.
+        let pem = std::env::temp_dir()
+            .join(format!("icp-gate-demo-{}", child_id))
+            .join("demo-origin.pem");
+        use rustls::pki_types::pem::PemObject;
+        let cert = rustls::pki_types::CertificateDer::from_pem_file(&pem).unwrap();
+        let stream = std::net::TcpStream::connect(addr(8443)).unwrap();
+        let mut client = crate::tls_harness::TlsClient::with_config(
+            crate::tls_harness::client_config_trusting(cert),
+            stream,
+            "www.example.com",
+        )
+        .unwrap();
+        let answer = client.get("www.example.com", "/");
+        assert!(answer.contains("Passed through"), "{answer}");
+        let refused = crate::tls_harness::exchange(
+            addr(8443),
+            &[&crate::tls_harness::built_hello(
+                Some(b"unfiled-demo.cn"),
+                &[],
+            )],
+            Duration::ZERO,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            refused,
+            crate::tls_harness::Ending::Closed(crate::tls_harness::ALERT.to_vec())
+        );
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -6,3 +6,6 @@ mod decisions;
 mod harness;
 mod hostile;
 mod registry_sync;
+mod tls;
+mod tls_harness;
+mod transparent;

@@ -7,6 +7,7 @@
 //! the client's head with `Host` unchanged, minus hop-by-hop headers and every client-sent
 //! forwarding header, plus the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`.
 
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::ChunkedTracker;
+use crate::destination::Candidates;
 
 /// Response heads larger than this are refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -54,28 +56,36 @@ fn hop_by_hop_response_header(name: &[u8]) -> bool {
     HOP.iter().any(|d| name.eq_ignore_ascii_case(d))
 }
 
-/// The origin servers of a listener, with their idle kept-alive connections.
+/// The idle kept-alive origin connections of a listener, by origin address (its servers, or the
+/// original destinations its clients were headed to).
 pub struct Upstreams {
-    servers: Vec<SocketAddr>,
-    next: AtomicUsize,
-    idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    /// Idle connections held in all, at most `max_idle`.
+    idle_count: AtomicUsize,
+    max_idle: usize,
     settings: UpstreamSettings,
 }
 
 impl Upstreams {
     pub fn new(settings: UpstreamSettings) -> Self {
         Upstreams {
-            servers: settings.servers.clone(),
-            next: AtomicUsize::new(0),
-            idle: settings.servers.iter().map(|_| Mutex::default()).collect(),
+            idle: Mutex::default(),
+            idle_count: AtomicUsize::new(0),
+            max_idle: settings.keepalive_pool_size,
             settings,
         }
     }
 
-    /// An idle connection to server `i` that is still open, if there is one.
-    fn take(&self, i: usize) -> Option<TcpStream> {
-        let mut idle = self.idle[i].lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((stream, since)) = idle.pop() {
+    /// An idle connection to `addr` that is still open, if there is one.
+    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+        if self.idle_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = idle.get_mut(&addr)?;
+        let mut found = None;
+        while let Some((stream, since)) = conns.pop() {
+            self.idle_count.fetch_sub(1, Ordering::Relaxed);
             if since.elapsed() >= self.settings.idle_timeout {
                 continue;
             }
@@ -83,25 +93,31 @@ impl Upstreams {
             // cannot carry a request. This asks the reactor's cached readiness first, so an
             // idle connection that is fine costs no syscall.
             match stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    found = Some(stream);
+                    break;
+                }
                 _ => continue,
             }
         }
-        None
+        if conns.is_empty() {
+            idle.remove(&addr);
+        }
+        found
     }
 
-    fn put(&self, i: usize, stream: TcpStream) {
-        if self.settings.idle_timeout.is_zero() {
+    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+        if self.settings.idle_timeout.is_zero()
+            || self.idle_count.load(Ordering::Relaxed) >= self.max_idle
+        {
             return;
         }
-        let mut idle = self.idle[i].lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.settings.keepalive_pool_size {
-            idle.push((stream, Instant::now()));
-        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.entry(addr).or_default().push((stream, Instant::now()));
+        self.idle_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn connect(&self, i: usize) -> Result<TcpStream, UpstreamError> {
-        let addr = self.servers[i];
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
         match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -351,6 +367,8 @@ pub struct Relayed {
 
 /// One request to the origin and its response to the client.
 pub struct Exchange<'a> {
+    /// Where the request may go, in order.
+    pub candidates: &'a Candidates<'a>,
     pub upstreams: &'a Upstreams,
     /// The request head for the origin.
     pub request: &'a [u8],
@@ -374,12 +392,9 @@ impl Exchange<'_> {
         W: tokio::io::AsyncWrite + Unpin,
     {
         let u = self.upstreams;
-        let n = u.servers.len();
-        let first = u.next.fetch_add(1, Ordering::Relaxed) % n;
         let read_timeout = u.settings.read_timeout;
         let mut last_error = None;
-        for attempt in 0..n {
-            let server = (first + attempt) % n;
+        for server in self.candidates.iter() {
             let mut fresh_tried = false;
             loop {
                 let pooled = if fresh_tried { None } else { u.take(server) };
@@ -484,7 +499,7 @@ async fn relay<W>(
     read_timeout: Duration,
     write_timeout: Duration,
     upstreams: &Upstreams,
-    server: usize,
+    server: SocketAddr,
 ) -> Result<Relayed, UpstreamError>
 where
     W: tokio::io::AsyncWrite + Unpin,

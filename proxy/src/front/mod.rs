@@ -16,7 +16,7 @@
 //! (`max_header_bytes`), for every request of a connection, the first one included.
 
 use std::fmt::Write as _;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::RawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,18 +42,15 @@ use forward::{upstream_head, Exchange, Upstreams};
 use crate::access_log::AccessRecord;
 use crate::block_page::{wants_json, HTML_CONTENT_TYPE, JSON_CONTENT_TYPE};
 use crate::clock;
+use crate::destination::ConnAddrs;
 use crate::gate::{resolve_host_into, Gate, GateProxy, Outcome, RequestId, CSP};
 use crate::metrics::BadRequest;
+use crate::socket::{linger_close, raw_fd};
 
 /// Headers parsed per request; a head with more goes to Pingora (which allows 256).
 const MAX_HEADERS: usize = 96;
 /// How long a client may take to accept an answer before the gate drops it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// After the last answer on a connection, how long and how much the gate keeps reading (and
-/// discarding) before it closes, so that a client still sending does not get a reset that
-/// destroys the answer in flight (a "lingering close", as nginx does).
-const LINGER_TIME: Duration = Duration::from_millis(500);
-const LINGER_BYTES: usize = 1 << 20;
 const STOP_SHARDS: usize = 16;
 
 /// A gate listener's connection handler: the front end, with Pingora's proxy behind it.
@@ -157,6 +154,8 @@ struct Conn {
     timer: Pin<Box<Sleep>>,
     /// The plain TCP socket under `stream`, for direct writes (None for TLS).
     fd: Option<RawFd>,
+    /// The connection's addresses, read once when a forward first needs them.
+    addrs: Option<ConnAddrs>,
 }
 
 impl Conn {
@@ -304,6 +303,7 @@ impl ServerApp for GateApp {
             client_ip: String::new(),
             served: 0,
             shard: fastrand::usize(..STOP_SHARDS),
+            addrs: None,
             timer: Box::pin(tokio::time::sleep_until(
                 (accepted + self.header_timeout).into(),
             )),
@@ -476,7 +476,38 @@ impl GateApp {
             // Unreachable: the same bytes parsed a moment ago.
             return false;
         }
+        let destinations = &self.gate.destinations;
+        let addrs = *c.addrs.get_or_insert_with(|| {
+            ConnAddrs::of(&c.stream, destinations.is_original_destination())
+        });
+        let candidates = match destinations.candidates(&addrs) {
+            Ok(candidates) => candidates,
+            Err(e) => {
+                self.gate.counters.destination_error(e);
+                tracing::warn!(
+                    listener = self.gate.listener.name,
+                    request_id = id.as_str(),
+                    reason = e.reason(),
+                    error = %e,
+                    "request not forwarded"
+                );
+                let error =
+                    pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
+                let written = self
+                    .answer_bad_gateway(c, id, keep_alive, req.head_only)
+                    .await;
+                self.log(
+                    c,
+                    LogLine {
+                        error: Some(&error),
+                        ..LogLine::new(req, outcome, 502, started, id)
+                    },
+                );
+                return written && keep_alive;
+            }
+        };
         let exchange = Exchange {
+            candidates: &candidates,
             upstreams: &self.upstreams,
             request: &c.up_head,
             head_request: req.head_only,
@@ -490,6 +521,9 @@ impl GateApp {
                 relayed.client_open
             }
             Err(e) => {
+                if matches!(e, forward::UpstreamError::Connect(..)) {
+                    self.gate.counters.connect_failed();
+                }
                 tracing::warn!(
                     listener = self.gate.listener.name,
                     request_id = id.as_str(),
@@ -1006,33 +1040,6 @@ fn writev_now(fd: RawFd, a: &[u8], b: &[u8]) -> usize {
     // never blocks the thread; MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     n.max(0) as usize
-}
-
-/// The socket under a plain TCP stream, for `writev_now`; None for anything else (TLS).
-fn raw_fd(stream: &Stream) -> Option<RawFd> {
-    let l4 = stream
-        .as_any()
-        .downcast_ref::<pingora::protocols::l4::stream::Stream>()?;
-    let fd = l4.as_raw_fd();
-    (fd >= 0).then_some(fd)
-}
-
-/// Closes after a last answer without resetting it away: stop sending, then read and discard
-/// what the client still sends for a short while.
-async fn linger_close(mut stream: Stream) {
-    let drain = async {
-        stream.shutdown().await.ok()?;
-        let mut scratch = [0u8; 4096];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-        Some(())
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 #[cfg(test)]
