@@ -65,6 +65,10 @@ pub struct GateApp {
     max_header_bytes: usize,
     max_requests: u32,
     block_heads: BlockHeads,
+    /// Test setting (`ICP_GATE_FORWARD_PATH=pingora`): every allowed request is forwarded by
+    /// Pingora's proxy, none by the front end, so one transparency suite can run against both
+    /// forwarding paths (`tests/e2e/transparency.rs`).
+    pingora_forwards_all: bool,
 }
 
 /// The fixed runs of a block answer's head, joined once at start so that a block copies a few
@@ -121,6 +125,8 @@ impl GateApp {
             upstreams: Upstreams::new(gate.upstream.clone()),
             stopping: std::array::from_fn(|_| Notify::new()),
             block_heads: BlockHeads::new(),
+            pingora_forwards_all: std::env::var("ICP_GATE_FORWARD_PATH").as_deref()
+                == Ok("pingora"),
             gate,
             proxy: Arc::new(proxy),
         }
@@ -336,7 +342,9 @@ impl ServerApp for GateApp {
                             self.log(&mut c, LogLine::new(&req, outcome, status, started, id));
                             written && keep_alive
                         }
-                        Outcome::Allowed | Outcome::Monitored(_) if req.http11 => {
+                        Outcome::Allowed | Outcome::Monitored(_)
+                            if req.http11 && !self.pingora_forwards_all =>
+                        {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
                             self.gate.count(outcome);
                             let open = self
