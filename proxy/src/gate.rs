@@ -15,27 +15,23 @@ use icp_gate_registry::{
 };
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::AccessLog;
 use crate::block_page::{wants_json, BlockPages};
 use crate::destination::{ConnAddrs, Destinations};
+use crate::metrics::BadRequest;
 use crate::metrics::ListenerCounters;
+use crate::policy::{
+    canonical_authority, check_target, is_websocket_upgrade, may_resend, origin_form,
+    request_field_passes, response_field_passes, ConnectionTokens, PlainAnswer, TargetRefusal,
+};
 
 pub const BLOCK_REASON_HEADER: &str = "x-icp-block-reason";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// Headers a client may send but that only the gate may set on the forwarded request.
-const CLIENT_FORWARDING_HEADERS: [&str; 5] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-];
 
 /// Request ids: a per-process random prefix and a counter, unique without coordination.
 ///
@@ -304,6 +300,34 @@ impl Gate {
     }
 }
 
+/// Writes one of the gate's plain answers (`policy::PlainAnswer`) on Pingora's path: the same
+/// status, fields and body as the front end writes.
+async fn write_plain(
+    session: &mut Session,
+    answer: PlainAnswer,
+    request_id: Option<&str>,
+) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    let body = answer.body();
+    let mut resp = ResponseHeader::build(answer.status(), Some(answer.fields().len() + 3))?;
+    for (name, value) in answer.fields() {
+        resp.append_header(*name, *value)?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    if let Some(id) = request_id {
+        resp.insert_header(REQUEST_ID_HEADER, id)?;
+    }
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn write_response(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
@@ -410,6 +434,17 @@ impl ProxyHttp for GateProxy {
         // How long this connection may then wait for its next request (Pingora's own default
         // applies only to the first).
         session.set_keepalive(self.keepalive_seconds);
+        let req = session.req_header();
+        if let Err(refusal) = check_target(req.method.as_str().as_bytes(), req.raw_path()) {
+            let (reason, answer) = match refusal {
+                TargetRefusal::BadTarget => (BadRequest::BadTarget, PlainAnswer::BadTarget),
+                TargetRefusal::Connect => (BadRequest::Connect, PlainAnswer::Connect),
+            };
+            self.counters.bad[reason as usize].inc();
+            session.set_keepalive(None);
+            write_plain(session, answer, None).await?;
+            return Ok(true);
+        }
         let host = match request_host(session.req_header()) {
             Ok(host) => host,
             Err(invalid) => {
@@ -500,25 +535,64 @@ impl ProxyHttp for GateProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Origin-form towards the origin, with the Host the decision was made on.
-        if let Some(authority) = target_authority(upstream).map(<[u8]>::to_vec) {
-            if upstream.headers.get(header::HOST).is_none() {
-                let value = HeaderValue::from_bytes(&authority).map_err(|e| {
+        // `crate::policy`, as on the front end's path.
+        let raw = upstream.raw_path().to_vec();
+        let absolute = matches!(
+            raw_target_authority(&raw),
+            RawTargetAuthority::Absolute { .. }
+        );
+        let target_authority = target_authority(upstream).map(<[u8]>::to_vec);
+        if absolute {
+            // Origin-form towards the origin, the path byte for byte.
+            upstream.set_raw_path(&origin_form(&raw))?;
+        }
+        // Hop-by-hop fields, the ones Connection names, the client's proxy credentials and
+        // forwarding fields: gone.
+        let connection: Vec<Vec<u8>> = upstream
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
+        let upgrade: Vec<&[u8]> = session
+            .req_header()
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let websocket = is_websocket_upgrade(
+            session.req_header().version == http::Version::HTTP_11,
+            &upgrade,
+            &tokens,
+        );
+        let dropped: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|name| !request_field_passes(name.as_str().as_bytes(), &tokens))
+            .cloned()
+            .collect();
+        for name in dropped {
+            upstream.remove_header(&name);
+        }
+        if websocket {
+            upstream.insert_header(header::CONNECTION, "Upgrade")?;
+            upstream.insert_header(header::UPGRADE, "websocket")?;
+        }
+        // The Host the decision was made on, in canonical form, the port as sent.
+        if let Some(host) = &ctx.host {
+            let raw_authority = match upstream.headers.get(header::HOST) {
+                Some(v) if target_authority.is_none() => Some(v.as_bytes().to_vec()),
+                _ => target_authority,
+            };
+            if let Some(raw_authority) = raw_authority {
+                let canonical = canonical_authority(&raw_authority, host);
+                let value = HeaderValue::from_bytes(&canonical).map_err(|e| {
                     Error::because(ErrorType::InvalidHTTPHeader, "request authority", e)
                 })?;
                 upstream.insert_header(header::HOST, value)?;
             }
-            let path = upstream
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            let uri = http::Uri::try_from(path)
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
-            upstream.set_uri(uri);
-        }
-        for name in CLIENT_FORWARDING_HEADERS {
-            upstream.remove_header(name);
         }
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             upstream.insert_header(
@@ -533,6 +607,97 @@ impl ProxyHttp for GateProxy {
         let request_id = self.request_id(ctx).to_owned();
         upstream.insert_header(REQUEST_ID_HEADER, request_id)?;
         Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A websocket's 101 keeps its Upgrade and Connection; anything else loses the
+        // connection's own fields, as on the front end's path.
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        let connection: Vec<Vec<u8>> = response
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
+        let dropped: Vec<HeaderName> = response
+            .headers
+            .keys()
+            .filter(|name| !response_field_passes(name.as_str().as_bytes(), &tokens))
+            .cloned()
+            .collect();
+        for name in dropped {
+            response.remove_header(&name);
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // RFC 9110 §9.2.2, as on the front end's path (`policy::may_resend`): a request whose
+        // bytes may have reached the origin is sent again only when it is idempotent.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = session.req_header().method.as_str().as_bytes();
+        if !may_resend(method, false) || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // The gate's own answers, rendered as the front end renders them.
+        let answer = match (e.esource(), e.etype()) {
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => None,
+            (ErrorSource::Downstream, _) => Some(PlainAnswer::BadTarget),
+            (
+                _,
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout,
+            ) => Some(PlainAnswer::GatewayTimeout),
+            (ErrorSource::Upstream, _) => Some(PlainAnswer::BadGateway),
+            (
+                _,
+                ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::ConnectRefused,
+            ) => Some(PlainAnswer::BadGateway),
+            _ => Some(PlainAnswer::BadGateway),
+        };
+        let Some(answer) = answer else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let id = ctx.request_id.clone();
+        session.set_keepalive(None);
+        if let Err(write) = write_plain(session, answer, id.as_deref()).await {
+            tracing::debug!(error = %write, "could not send the error answer");
+        }
+        FailToProxy {
+            error_code: answer.status(),
+            can_reuse_downstream: false,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -570,6 +735,10 @@ impl Gate {
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
+        // `crate::policy` is the one header policy (`upstream_request_filter`): Pingora's own
+        // is off, so the two paths cannot differ by what Pingora adds.
+        o.http_upstream_request_policy =
+            pingora::upstreams::peer::HttpUpstreamRequestPolicy::preserve();
         o.connection_timeout = Some(self.upstream.connect_timeout);
         o.total_connection_timeout = Some(self.upstream.connect_timeout);
         o.read_timeout = Some(self.upstream.read_timeout);

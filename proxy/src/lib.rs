@@ -11,6 +11,7 @@ pub mod destination;
 pub mod front;
 pub mod gate;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod socket;
 pub mod sync_service;

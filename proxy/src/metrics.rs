@@ -51,15 +51,26 @@ pub enum BadRequest {
     HeadTooLarge,
     /// The head was not complete within `header_read_timeout_seconds`: connection closed.
     HeadTimeout,
+    /// A request target that is none of origin-form, absolute-form, or `*` with OPTIONS: 400.
+    BadTarget,
+    /// CONNECT: 405.
+    Connect,
 }
 
 impl BadRequest {
-    pub const ALL: [BadRequest; 2] = [BadRequest::HeadTooLarge, BadRequest::HeadTimeout];
+    pub const ALL: [BadRequest; 4] = [
+        BadRequest::HeadTooLarge,
+        BadRequest::HeadTimeout,
+        BadRequest::BadTarget,
+        BadRequest::Connect,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             BadRequest::HeadTooLarge => "head_too_large",
             BadRequest::HeadTimeout => "head_timeout",
+            BadRequest::BadTarget => "bad_target",
+            BadRequest::Connect => "connect",
         }
     }
 }
@@ -147,7 +158,7 @@ impl Metrics {
                 Opts::new(
                     "icp_gate_bad_requests_total",
                     "Request heads refused before any decision, by listener and reason \
-                     (head_too_large, head_timeout)",
+                     (head_too_large, head_timeout, bad_target, connect)",
                 ),
                 &["listener", "reason"],
             )
@@ -368,7 +379,7 @@ pub struct ListenerCounters {
     pub monitored: [IntCounter; 6],
     pub not_ready: IntCounter,
     /// Indexed by `BadRequest as usize`.
-    pub bad: [IntCounter; 2],
+    pub bad: [IntCounter; 4],
     /// Indexed as `UPSTREAM_ERRORS`.
     pub upstream_errors: [IntCounter; 4],
     pub open_connections: IntGauge,

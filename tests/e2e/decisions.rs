@@ -170,8 +170,22 @@ fn inheritance_look_alikes_case_dot_and_port() {
     for (host, reason) in blocked {
         assert_blocked(&get_host(gate.addr, host), 403, reason);
     }
-    // The origin saw each allowed request with the Host exactly as the client sent it.
-    assert_eq!(origin.hosts(), allowed);
+    // The origin saw each allowed request with the Host it was decided on, in canonical form
+    // (lower-case A-labels, no trailing dot), the port as sent; a canonical Host as it was.
+    let canonical = [
+        "example.com",
+        "a.b.c.d.e.example.com",
+        "www.example.com",
+        "www.example.com",
+        "www.example.com:8080",
+        "www.example.com:443",
+        "xn--fsqu00a.xn--fiqs8s",
+        "www.xn--fsqu00a.xn--fiqs8s",
+        "xn--fsqu00a.xn--fiqs8s",
+        "a.b.deep.cn",
+        "y.a.b.deep.cn",
+    ];
+    assert_eq!(origin.hosts(), canonical);
 }
 
 #[test]
@@ -673,6 +687,8 @@ fn forwarded_answers_keep_their_framing_and_the_origin_connection() {
         hints.status, 200,
         "an interim 103 must not be taken for the answer"
     );
+    // ... and is passed on before it (RFC 9110 §15.2).
+    assert_eq!(hints.interim, [103]);
     assert_eq!(hints.text(), "origin saw www.example.com");
     let empty = conn.send(get("no-content").as_bytes());
     assert_eq!(empty.status, 204);

@@ -802,6 +802,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The statuses of the interim (1xx, not 101) answers read before this one.
+    pub interim: Vec<u16>,
 }
 
 impl Response {
@@ -843,19 +845,28 @@ impl Conn {
             .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)))
     }
 
+    /// The next final answer (a 101 included), after any interim ones, as a client reads it.
     pub fn read_response(&mut self, head_only: bool) -> Option<Response> {
-        let (line, headers) = read_head(&mut self.reader)?;
-        let status = line.split(' ').nth(1)?.parse().ok()?;
-        let body = if head_only || status == 204 || status == 304 {
-            Vec::new()
-        } else {
-            read_body(&mut self.reader, &headers, true)?
-        };
-        Some(Response {
-            status,
-            headers,
-            body,
-        })
+        let mut interim = Vec::new();
+        loop {
+            let (line, headers) = read_head(&mut self.reader)?;
+            let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+            if (100..200).contains(&status) && status != 101 {
+                interim.push(status);
+                continue;
+            }
+            let body = if head_only || status == 204 || status == 304 || status == 101 {
+                Vec::new()
+            } else {
+                read_body(&mut self.reader, &headers, true)?
+            };
+            return Some(Response {
+                status,
+                headers,
+                body,
+                interim,
+            });
+        }
     }
 
     /// True when the server has closed the connection (reads end of stream).

@@ -3,9 +3,10 @@
 //! relayed as it comes, head rewritten, body bytes unchanged, with its framing followed so the
 //! origin connection can be reused.
 //!
-//! What the origin receives is what the proxy path sends (`GateProxy::upstream_request_filter`):
-//! the client's head with `Host` unchanged, minus hop-by-hop headers and every client-sent
-//! forwarding header, plus the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`.
+//! What the origin receives and what the client gets follow `crate::policy`, as on Pingora's
+//! path (`GateProxy::upstream_request_filter`): the client's head with the decided Host in
+//! canonical form, minus hop-by-hop fields and every client-sent forwarding field, plus the
+//! gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -19,42 +20,15 @@ use icp_gate_config::UpstreamSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use icp_gate_registry::Host;
+
 use super::chunked::ChunkedTracker;
 use crate::destination::Candidates;
+use crate::policy::{self, ConnectionTokens};
 
 /// Response heads larger than this are refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 128;
-
-/// Request headers the origin never gets from the client: hop-by-hop ones, and the forwarding
-/// headers only the gate may set.
-fn dropped_request_header(name: &[u8]) -> bool {
-    const DROPPED: [&[u8]; 11] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
-        b"x-real-ip",
-        b"x-request-id",
-    ];
-    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
-}
-
-fn hop_by_hop_response_header(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 5] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"trailer",
-        b"upgrade",
-    ];
-    HOP.iter().any(|d| name.eq_ignore_ascii_case(d))
-}
 
 /// The idle kept-alive origin connections of a listener, by origin address (its servers, or the
 /// original destinations its clients were headed to).
@@ -132,6 +106,8 @@ impl Upstreams {
 #[derive(Debug)]
 pub enum UpstreamError {
     Connect(SocketAddr, String),
+    /// The request could not be written (so it may be sent again, whatever its method).
+    NotSent(String),
     /// Failed before any byte of a response came back.
     NoResponse(String),
     BadResponse(&'static str),
@@ -142,6 +118,7 @@ impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpstreamError::Connect(addr, e) => write!(f, "connecting to {addr}: {e}"),
+            UpstreamError::NotSent(e) => write!(f, "sending the request to the origin: {e}"),
             UpstreamError::NoResponse(e) => write!(f, "no response from the origin: {e}"),
             UpstreamError::BadResponse(e) => write!(f, "bad response from the origin: {e}"),
             UpstreamError::Timeout => f.write_str("the origin did not answer in time"),
@@ -149,9 +126,10 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
-/// Writes the request head the origin gets for the simple request in `head`.
+/// Writes the request head the origin gets for the simple request in `head`, decided on `host`.
 pub fn upstream_head(
     head: &[u8],
+    host: &Host,
     client_ip: &str,
     request_id: &str,
     out: &mut Vec<u8>,
@@ -171,13 +149,24 @@ pub fn upstream_head(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection = ConnectionTokens::from_values(
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value),
+    );
     for h in req.headers.iter() {
-        if dropped_request_header(h.name.as_bytes()) {
+        let name = h.name.as_bytes();
+        if !policy::request_field_passes(name, &connection) {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
+        if name.eq_ignore_ascii_case(b"host") {
+            out.extend_from_slice(&policy::canonical_authority(h.value, host));
+        } else {
+            out.extend_from_slice(h.value);
+        }
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -238,24 +227,21 @@ pub fn client_head(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    // Headers named in Connection are hop-by-hop too.
-    let mut named: [&[u8]; 8] = [b""; 8];
-    let mut named_len = 0;
+    // Headers named in Connection are hop-by-hop too, however many.
+    let connection = ConnectionTokens::from_values(
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value),
+    );
+    if connection.names(b"close") {
+        reusable = false;
+    } else if connection.names(b"keep-alive") {
+        reusable = true;
+    }
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    reusable = true;
-                } else if !token.is_empty() && named_len < named.len() {
-                    named[named_len] = token;
-                    named_len += 1;
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") {
             let value = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
@@ -297,19 +283,16 @@ pub fn client_head(
     }
     let close_client = close_client || matches!(framing, Framing::UntilClose);
 
-    out.clear();
+    // Appended: interim answers (1xx) already written stay in front of the final one.
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(super::itoa(status as usize, &mut [0u8; 20]));
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let interim = (100..200).contains(&status);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if hop_by_hop_response_header(name)
-            || named[..named_len]
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name))
-        {
+        if !policy::response_field_passes(name, &connection) {
             continue;
         }
         out.extend_from_slice(name);
@@ -317,7 +300,7 @@ pub fn client_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(if close_client {
+    out.extend_from_slice(if close_client && !interim {
         &b"Connection: close\r\n\r\n"[..]
     } else {
         &b"\r\n"[..]
@@ -369,6 +352,8 @@ pub struct Relayed {
 pub struct Exchange<'a> {
     /// Where the request may go, in order.
     pub candidates: &'a Candidates<'a>,
+    /// The request's method: only an idempotent request is sent again (`policy::may_resend`).
+    pub method: &'a [u8],
     pub upstreams: &'a Upstreams,
     /// The request head for the origin.
     pub request: &'a [u8],
@@ -434,8 +419,15 @@ impl Exchange<'_> {
                         )
                         .await;
                     }
-                    // A kept-alive connection the origin had closed: once more, fresh.
-                    Err(UpstreamError::NoResponse(_)) if reused => {
+                    // A kept-alive connection the origin had closed: once more, fresh, when the
+                    // request may be sent twice (or never left).
+                    Err(UpstreamError::NoResponse(_))
+                        if reused && !fresh_tried && policy::may_resend(self.method, false) =>
+                    {
+                        fresh_tried = true;
+                        continue;
+                    }
+                    Err(UpstreamError::NotSent(_)) if reused && !fresh_tried => {
                         fresh_tried = true;
                         continue;
                     }
@@ -458,19 +450,32 @@ async fn send_and_read_head(
 ) -> Result<ResponseHead, UpstreamError> {
     match tokio::time::timeout(read_timeout, up.write_all(request)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(UpstreamError::NoResponse(e.to_string())),
+        Ok(Err(e)) => return Err(UpstreamError::NotSent(e.to_string())),
         Err(_) => return Err(UpstreamError::Timeout),
     }
+    out.clear();
     loop {
         if !buf.is_empty() {
+            let before = out.len();
             match client_head(buf, head_request, close_client, out)? {
-                // Interim answers (103 Early Hints and the like) are not passed on.
+                // The front end never asks for an upgrade: a 101 is the origin's error.
+                Some(head) if head.status == 101 => {
+                    return Err(UpstreamError::BadResponse(
+                        "101 Switching Protocols to a request that did not ask to upgrade",
+                    ))
+                }
+                // Interim answers (103 Early Hints and the like) go to the client before the
+                // final one (RFC 9110 §15.2), in the same write.
                 Some(head) if (100..200).contains(&head.status) => {
                     bytes::Buf::advance(buf, head.head_len);
+                    if out.len() > MAX_RESPONSE_HEAD {
+                        out.truncate(before);
+                        return Err(UpstreamError::BadResponse("too many interim answers"));
+                    }
                     continue;
                 }
                 Some(head) => return Ok(head),
-                None => {}
+                None => out.truncate(before),
             }
         }
         if buf.capacity() - buf.len() < 2048 {
@@ -565,8 +570,10 @@ mod tests {
     fn the_origin_gets_the_head_without_client_forwarding_headers() {
         let mut out = Vec::new();
         upstream_head(
-            b"GET /a?b HTTP/1.1\r\nHost: www.example.com\r\nX-Forwarded-For: 10.0.0.1\r\n\
-              Forwarded: for=x\r\nConnection: keep-alive\r\nX-Request-Id: forged\r\nUser-Agent: t\r\n\r\n",
+            b"GET /a?b HTTP/1.1\r\nHost: WWW.Example.COM.:80\r\nX-Forwarded-For: 10.0.0.1\r\n\
+              Forwarded: for=x\r\nConnection: keep-alive\r\nX-Request-Id: forged\r\n\
+              Proxy-Authorization: Basic eDp5\r\nUser-Agent: t\r\n\r\n",
+            &icp_gate_registry::parse_authority(b"WWW.Example.COM.:80").unwrap(),
             "127.0.0.1",
             "rid",
             &mut out,
@@ -574,7 +581,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /a?b HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: t\r\n\
+            "GET /a?b HTTP/1.1\r\nHost: www.example.com:80\r\nUser-Agent: t\r\n\
              X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Request-Id: rid\r\n\r\n"
         );
     }

@@ -45,6 +45,7 @@ use crate::clock;
 use crate::destination::ConnAddrs;
 use crate::gate::{resolve_host_into, Gate, GateProxy, Outcome, RequestId, CSP};
 use crate::metrics::BadRequest;
+use crate::policy::{check_target, PlainAnswer, TargetRefusal};
 use crate::socket::{linger_close, raw_fd};
 
 /// Headers parsed per request; a head with more goes to Pingora (which allows 256).
@@ -267,6 +268,8 @@ enum Parsed {
     Simple(SimpleRequest),
     /// A request without a usable host: `400 invalid_host`, and the connection ends.
     InvalidHost(InvalidRequest),
+    /// A target or method the gate does not serve; whether it was a HEAD.
+    Refused(TargetRefusal, bool),
     /// A complete head that the front end leaves to Pingora.
     Complex,
 }
@@ -275,6 +278,9 @@ enum Parsed {
 enum Head {
     Simple(SimpleRequest),
     InvalidHost(InvalidRequest),
+    /// A target or method the gate does not serve (`policy::check_target`); whether it was a
+    /// HEAD.
+    Refused(TargetRefusal, bool),
     Complex,
     TooLarge,
     TimedOut,
@@ -417,14 +423,24 @@ impl ServerApp for GateApp {
                 },
                 Head::TooLarge => {
                     self.gate.counters.bad[BadRequest::HeadTooLarge as usize].inc();
-                    const BODY: &str = "request header fields too large\n";
-                    let answer = format!(
-                        "HTTP/1.1 431 Request Header Fields Too Large\r\n\
-                         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n{BODY}",
-                        BODY.len()
-                    );
-                    if write_all(&mut c.stream, answer.as_bytes()).await {
+                    let answer = PlainAnswer::HeadTooLarge;
+                    if self.answer_plain(&mut c, answer, None, false, false).await {
+                        linger_close(c.stream).await;
+                    }
+                    return None;
+                }
+                Head::Refused(refusal, head_only) => {
+                    // Not a request the gate serves: answered, and the connection ends (what
+                    // follows may not be framed as the client meant).
+                    let (reason, answer) = match refusal {
+                        TargetRefusal::BadTarget => (BadRequest::BadTarget, PlainAnswer::BadTarget),
+                        TargetRefusal::Connect => (BadRequest::Connect, PlainAnswer::Connect),
+                    };
+                    self.gate.counters.bad[reason as usize].inc();
+                    if self
+                        .answer_plain(&mut c, answer, None, false, head_only)
+                        .await
+                    {
                         linger_close(c.stream).await;
                     }
                     return None;
@@ -475,6 +491,7 @@ impl GateApp {
         }
         let built = upstream_head(
             &c.buf[..req.head_len],
+            &c.host,
             &c.client_ip,
             id.as_str(),
             &mut c.up_head,
@@ -501,14 +518,15 @@ impl GateApp {
                 );
                 let error =
                     pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
+                let answer = PlainAnswer::BadGateway;
                 let written = self
-                    .answer_bad_gateway(c, id, keep_alive, req.head_only)
+                    .answer_plain(c, answer, Some(id), keep_alive, req.head_only)
                     .await;
                 self.log(
                     c,
                     LogLine {
                         error: Some(&error),
-                        ..LogLine::new(req, outcome, 502, started, id)
+                        ..LogLine::new(req, outcome, answer.status(), started, id)
                     },
                 );
                 return written && keep_alive;
@@ -516,6 +534,7 @@ impl GateApp {
         };
         let exchange = Exchange {
             candidates: &candidates,
+            method: req.method.as_bytes(),
             upstreams: &self.upstreams,
             request: &c.up_head,
             head_request: req.head_only,
@@ -538,16 +557,28 @@ impl GateApp {
                     error = %e,
                     "forwarding failed"
                 );
-                let error =
-                    pingora::Error::explain(pingora::ErrorType::ConnectError, e.to_string());
+                let (answer, etype) = match e {
+                    forward::UpstreamError::Timeout => (
+                        PlainAnswer::GatewayTimeout,
+                        pingora::ErrorType::ReadTimedout,
+                    ),
+                    forward::UpstreamError::Connect(..) => {
+                        (PlainAnswer::BadGateway, pingora::ErrorType::ConnectError)
+                    }
+                    _ => (
+                        PlainAnswer::BadGateway,
+                        pingora::ErrorType::InvalidHTTPHeader,
+                    ),
+                };
+                let error = pingora::Error::explain(etype, e.to_string());
                 let written = self
-                    .answer_bad_gateway(c, id, keep_alive, req.head_only)
+                    .answer_plain(c, answer, Some(id), keep_alive, req.head_only)
                     .await;
                 self.log(
                     c,
                     LogLine {
                         error: Some(&error),
-                        ..LogLine::new(req, outcome, 502, started, id)
+                        ..LogLine::new(req, outcome, answer.status(), started, id)
                     },
                 );
                 written && keep_alive
@@ -555,33 +586,22 @@ impl GateApp {
         }
     }
 
-    async fn answer_bad_gateway(
+    /// Writes one of the gate's plain answers (`crate::policy::PlainAnswer`).
+    async fn answer_plain(
         &self,
         c: &mut Conn,
-        id: RequestId,
+        answer: PlainAnswer,
+        id: Option<RequestId>,
         keep_alive: bool,
         head_only: bool,
     ) -> bool {
-        const BODY: &str = "502 Bad Gateway: the origin server could not be reached\n";
-        let out = &mut c.out;
-        out.clear();
-        out.extend_from_slice(
-            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\
-              Cache-Control: no-store\r\nContent-Length: ",
+        c.out.clear();
+        answer.write_h1(
+            &mut c.out,
+            id.as_ref().map(RequestId::as_str),
+            keep_alive,
+            head_only,
         );
-        out.extend_from_slice(itoa(BODY.len(), &mut [0u8; 20]));
-        out.extend_from_slice(b"\r\nX-Request-Id: ");
-        out.extend_from_slice(id.as_str().as_bytes());
-        out.extend_from_slice(b"\r\nDate: ");
-        clock::push_http_date(out);
-        out.extend_from_slice(if keep_alive {
-            &b"\r\nConnection: keep-alive\r\n\r\n"[..]
-        } else {
-            &b"\r\nConnection: close\r\n\r\n"[..]
-        });
-        if !head_only {
-            out.extend_from_slice(BODY.as_bytes());
-        }
         write_all(&mut c.stream, &c.out).await
     }
 
@@ -601,6 +621,9 @@ impl GateApp {
                 match parse(&c.buf, &mut c.host) {
                     Parsed::Simple(req) => return Head::Simple(req),
                     Parsed::InvalidHost(req) => return Head::InvalidHost(req),
+                    Parsed::Refused(refusal, head_only) => {
+                        return Head::Refused(refusal, head_only)
+                    }
                     Parsed::Complex => return Head::Complex,
                     Parsed::Partial => {}
                 }
@@ -871,6 +894,10 @@ fn parse(buf: &[u8], host_out: &mut Host) -> Parsed {
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Complex;
     };
+    // A target the gate does not forward is refused before anything else is read into it.
+    if let Err(refusal) = check_target(method.as_bytes(), path.as_bytes()) {
+        return Parsed::Refused(refusal, method == "HEAD");
+    }
     let known = known_method(method);
     // Framing the front end leaves to Pingora; the host is still checked first, because an
     // unusable host is refused whatever else the request carries.
@@ -1066,6 +1093,7 @@ mod tests {
             (Parsed::Partial, _) => panic!("partial: {}", raw.escape_ascii()),
             (Parsed::Complex, _) => panic!("complex: {}", raw.escape_ascii()),
             (Parsed::InvalidHost(_), _) => panic!("invalid host: {}", raw.escape_ascii()),
+            (Parsed::Refused(..), _) => panic!("refused: {}", raw.escape_ascii()),
         }
     }
 
@@ -1101,7 +1129,6 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a.cn\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a.cn\r\nExpect: 100-continue\r\n\r\n",
             b"GET http://a.cn/ HTTP/1.1\r\nHost: a.cn\r\n\r\n",
-            b"CONNECT a.cn:443 HTTP/1.1\r\nHost: a.cn:443\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: a.cn\r\n\r\n",
             b"BREW / HTTP/1.1\r\nHost: a.cn\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a.cn\r\nConnection: keep-alive, te\r\n\r\n",
@@ -1110,6 +1137,40 @@ mod tests {
             b"GET /a b HTTP/1.1\r\nHost: a.cn\r\n\r\n",
         ] {
             assert!(is_complex(raw), "{}", raw.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn targets_the_gate_does_not_serve_are_refused_before_the_host_is_read() {
+        for (raw, refusal) in [
+            (
+                &b"CONNECT a.cn:443 HTTP/1.1\r\nHost: a.cn:443\r\n\r\n"[..],
+                TargetRefusal::Connect,
+            ),
+            (
+                b"GET @nope.cn/ HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+                TargetRefusal::BadTarget,
+            ),
+            (
+                b"GET nope.cn HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+                TargetRefusal::BadTarget,
+            ),
+            (
+                b"GET * HTTP/1.1\r\nHost: a.cn\r\n\r\n",
+                TargetRefusal::BadTarget,
+            ),
+            (
+                b"HEAD nope.cn HTTP/1.1\r\nHost: \r\n\r\n",
+                TargetRefusal::BadTarget,
+            ),
+        ] {
+            match parse_alone(raw).0 {
+                Parsed::Refused(r, head_only) => {
+                    assert_eq!(r, refusal, "{}", raw.escape_ascii());
+                    assert_eq!(head_only, raw.starts_with(b"HEAD"));
+                }
+                _ => panic!("not refused: {}", raw.escape_ascii()),
+            }
         }
     }
 
