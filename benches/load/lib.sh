@@ -144,3 +144,116 @@ generate_registry() {
     "$GATE" registry generate "$OUT/registry.tsv" --records "$records" >/dev/null
     FORWARD_HOST=$(awk -F '\t' -v from=$((records / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$OUT/registry.tsv")
 }
+
+# ---------------------------------------------------------------------------------------------
+# Processes and measurements of the harnesses that start their own proxies (tls.sh). They use
+# TMP (the scratch directory) and PROCS ("name pid signal" entries), set by the caller.
+
+# port_in_use PORT: something accepts connections on 127.0.0.1:PORT.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# warn_if_busy NOTE_FUNCTION: a warning when the 1-minute load average is above 0.5.
+warn_if_busy() {
+    local load1
+    read -r load1 _ </proc/loadavg
+    if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+        "$1" "warning: the 1-minute load average is $load1: something else is running; figures will be noisy"
+    fi
+}
+
+# start NAME SIGNAL CPU|none COMMAND...: runs COMMAND in the background (pinned to CPU), output
+# to TMP/NAME.out, registered in PROCS; the pid is left in STARTED_PID.
+start() {
+    local name=$1 sig=$2 cpu=$3
+    shift 3
+    if [[ $cpu == none ]]; then
+        "$@" >"$TMP/$name.out" 2>&1 &
+    else
+        taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 &
+    fi
+    STARTED_PID=$!
+    PROCS+=("$name $STARTED_PID $sig")
+}
+
+# wait_until NAME PID SECONDS COMMAND...: waits until COMMAND succeeds; the script ends if the
+# process PID exits first or SECONDS pass.
+wait_until() {
+    local name=$1 pid=$2 secs=$3 i
+    shift 3
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || {
+            cat "$TMP/$name.out" >&2 || true
+            die "$name exited while starting (output above)"
+        }
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    die "$name not ready within ${secs}s ($*)"
+}
+
+# stop_all NOTE_FUNCTION: stops every process in PROCS with its signal (Pingora processes: SIGINT,
+# nginx: SIGTERM, both fast shutdowns), and kills it (and an nginx master's workers) after 5 s.
+stop_all() {
+    local say=$1 entry name pid sig kids i
+    for entry in "${PROCS[@]}"; do
+        read -r name pid sig <<<"$entry"
+        kill -0 "$pid" 2>/dev/null || continue
+        kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
+        kill -s "$sig" "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            "$say" "$name (pid $pid) did not stop on SIG$sig: killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            for pid in $kids; do
+                kill -KILL "$pid" 2>/dev/null || true
+            done
+        fi
+    done
+    PROCS=()
+}
+
+# cpu_snapshot PROXY_CPU LOAD_CPU: "total steal busy(PROXY) total(PROXY) busy(LOAD) total(LOAD)"
+# from /proc/stat.
+cpu_snapshot() {
+    awk -v p="cpu$1" -v l="cpu$2" '
+        function tot() { return $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }
+        function busy() { return $2 + $3 + $4 + $7 + $8 }
+        $1 == "cpu" { t = tot(); s = $9 }
+        $1 == p { pb = busy(); pt = tot() }
+        $1 == l { lb = busy(); lt = tot() }
+        END { print t, s, pb, pt, lb, lt }' /proc/stat
+}
+
+# cpu_busy BEFORE AFTER BUSY_FIELD TOTAL_FIELD: percent busy between two cpu_snapshots (fields 3
+# and 4: the proxy core, 5 and 6: the load core).
+cpu_busy() {
+    awk -v b="$1" -v a="$2" -v f="$3" -v g="$4" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); t = y[g] - x[g]
+        printf "%.1f\n", t ? 100 * (y[f] - x[f]) / t : 0 }'
+}
+
+# cpu_report BEFORE AFTER PROXY_CPU LOAD_CPU: "cpuP  NN%  cpuL  NN%  steal N.N%".
+cpu_report() {
+    awk -v b="$1" -v a="$2" -v pc="$3" -v lc="$4" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        t = y[1] - x[1]; pt = y[4] - x[4]; lt = y[6] - x[6]
+        printf "cpu%s %3.0f%%  cpu%s %3.0f%%  steal %.1f%%",
+            pc, pt ? 100 * (y[3] - x[3]) / pt : 0,
+            lc, lt ? 100 * (y[5] - x[5]) / lt : 0,
+            t ? 100 * (y[2] - x[2]) / t : 0 }'
+}
+
+# proxy_sleeps PID: how often the process's threads (and an nginx master's workers) have blocked
+# so far (voluntary context switches).
+proxy_sleeps() {
+    local p t n=0
+    for p in $1 $(pgrep -P "$1" || true); do
+        for t in /proc/"$p"/task/*/status; do
+            n=$((n + $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t" 2>/dev/null || echo 0)))
+        done
+    done
+    echo "$n"
+}
