@@ -285,7 +285,7 @@ pub fn client_head(
 
     // Appended: interim answers (1xx) already written stay in front of the final one.
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(super::itoa(status as usize, &mut [0u8; 20]));
+    out.extend_from_slice(super::answer::itoa(status as usize, &mut [0u8; 20]));
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
