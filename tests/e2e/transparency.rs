@@ -1005,6 +1005,7 @@ mod cases {
         bad_target("GET *")
     }
 
+    /// The front end hands `CONNECT` to Pingora: both paths are Pingora's here.
     pub fn connect_is_405() -> Case {
         Case::new(
             answer_ok(),
@@ -1017,6 +1018,7 @@ mod cases {
 
     /// `Connection` naming `n` fields (lower case in the list, capitalized where sent).
     /// Handed to Pingora by the front end on both paths.
+    /// Pingora 0.9 refuses more than 10 nominations (`MAX_CONNECTION_NOMINATIONS`, a `400`).
     fn connection_names(n: usize) -> Case {
         let names: Vec<String> = (0..n).map(|i| format!("X-Hop-{i}")).collect();
         let list = names
@@ -1567,6 +1569,11 @@ mod cases {
         assert!(!last.is_empty() && last.last().unwrap().conn != 0);
     }
 
+    /// As the brief's contract states it: at most once at the origin, and `502` for the client.
+    /// With `then_close` the origin's close may be seen before the POST is written; a gate
+    /// that then sends it once on a fresh connection and relays a `200` sends nothing twice
+    /// either, so a failure of only the `502` there is worth a look at the contract's wording
+    /// before a fix (the `dies_unanswered` cases are the unambiguous ones).
     fn assert_not_resent(o: &Observed) {
         assert_eq!(o.status(0), 200, "the priming request");
         let sent = o.received_for("/again").len();
