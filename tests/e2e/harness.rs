@@ -567,6 +567,10 @@ pub struct GateOptions {
     pub state_dir: Option<PathBuf>,
     /// `registry.source` instead of the file in the gate's directory.
     pub source: Option<String>,
+    /// Extra keys for `[upstream]` (e.g. `read_timeout_seconds = 1`).
+    pub upstream_extra: String,
+    /// Environment variables set on the gate process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for GateOptions {
@@ -583,6 +587,8 @@ impl Default for GateOptions {
             wait_ready: true,
             state_dir: None,
             source: None,
+            upstream_extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -598,6 +604,12 @@ pub struct Gate {
 
 impl Gate {
     pub fn start(origin: &Origin, opts: GateOptions) -> Gate {
+        let upstream = opts.upstream.unwrap_or(origin.addr);
+        Self::start_to(upstream, opts)
+    }
+
+    /// The gate forwarding to `upstream` (any origin, or an address nothing listens on).
+    pub fn start_to(upstream: SocketAddr, opts: GateOptions) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -617,6 +629,7 @@ mode = "{mode}"
 [upstream]
 servers = ["{upstream}"]
 connect_timeout_seconds = 2
+{upstream_extra}
 
 [registry]
 source = "{source}"
@@ -640,7 +653,8 @@ level = "info"
 "#,
             require = opts.require,
             mode = opts.mode,
-            upstream = opts.upstream.unwrap_or(origin.addr),
+            upstream = upstream,
+            upstream_extra = opts.upstream_extra,
             source = opts
                 .source
                 .clone()
@@ -665,6 +679,7 @@ level = "info"
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("starting icp-gate");
         let gate = Gate {
@@ -894,4 +909,284 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scripted origin that records the raw bytes it receives
+
+/// A request exactly as a [`ScriptedOrigin`] received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRequest {
+    /// Which origin connection carried it (numbered from 0 in accept order).
+    pub conn: usize,
+    /// The request line as received (without its CRLF).
+    pub line: Vec<u8>,
+    /// The header fields in order, names and values as received (values without surrounding
+    /// whitespace).
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The body's payload (de-chunked when chunked).
+    pub body: Vec<u8>,
+    /// Trailer fields of a chunked body, as received.
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The whole message as received: head, then the body with its framing.
+    pub raw: Vec<u8>,
+}
+
+impl RawRequest {
+    pub fn method(&self) -> String {
+        String::from_utf8_lossy(self.line.split(|&b| b == b' ').next().unwrap_or_default())
+            .into_owned()
+    }
+
+    pub fn target(&self) -> Vec<u8> {
+        self.line
+            .split(|&b| b == b' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_vec()
+    }
+
+    /// Every value of `name` (case-insensitive), in order.
+    pub fn values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.values(name)
+            .first()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// What a [`ScriptedOrigin`] does with a request it has read.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Writes these bytes and reads the next request on the connection.
+    Send(Vec<u8>),
+    /// Writes these bytes and closes the connection.
+    SendClose(Vec<u8>),
+    /// Closes the connection without answering.
+    Close,
+    /// Answers nothing for this long, then closes.
+    Hold(Duration),
+    /// Writes these bytes, then echoes everything it reads until the peer closes (a tunnel
+    /// after a `101`).
+    Tunnel(Vec<u8>),
+}
+
+/// Picks the reply to the `n`th request the origin received (from 0, across connections).
+pub type Script = Arc<dyn Fn(usize, &RawRequest) -> Reply + Send + Sync>;
+
+/// An HTTP/1.1 origin on 127.0.0.1 that records every request byte for byte and answers what
+/// its script says. A request with `Expect: 100-continue` gets `100 Continue` before its body
+/// is read, as a real origin would send.
+pub struct ScriptedOrigin {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<RawRequest>>>,
+    /// Connections accepted so far.
+    accepted: Arc<Mutex<usize>>,
+}
+
+impl ScriptedOrigin {
+    pub fn start(script: Script) -> ScriptedOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(Mutex::new(0));
+        let (rec, acc) = (received.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for (id, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { continue };
+                *acc.lock().unwrap() += 1;
+                let (rec, script) = (rec.clone(), script.clone());
+                std::thread::spawn(move || serve_scripted(id, conn, rec, script));
+            }
+        });
+        ScriptedOrigin {
+            addr,
+            received,
+            accepted,
+        }
+    }
+
+    pub fn received(&self) -> Vec<RawRequest> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap()
+    }
+}
+
+fn serve_scripted(id: usize, conn: TcpStream, rec: Arc<Mutex<Vec<RawRequest>>>, script: Script) {
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    loop {
+        let Some(req) = read_raw_request(id, &mut reader, &mut writer) else {
+            return;
+        };
+        let reply = {
+            let mut rec = rec.lock().unwrap();
+            let n = rec.len();
+            rec.push(req.clone());
+            script(n, &req)
+        };
+        match reply {
+            Reply::Send(bytes) => {
+                if writer.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+            Reply::SendClose(bytes) => {
+                let _ = writer.write_all(&bytes);
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Reply::Close => {
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Reply::Hold(d) => {
+                std::thread::sleep(d);
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Reply::Tunnel(bytes) => {
+                if writer.write_all(&bytes).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if writer.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Header fields as received: names and values as bytes, in order.
+pub type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Splits a header line into its name and its value without surrounding whitespace.
+fn split_field(line: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+    let name = line[..colon].to_vec();
+    let value = line.get(colon + 1..).unwrap_or_default();
+    let start = value
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    (name, value[start..end.max(start)].to_vec())
+}
+
+/// One line with its line ending, appended to `raw`; the line without it. None at end of stream.
+fn raw_line(reader: &mut impl BufRead, raw: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut line = Vec::new();
+    if reader.read_until(b'\n', &mut line).ok()? == 0 {
+        return None;
+    }
+    raw.extend_from_slice(&line);
+    while matches!(line.last(), Some(b'\n' | b'\r')) {
+        line.pop();
+    }
+    Some(line)
+}
+
+/// A head: its start line and fields; None at end of stream.
+pub fn read_raw_head(reader: &mut impl BufRead, raw: &mut Vec<u8>) -> Option<(Vec<u8>, RawFields)> {
+    let line = raw_line(reader, raw)?;
+    let mut headers = Vec::new();
+    loop {
+        let h = raw_line(reader, raw)?;
+        if h.is_empty() {
+            break;
+        }
+        headers.push(split_field(&h));
+    }
+    Some((line, headers))
+}
+
+/// The payload and trailers of a body framed by `headers`: Content-Length, chunked, or (with
+/// `to_close`) up to the end of the stream. The framing bytes are appended to `raw`.
+pub fn read_raw_body(
+    reader: &mut impl BufRead,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    to_close: bool,
+    raw: &mut Vec<u8>,
+) -> Option<(Vec<u8>, RawFields)> {
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let mut body = Vec::new();
+    let mut trailers = Vec::new();
+    if value("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().ends_with("chunked")) {
+        loop {
+            let size = raw_line(reader, raw)?;
+            let size = String::from_utf8_lossy(&size).into_owned();
+            let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+            if n == 0 {
+                loop {
+                    let t = raw_line(reader, raw)?;
+                    if t.is_empty() {
+                        break;
+                    }
+                    trailers.push(split_field(&t));
+                }
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            raw.extend_from_slice(&chunk);
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = value("content-length").and_then(|v| v.trim().parse().ok()) {
+        body = vec![0; len];
+        reader.read_exact(&mut body).ok()?;
+        raw.extend_from_slice(&body);
+    } else if to_close {
+        reader.read_to_end(&mut body).ok()?;
+        raw.extend_from_slice(&body);
+    }
+    Some((body, trailers))
+}
+
+fn read_raw_request(
+    conn: usize,
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+) -> Option<RawRequest> {
+    let mut raw = Vec::new();
+    let (line, headers) = read_raw_head(reader, &mut raw)?;
+    let expects_continue = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case(b"expect") && v.eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").ok()?;
+    }
+    let (body, trailers) = read_raw_body(reader, &headers, false, &mut raw)?;
+    Some(RawRequest {
+        conn,
+        line,
+        headers,
+        body,
+        trailers,
+        raw,
+    })
 }

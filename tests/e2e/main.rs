@@ -8,4 +8,5 @@ mod hostile;
 mod registry_sync;
 mod tls;
 mod tls_harness;
+mod transparency;
 mod transparent;
