@@ -29,8 +29,8 @@ use crate::policy::{
     request_field_passes, response_field_passes, ConnectionTokens, PlainAnswer, TargetRefusal,
 };
 
-pub const BLOCK_REASON_HEADER: &str = "x-icp-block-reason";
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const BLOCK_REASON_HEADER: &str = "X-ICP-Block-Reason";
+pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Request ids: a per-process random prefix and a counter, unique without coordination.
@@ -503,12 +503,15 @@ impl ProxyHttp for GateProxy {
                 }
             }
         }
-        let Some(&addr) = ctx.candidates.get(ctx.upstream_tries) else {
+        // Each candidate once, and one more try for a request resent after a dead kept-alive
+        // origin connection (`error_while_proxy`).
+        if ctx.upstream_tries > ctx.candidates.len() {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 "every upstream server was tried",
             ));
-        };
+        }
+        let addr = ctx.candidates[ctx.upstream_tries % ctx.candidates.len()];
         ctx.upstream_tries += 1;
         Ok(Box::new(self.peer(addr)))
     }
@@ -594,18 +597,45 @@ impl ProxyHttp for GateProxy {
                 upstream.insert_header(header::HOST, value)?;
             }
         }
+        // Written as the front end writes them (Pingora keeps a name's case as given).
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            upstream.insert_header(
-                HeaderName::from_static("x-forwarded-for"),
-                client.ip().to_string(),
-            )?;
+            upstream.insert_header("X-Forwarded-For", client.ip().to_string())?;
         }
-        upstream.insert_header(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        )?;
+        upstream.insert_header("X-Forwarded-Proto", "http")?;
         let request_id = self.request_id(ctx).to_owned();
         upstream.insert_header(REQUEST_ID_HEADER, request_id)?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Only a websocket upgrade the client asked for may be answered 101; any other 101 is
+        // the origin's error (502), as on the front end's path.
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let req = session.req_header();
+            let values: Vec<&[u8]> = req
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            let tokens = ConnectionTokens::from_values(values);
+            let upgrade: Vec<&[u8]> = req
+                .headers
+                .get_all(header::UPGRADE)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            if !is_websocket_upgrade(req.version == http::Version::HTTP_11, &upgrade, &tokens) {
+                return Err(Error::new_up(ErrorType::InvalidHTTPHeader).more_context(
+                    "101 Switching Protocols to a request that did not ask to upgrade",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -653,6 +683,9 @@ impl ProxyHttp for GateProxy {
         let method = session.req_header().method.as_str().as_bytes();
         if !may_resend(method, false) || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
+        } else if client_reused && *e.esource() == ErrorSource::Upstream {
+            // A kept-alive origin connection that turned out dead: once more, on a fresh one.
+            e.set_retry(true);
         } else {
             e.retry.decide_reuse(client_reused);
         }
@@ -689,9 +722,9 @@ impl ProxyHttp for GateProxy {
                 can_reuse_downstream: false,
             };
         };
-        let id = ctx.request_id.clone();
+        let id = self.request_id(ctx).to_owned();
         session.set_keepalive(None);
-        if let Err(write) = write_plain(session, answer, id.as_deref()).await {
+        if let Err(write) = write_plain(session, answer, Some(&id)).await {
             tracing::debug!(error = %write, "could not send the error answer");
         }
         FailToProxy {

@@ -192,14 +192,19 @@ pub fn request_field_passes(name: &[u8], connection: &ConnectionTokens<'_>) -> b
 
 /// Response fields the client never gets from the origin as they are: the connection's own
 /// (each path says itself whether it keeps the client's connection), `Upgrade` (no upgrade is
-/// forwarded but a websocket's, whose `101` each path answers itself). `Transfer-Encoding`
-/// and `Trailer` pass: the body goes on in the framing the origin chose.
-const RESPONSE_DROPPED: [&[u8]; 5] = [
+/// forwarded but a websocket's, whose `101` passes whole), and `Date` (each path writes the
+/// gate's own: Pingora 0.9 always does, so the front end does too), and `Trailer` (trailer
+/// fields are not forwarded on HTTP/1: Pingora 0.9 cannot write them, so the front end drops
+/// them too). `Transfer-Encoding` passes: the front end relays the body in the framing the
+/// origin chose.
+const RESPONSE_DROPPED: [&[u8]; 7] = [
     b"connection",
     b"keep-alive",
     b"proxy-connection",
     b"te",
     b"upgrade",
+    b"date",
+    b"trailer",
 ];
 
 /// Whether a response field from the origin goes to the client as it is: not the

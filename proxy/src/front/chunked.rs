@@ -119,6 +119,37 @@ impl ChunkedTracker {
     }
 }
 
+impl ChunkedTracker {
+    /// `feed`, appending to `out` every byte that belongs to the body except the trailer
+    /// section's fields (the chunks and the final empty line pass): trailers are not forwarded,
+    /// on either forwarding path (Pingora 0.9 cannot write HTTP/1 trailers).
+    pub fn feed_without_trailers(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, FramingError> {
+        let mut i = 0;
+        while i < bytes.len() && !self.done() {
+            let len = if self.state == State::Data {
+                (bytes.len() - i).min(self.size.min(usize::MAX as u64) as usize)
+            } else {
+                1
+            };
+            let trailer = matches!(self.state, State::TrailerLine | State::TrailerLf)
+                || (self.state == State::TrailerStart && bytes[i] != b'\r');
+            let n = self.feed(&bytes[i..i + len])?;
+            if !trailer {
+                out.extend_from_slice(&bytes[i..i + n]);
+            }
+            i += n;
+            if n < len {
+                break;
+            }
+        }
+        Ok(i)
+    }
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -187,6 +218,21 @@ mod tests {
             b"5;\x01\r\n",
         ] {
             assert_eq!(end_of(bad), Err(FramingError), "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn trailers_are_dropped_and_the_rest_kept_whatever_the_reads() {
+        let body = b"5\r\nhello\r\n3;x=1\r\nabc\r\n0\r\nX-Sum: 42\r\nX-B: 1\r\n\r\nNEXT";
+        let want = b"5\r\nhello\r\n3;x=1\r\nabc\r\n0\r\n\r\n";
+        for cut in 1..body.len() {
+            let mut t = ChunkedTracker::default();
+            let mut out = Vec::new();
+            let a = t.feed_without_trailers(&body[..cut], &mut out).unwrap();
+            let b = t.feed_without_trailers(&body[a..], &mut out).unwrap();
+            assert!(t.done());
+            assert_eq!(a + b, body.len() - 4, "cut at {cut}");
+            assert_eq!(out, want, "cut at {cut}");
         }
     }
 }

@@ -183,7 +183,8 @@ pub enum Framing {
     Empty,
     Length(u64),
     Chunked(ChunkedTracker),
-    /// Until the origin closes: the client connection closes after it too.
+    /// Until the origin closes: relayed to the client re-framed as chunked (the client's
+    /// connection stays open), as Pingora's path does.
     UntilClose,
 }
 
@@ -281,7 +282,7 @@ pub fn client_head(
     if matches!(framing, Framing::UntilClose) {
         reusable = false;
     }
-    let close_client = close_client || matches!(framing, Framing::UntilClose);
+    let rechunk = matches!(framing, Framing::UntilClose);
 
     // Appended: interim answers (1xx) already written stay in front of the final one.
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -300,11 +301,20 @@ pub fn client_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(if close_client && !interim {
-        &b"Connection: close\r\n\r\n"[..]
+    if rechunk {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !interim {
+        out.extend_from_slice(b"Date: ");
+        crate::clock::push_http_date(out);
+        out.extend_from_slice(if close_client {
+            &b"\r\nConnection: close\r\n\r\n"[..]
+        } else {
+            &b"\r\nConnection: keep-alive\r\n\r\n"[..]
+        });
     } else {
-        &b"\r\n"[..]
-    });
+        out.extend_from_slice(b"\r\n");
+    }
     Ok(Some(ResponseHead {
         status,
         head_len,
@@ -511,8 +521,20 @@ where
 {
     // The head and whatever of the body came with it leave in one write.
     let body = &buf[head.head_len..];
-    let n = head.framing.take(body)?;
-    out.extend_from_slice(&body[..n]);
+    let n = match &mut head.framing {
+        Framing::Chunked(t) => t
+            .feed_without_trailers(body, out)
+            .map_err(|_| UpstreamError::BadResponse("broken chunked framing"))?,
+        Framing::UntilClose => {
+            push_chunk(out, body);
+            body.len()
+        }
+        framing => {
+            let n = framing.take(body)?;
+            out.extend_from_slice(&body[..n]);
+            n
+        }
+    };
     let mut extra = n < body.len();
     let client_gone = Relayed {
         status: head.status,
@@ -529,16 +551,40 @@ where
             Ok(Err(_)) | Err(_) => 0,
         };
         if read == 0 {
-            // Close-delimited bodies end here; any other body was cut short, and the client
-            // must see the connection end rather than wait for bytes that will not come.
+            // A close-delimited body ends here: its last chunk goes to the client. Any other
+            // body was cut short, and the client must see the connection end rather than wait
+            // for bytes that will not come.
+            if matches!(head.framing, Framing::UntilClose)
+                && write_client(client, b"0\r\n\r\n", write_timeout).await
+            {
+                return Ok(Relayed {
+                    status: head.status,
+                    client_open: !head.close_client,
+                });
+            }
             return Ok(client_gone);
         }
-        let n = match head.framing.take(buf) {
-            Ok(n) => n,
-            Err(_) => return Ok(client_gone),
+        let (n, bytes) = match &mut head.framing {
+            // Chunked bodies go through `out` without their trailer fields.
+            Framing::Chunked(t) => {
+                out.clear();
+                match t.feed_without_trailers(buf, out) {
+                    Ok(n) => (n, &out[..]),
+                    Err(_) => return Ok(client_gone),
+                }
+            }
+            Framing::UntilClose => {
+                out.clear();
+                push_chunk(out, buf);
+                (buf.len(), &out[..])
+            }
+            framing => match framing.take(buf) {
+                Ok(n) => (n, &buf[..n]),
+                Err(_) => return Ok(client_gone),
+            },
         };
         extra = n < buf.len();
-        if !write_client(client, &buf[..n], write_timeout).await {
+        if !write_client(client, bytes, write_timeout).await {
             return Ok(client_gone);
         }
     }
@@ -549,6 +595,18 @@ where
         status: head.status,
         client_open: !head.close_client,
     })
+}
+
+/// `bytes` as one chunk (RFC 9112 §7.1); nothing for no bytes (an empty chunk would end the
+/// body).
+fn push_chunk(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    use std::io::Write as _;
+    let _ = write!(out, "{:x}\r\n", bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn write_client<W>(client: &mut W, bytes: &[u8], write_timeout: Duration) -> bool
@@ -601,7 +659,13 @@ mod tests {
             false,
         );
         assert!(matches!(h.framing, Framing::Length(5)) && h.reusable);
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        // The origin's Keep-Alive is gone; the gate's own Date and Connection close the head.
+        let (start, rest) = out.split_once("Date: ").unwrap();
+        assert_eq!(start, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n");
+        assert!(
+            rest.ends_with(" GMT\r\nConnection: keep-alive\r\n\r\n"),
+            "{out}"
+        );
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
         assert!(matches!(h.framing, Framing::Empty));
         let (h, _) = head(
@@ -621,8 +685,9 @@ mod tests {
         );
         assert!(matches!(h.framing, Framing::Chunked(_)) && !h.reusable);
         let (h, out) = head(b"HTTP/1.1 200 OK\r\n\r\n", false);
-        assert!(matches!(h.framing, Framing::UntilClose) && !h.reusable);
-        assert!(out.ends_with("Connection: close\r\n\r\n"));
+        assert!(matches!(h.framing, Framing::UntilClose) && !h.reusable && !h.close_client);
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+        assert!(out.ends_with("Connection: keep-alive\r\n\r\n"));
         let (h, out) = head(b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!h.reusable);
         assert!(!out.contains("X-Secret"), "{out}");

@@ -417,7 +417,7 @@ impl GateApp {
                     pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
                 let answer = PlainAnswer::BadGateway;
                 let written = self
-                    .answer_plain(c, answer, Some(id), keep_alive, req.head_only)
+                    .answer_plain(c, answer, Some(id), false, req.head_only)
                     .await;
                 self.log(
                     c,
@@ -426,7 +426,8 @@ impl GateApp {
                         ..LogLine::new(req, outcome, answer.status(), started, id)
                     },
                 );
-                return written && keep_alive;
+                let _ = (written, keep_alive);
+                return false;
             }
         };
         let exchange = Exchange {
@@ -468,8 +469,9 @@ impl GateApp {
                     ),
                 };
                 let error = pingora::Error::explain(etype, e.to_string());
+                // The client's connection ends after the gate's error answer, on both paths.
                 let written = self
-                    .answer_plain(c, answer, Some(id), keep_alive, req.head_only)
+                    .answer_plain(c, answer, Some(id), false, req.head_only)
                     .await;
                 self.log(
                     c,
@@ -478,7 +480,8 @@ impl GateApp {
                         ..LogLine::new(req, outcome, answer.status(), started, id)
                     },
                 );
-                written && keep_alive
+                let _ = written;
+                false
             }
         }
     }
