@@ -41,6 +41,12 @@ impl AccessLog {
         self.enabled && (self.sample >= 1.0 || fastrand::f64() < self.sample)
     }
 
+    /// Whether this one request or connection gets a line (switched on, at INFO, and picked
+    /// by the sample): for lines written outside `record`.
+    pub fn this_one(&self) -> bool {
+        self.wants_line() && self.sampled()
+    }
+
     /// Whether access lines are written at all: lets a caller skip gathering the fields.
     pub fn wants_line(&self) -> bool {
         self.enabled && tracing::enabled!(target: "icp_gate::access", tracing::Level::INFO)

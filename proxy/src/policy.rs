@@ -124,28 +124,41 @@ fn port_suffix(raw: &[u8]) -> &[u8] {
 
 /// The field names a message's `Connection` header fields nominate (all of them, however
 /// many), as written; `close`, `keep-alive` and `upgrade` among them.
+/// The first few are kept inline: a message names one or two (`keep-alive`, `close`,
+/// `upgrade`), and forwarding a request allocates nothing for them.
 #[derive(Default)]
 pub struct ConnectionTokens<'a> {
-    tokens: Vec<&'a [u8]>,
+    inline: [&'a [u8]; 4],
+    len: usize,
+    more: Vec<&'a [u8]>,
 }
 
 impl<'a> ConnectionTokens<'a> {
     /// From the values of every `Connection` field of a message.
     pub fn from_values(values: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let mut tokens = Vec::new();
+        let mut tokens = ConnectionTokens::default();
         for value in values {
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if !token.is_empty() {
-                    tokens.push(token);
+                if token.is_empty() {
+                    continue;
+                }
+                if tokens.len < tokens.inline.len() {
+                    tokens.inline[tokens.len] = token;
+                    tokens.len += 1;
+                } else {
+                    tokens.more.push(token);
                 }
             }
         }
-        ConnectionTokens { tokens }
+        tokens
     }
 
     pub fn names(&self, name: &[u8]) -> bool {
-        self.tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+        self.inline[..self.len]
+            .iter()
+            .chain(&self.more)
+            .any(|t| t.eq_ignore_ascii_case(name))
     }
 }
 

@@ -437,6 +437,27 @@ fn half_close_is_passed_on_and_the_answer_still_comes_back() {
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, format!("received {}", hello.len() + 26));
+    // One access line for the connection once both sides have closed.
+    let sent = hello.len() + 26;
+    wait_for("the connection's access line", WAIT, || {
+        gate.log()
+            .lines()
+            .find(|l| l.contains("icp_gate::access: tls connection"))
+            .map(str::to_owned)
+    });
+    let log = gate.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("icp_gate::access: tls connection"))
+        .unwrap();
+    for field in [
+        "sni=\"www.example.com\"".to_owned(),
+        "decision=\"allowed\"".to_owned(),
+        format!("to_upstream={sent} "),
+        "end=\"closed\"".to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field} missing from {line}");
+    }
 }
 
 #[test]

@@ -257,6 +257,15 @@ impl ServerApp for TlsApp {
             // Nothing was sent to the client: it sees the connection close.
             return None;
         };
+        // What the access line needs of the hello, taken before its buffer goes.
+        let access = self.gate.access_log.this_one().then(|| {
+            (
+                Self::facts(&hello).sni,
+                ConnAddrs::peer(&stream),
+                Instant::now(),
+            )
+        });
+        let hello_bytes = hello.bytes.len() as u64;
         drop(hello);
         crate::socket::set_nodelay(&stream);
         let _open = GaugeGuard::new(&self.counters.passthrough_open);
@@ -270,15 +279,31 @@ impl ServerApp for TlsApp {
             },
         )
         .await;
-        tracing::debug!(
-            target: "icp_gate::tls",
-            listener = self.listener(),
-            to_upstream = relayed.to_upstream,
-            to_client = relayed.to_client,
-            end = relayed.end.as_str(),
-            "tls passthrough ended"
-        );
+        // One access line per passed-through connection, when it ends (as nginx's stream
+        // access log), under the same switch as HTTP access lines.
+        if let Some((sni, client, started)) = access {
+            tracing::info!(
+                target: "icp_gate::access",
+                listener = self.listener(),
+                client = client.map(|c| c.to_string()).unwrap_or_default(),
+                sni = sni.as_deref().unwrap_or(""),
+                decision = verdict_decision(verdict),
+                reason = verdict_reason(verdict),
+                to_upstream = hello_bytes + relayed.to_upstream,
+                to_client = relayed.to_client,
+                end = relayed.end.as_str(),
+                duration_us = started.elapsed().as_micros() as u64,
+                "tls connection"
+            );
+        }
         None
+    }
+}
+
+fn verdict_decision(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Decided(o) => o.decision_label(),
+        Verdict::NoHello(_) => "blocked",
     }
 }
 
