@@ -312,6 +312,36 @@ fn a_head_over_max_header_bytes_gets_431_and_the_connection_ends() {
     assert_eq!(origin.received().len(), 1);
 }
 
+/// A limit that is not the size of the front end's read buffer: a complete head larger than the
+/// limit, arriving in one write, is refused as one that trickles in is (the buffer once grew past
+/// the limit and took such a head whole).
+#[test]
+fn max_header_bytes_holds_for_a_whole_head_in_one_write() {
+    let origin = Origin::start();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            listener_extra: "max_header_bytes = 20000
+"
+            .into(),
+            ..Default::default()
+        },
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: {FILED}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(30_000)
+    );
+    let mut conn = Conn::open(gate.addr);
+    let resp = conn.send(big.as_bytes());
+    assert_eq!(resp.status, 431);
+    assert!(origin.received().is_empty());
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: {FILED}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(19_000)
+    );
+    assert_eq!(Conn::open(gate.addr).send(fits.as_bytes()).status, 200);
+}
+
 #[test]
 fn a_host_cannot_forge_or_flood_the_access_log() {
     let origin = Origin::start();

@@ -35,7 +35,6 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
-use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 mod answer;
@@ -62,16 +61,12 @@ use crate::socket::{linger_close, raw_fd};
 const MAX_HEADERS: usize = 96;
 /// How long a client may take to accept an answer before the gate drops it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_SHARDS: usize = 16;
 
 /// A gate listener's connection handler: the front end, with Pingora's proxy behind it.
 pub struct GateApp {
     gate: Arc<Gate>,
     proxy: Arc<HttpProxy<GateProxy>>,
     upstreams: Upstreams,
-    /// Woken at shutdown, so idle kept-alive connections close at once; sharded so that the
-    /// threads do not all queue on one lock.
-    stopping: [Notify; STOP_SHARDS],
     header_timeout: Duration,
     max_header_bytes: usize,
     max_requests: u32,
@@ -89,7 +84,6 @@ impl GateApp {
             max_header_bytes: gate.listener.max_header_bytes,
             max_requests: gate.listener.max_requests_per_connection,
             upstreams: Upstreams::new(gate.upstream.clone()),
-            stopping: std::array::from_fn(|_| Notify::new()),
             block_heads: BlockHeads::new(),
             pingora_forwards_all: std::env::var("ICP_GATE_FORWARD_PATH").as_deref()
                 == Ok("pingora"),
@@ -120,8 +114,10 @@ struct Conn {
     client_ip: String,
     /// Requests answered on this connection so far.
     served: u32,
-    /// Which of `GateApp::stopping` this connection waits on.
-    shard: usize,
+    /// The server's shutdown signal: a connection idle between requests closes at once when it
+    /// changes. A watch channel remembers the change, so a connection that was busy when it
+    /// came still sees it at its next wait (a `Notify` wakes only those waiting then).
+    shutdown: ShutdownWatch,
     /// The connection's one timer for its waits (see `read_head`).
     timer: Pin<Box<Sleep>>,
     /// The plain TCP socket under `stream`, for direct writes (None for TLS).
@@ -211,7 +207,7 @@ impl ServerApp for GateApp {
             client: None,
             client_ip: String::new(),
             served: 0,
-            shard: fastrand::usize(..STOP_SHARDS),
+            shutdown: shutdown.clone(),
             addrs: None,
             timer: Box::pin(tokio::time::sleep_until(
                 (accepted + self.header_timeout).into(),
@@ -352,9 +348,6 @@ impl ServerApp for GateApp {
     }
 
     async fn cleanup(&self) {
-        for shard in &self.stopping {
-            shard.notify_waiters();
-        }
         self.proxy.http_cleanup().await;
     }
 }
@@ -528,19 +521,25 @@ impl GateApp {
             if c.timer.deadline() > wait_until.into() {
                 c.timer.as_mut().reset(wait_until.into());
             }
+            if idle && *c.shutdown.borrow() {
+                return Head::Closed;
+            }
             if c.buf.capacity() - c.buf.len() < 1024 {
                 c.buf.reserve(4096);
             }
-            let read = c.stream.read_buf(&mut c.buf);
+            // Never more than `max_header_bytes` held before a head is complete: a head that
+            // does not fit is refused even when it would arrive in one read.
+            let room = self.max_header_bytes.saturating_sub(c.buf.len()).max(1);
+            let mut limited = (&mut c.stream).take(room as u64);
+            let read = limited.read_buf(&mut c.buf);
             let read = if idle {
                 // Between requests a shutting-down gate stops waiting at once (in-flight
                 // requests are not affected: they are not here).
-                let shard = &self.stopping[c.shard];
                 tokio::select! {
                     biased;
                     read = read => Some(read),
                     _ = c.timer.as_mut() => None,
-                    _ = shard.notified() => return Head::Closed,
+                    _ = c.shutdown.changed() => return Head::Closed,
                 }
             } else {
                 tokio::select! {
