@@ -86,6 +86,10 @@ impl TransparentListener {
         };
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        // Pingora hands its own listeners to a new process in a graceful upgrade; this one it
+        // does not know: the new process binds it again beside the old one's, which keeps
+        // accepting until it shuts down (docs/operations.md, graceful upgrade).
+        socket.set_reuse_port(true)?;
         let transparent = if address.is_ipv4() {
             socket.set_ip_transparent_v4(true)
         } else {
