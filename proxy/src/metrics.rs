@@ -41,6 +41,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_rejected: IntCounterVec,
+    tls_terminated: IntCounterVec,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -55,14 +56,17 @@ pub enum BadRequest {
     BadTarget,
     /// CONNECT: 405.
     Connect,
+    /// An allowed Host the terminated connection's certificate does not cover: 421.
+    Misdirected,
 }
 
 impl BadRequest {
-    pub const ALL: [BadRequest; 4] = [
+    pub const ALL: [BadRequest; 5] = [
         BadRequest::HeadTooLarge,
         BadRequest::HeadTimeout,
         BadRequest::BadTarget,
         BadRequest::Connect,
+        BadRequest::Misdirected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +75,7 @@ impl BadRequest {
             BadRequest::HeadTimeout => "head_timeout",
             BadRequest::BadTarget => "bad_target",
             BadRequest::Connect => "connect",
+            BadRequest::Misdirected => "misdirected",
         }
     }
 }
@@ -158,7 +163,7 @@ impl Metrics {
                 Opts::new(
                     "icp_gate_bad_requests_total",
                     "Request heads refused before any decision, by listener and reason \
-                     (head_too_large, head_timeout, bad_target, connect)",
+                     (head_too_large, head_timeout, bad_target, connect, misdirected)",
                 ),
                 &["listener", "reason"],
             )
@@ -250,6 +255,16 @@ impl Metrics {
                 &["listener"],
             )
             .unwrap(),
+            tls_terminated: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_terminated_total",
+                    "Connections of tls listeners terminated by the gate (it holds a \
+                     certificate for the SNI), by listener and result (handshake, \
+                     handshake_failed); their requests count in icp_gate_requests_total",
+                ),
+                &["listener", "result"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -283,6 +298,7 @@ impl Metrics {
         r.register(Box::new(m.open_connections.clone())).unwrap();
         r.register(Box::new(m.connections_rejected.clone()))
             .unwrap();
+        r.register(Box::new(m.tls_terminated.clone())).unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -335,6 +351,11 @@ impl Metrics {
         }
     }
 
+    /// The counter of terminated connections of a listener with this result.
+    pub fn tls_terminated(&self, listener: &str, result: &str) -> IntCounter {
+        self.tls_terminated.with_label_values(&[listener, result])
+    }
+
     /// Counter handles for one `tls` listener.
     pub fn tls_listener(&self, listener: &str) -> TlsCounters {
         let c = |decision: &str, reason: &str| {
@@ -379,7 +400,7 @@ pub struct ListenerCounters {
     pub monitored: [IntCounter; 6],
     pub not_ready: IntCounter,
     /// Indexed by `BadRequest as usize`.
-    pub bad: [IntCounter; 4],
+    pub bad: [IntCounter; 5],
     /// Indexed as `UPSTREAM_ERRORS`.
     pub upstream_errors: [IntCounter; 4],
     pub open_connections: IntGauge,
