@@ -146,6 +146,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     // The certificates TLS listeners terminate with (none: every TLS connection is passed
     // through or refused).
     let certs: Option<Arc<crate::tls::certs::CertStore>> = None;
+    let tickets: Option<Arc<crate::tls::tickets::FileTicketer>> = None;
     // Every address the gate listens on: an original destination among them is a loop.
     let own_addresses: Vec<SocketAddr> = settings
         .listeners
@@ -190,6 +191,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 let termination = match &certs {
                     Some(certs) => Some(Termination::new(
                         certs.clone(),
+                        tickets.clone(),
                         GateApp::new(gate.clone(), gate_proxy(&server, &gate)),
                         gate_proxy(&server, &gate),
                         metrics.tls_terminated(&listener.name, "handshake"),

@@ -14,6 +14,7 @@ pub mod hello;
 pub mod refuse;
 pub mod relay;
 pub mod terminate;
+pub mod tickets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -73,15 +73,23 @@ pub struct Termination {
 }
 
 /// The TLS settings of a terminator: TLS 1.3 and 1.2 only, rustls's (modern, AEAD-only) cipher
-/// suites, ALPN `h2` then `http/1.1`, resumption by tickets and by a session cache.
-pub fn server_config(certs: Arc<CertStore>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// suites, ALPN `h2` then `http/1.1`, resumption by tickets (sealed with the keys of
+/// `[tls] session_ticket_keys` when set, shared by a fleet; else keys of this process, rotated
+/// by rustls) and by a session cache.
+pub fn server_config(
+    certs: Arc<CertStore>,
+    tickets: Option<Arc<super::tickets::FileTicketer>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = match tickets {
+        Some(file) => file,
+        None => rustls::crypto::ring::Ticketer::new()?,
+    };
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
     Ok(Arc::new(config))
 }
@@ -89,12 +97,13 @@ pub fn server_config(certs: Arc<CertStore>) -> anyhow::Result<Arc<rustls::Server
 impl Termination {
     pub fn new(
         certs: Arc<CertStore>,
+        tickets: Option<Arc<super::tickets::FileTicketer>>,
         front: GateApp,
         h2: HttpProxy<GateProxy>,
         handshakes: IntCounter,
         handshake_failures: IntCounter,
     ) -> anyhow::Result<Self> {
-        let acceptor = Acceptor::from_server_config(server_config(certs.clone())?);
+        let acceptor = Acceptor::from_server_config(server_config(certs.clone(), tickets)?);
         Ok(Termination {
             certs,
             acceptor,
