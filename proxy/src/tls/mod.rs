@@ -9,6 +9,7 @@
 //!    (or an IP literal) is decided on the address the client connected to;
 //! 4. `refuse` (an alert or a reset), or `relay` (passthrough to `crate::destination`'s pick).
 
+pub mod certs;
 pub mod hello;
 pub mod refuse;
 pub mod relay;
