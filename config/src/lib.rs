@@ -132,8 +132,9 @@ pub struct ServerSettings {
 /// `[tls]`: the certificates the gate terminates TLS with.
 #[derive(Clone, Debug)]
 pub struct TlsSettings {
-    /// The directory of `NAME.crt` + `NAME.key` pairs (made absolute against the configuration
-    /// file's directory when written relative). Readable when the configuration was checked.
+    /// The directory of `NAME.crt` + `NAME.key` pairs (a relative path as written is joined to
+    /// the configuration file's directory, as `-c` gave it). Readable when the configuration
+    /// was checked.
     pub certificates: PathBuf,
     /// How often the directory is looked at for changes; None: only on SIGHUP.
     pub check_interval: Option<Duration>,
