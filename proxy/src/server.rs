@@ -24,7 +24,9 @@ use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
 use crate::metrics::Metrics;
 use crate::sync_service::{report, SyncService};
+use crate::tls::certs::{CertStore, CertWatcher};
 use crate::tls::terminate::Termination;
+use crate::tls::tickets::FileTicketer;
 use crate::tls::TlsApp;
 
 #[derive(Clone, Default)]
@@ -145,8 +147,34 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let threads = settings.server.threads;
     // The certificates TLS listeners terminate with (none: every TLS connection is passed
     // through or refused).
-    let certs: Option<Arc<crate::tls::certs::CertStore>> = None;
-    let tickets: Option<Arc<crate::tls::tickets::FileTicketer>> = None;
+    let (certs, tickets) = match &settings.tls {
+        Some(tls) => {
+            let store = CertStore::load(&tls.certificates, metrics.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "tls.certificates: cannot read `{}`: {e}",
+                    tls.certificates.display()
+                )
+            })?;
+            let tickets = match &tls.session_ticket_keys {
+                Some(file) => {
+                    Some(Arc::new(FileTicketer::from_file(file).map_err(|e| {
+                        anyhow::anyhow!("tls.session_ticket_keys: {e}")
+                    })?))
+                }
+                None => None,
+            };
+            let store = Arc::new(store);
+            server.add_service(background_service(
+                "tls certificates",
+                CertWatcher {
+                    store: store.clone(),
+                    interval: tls.check_interval,
+                },
+            ));
+            (Some(store), tickets)
+        }
+        None => (None, None),
+    };
     // Every address the gate listens on: an original destination among them is a loop.
     let own_addresses: Vec<SocketAddr> = settings
         .listeners
