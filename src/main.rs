@@ -129,7 +129,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         (Some(Command::Health { admin, path }), _) => health(admin, &path),
         (None, Some(config)) => {
-            let settings = match icp_gate_config::load_file(&config) {
+            // -t also refuses certificate files a running gate would skip (and log, and count).
+            let load = if cli.test {
+                icp_gate_config::check_file
+            } else {
+                icp_gate_config::load_file
+            };
+            let settings = match load(&config) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");

@@ -2,6 +2,7 @@
 //! `Settings` the gate runs from. Validation always runs, and reports every problem it finds
 //! with the key path it belongs to, so one `icp-gate -t` run shows everything to fix.
 
+pub mod certs;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -128,6 +129,19 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
 }
 
+/// `[tls]`: the certificates the gate terminates TLS with.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// The directory of `NAME.crt` + `NAME.key` pairs (a relative path as written is joined to
+    /// the configuration file's directory, as `-c` gave it). Readable when the configuration
+    /// was checked.
+    pub certificates: PathBuf,
+    /// How often the directory is looked at for changes; None: only on SIGHUP.
+    pub check_interval: Option<Duration>,
+    /// The session ticket key file, when a fleet shares its keys.
+    pub session_ticket_keys: Option<PathBuf>,
+}
+
 /// Everything the gate needs, checked.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -138,6 +152,8 @@ pub struct Settings {
     pub log: LogSettings,
     pub block_page: BlockPageSettings,
     pub server: ServerSettings,
+    /// None: no `[tls]` section (every `tls` listener passes through).
+    pub tls: Option<TlsSettings>,
 }
 
 /// One problem with the configuration: where and what.
@@ -196,7 +212,54 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
     parse(&text, base).map_err(|errors| ConfigError { origin, errors })
 }
 
-/// Validates configuration text. Relative template paths are taken from `base`.
+/// `icp-gate -t`: reads and validates a configuration file as `load_file` does, and also
+/// refuses every certificate file the gate would not load (each named, with key
+/// `tls.certificates`). A running gate only logs and counts those and serves the others, so a
+/// start or reload is never stopped by one bad certificate.
+pub fn check_file(path: &Path) -> Result<Settings, ConfigError> {
+    let settings = load_file(path)?;
+    let errors = check_certificates(&settings);
+    if errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError {
+            origin: path.display().to_string(),
+            errors,
+        })
+    }
+}
+
+/// Every certificate file in `[tls] certificates` that would not load, as errors of key
+/// `tls.certificates` naming the file.
+pub fn check_certificates(settings: &Settings) -> Vec<KeyError> {
+    let Some(tls) = &settings.tls else {
+        return Vec::new();
+    };
+    let error = |message: String| KeyError {
+        key: "tls.certificates".into(),
+        message,
+    };
+    match certs::load_dir(&tls.certificates, certs::unix_now()) {
+        Ok(load) => load
+            .problems
+            .iter()
+            .map(|p| {
+                error(format!(
+                    "{} ({}): {}",
+                    tls.certificates.join(&p.file).display(),
+                    p.reason.as_str(),
+                    p.detail
+                ))
+            })
+            .collect(),
+        Err(e) => vec![error(format!(
+            "cannot read the directory `{}`: {e}",
+            tls.certificates.display()
+        ))],
+    }
+}
+
+/// Validates configuration text. Relative template and certificate paths are taken from `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     let mut v = Validator::default();
     let table: toml::Table = match text.parse() {
@@ -225,12 +288,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
             "log",
             "block_page",
             "server",
+            "tls",
         ]
         .contains(&key.as_str())
         {
             v.error(
                 key,
-                "unknown section (expected listener, upstream, registry, admin, log, block_page or server)",
+                "unknown section (expected listener, upstream, registry, admin, log, block_page, server or tls)",
             );
         }
     }
@@ -259,6 +323,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     let log: LogFile = v.optional(&table, "log").unwrap_or_default();
     let block_page: BlockPageFile = v.optional(&table, "block_page").unwrap_or_default();
     let server: ServerFile = v.optional(&table, "server").unwrap_or_default();
+    let tls: Option<TlsFile> = v.optional(&table, "tls");
 
     // Listeners (as written, parsed or not) that take the default servers.
     let without_own_upstream: Vec<usize> = match table.get("listener") {
@@ -299,6 +364,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     let log = v.log(&log);
     let block_page = v.block_page(&block_page, base);
     let server = v.server(&server);
+    let tls = tls.and_then(|t| v.tls(&t, base));
 
     if !v.errors.is_empty() {
         return Err(v.errors);
@@ -311,6 +377,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
         log,
         block_page,
         server,
+        tls,
     })
 }
 
@@ -808,6 +875,67 @@ impl Validator {
         out
     }
 
+    /// The directory must be readable; its files are checked by `check_certificates` (`-t`)
+    /// and by the certificate store, which serves the good ones.
+    fn tls(&mut self, t: &TlsFile, base: &Path) -> Option<TlsSettings> {
+        if t.certificates_check_interval_seconds > 3600 {
+            self.error(
+                "tls.certificates_check_interval_seconds",
+                format!(
+                    "{} is out of range (0 to 3600)",
+                    t.certificates_check_interval_seconds
+                ),
+            );
+        }
+        if t.certificates.is_empty() {
+            self.error("tls.certificates", "must name a directory");
+            return None;
+        }
+        let dir = base.join(&t.certificates);
+        if let Err(e) = std::fs::read_dir(&dir) {
+            self.error(
+                "tls.certificates",
+                format!("cannot read the directory `{}`: {e}", dir.display()),
+            );
+            return None;
+        }
+        let session_ticket_keys = t.session_ticket_keys.as_ref().map(|f| base.join(f));
+        if let Some(file) = &session_ticket_keys {
+            match std::fs::read_to_string(file) {
+                Err(e) => self.error(
+                    "tls.session_ticket_keys",
+                    format!("cannot read `{}`: {e}", file.display()),
+                ),
+                Ok(text) => {
+                    let keys: Vec<&str> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .collect();
+                    let well_formed =
+                        |k: &&str| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
+                    if keys.is_empty() || keys.len() > 2 || !keys.iter().all(well_formed) {
+                        self.error(
+                            "tls.session_ticket_keys",
+                            format!(
+                                "`{}` must hold one or two keys (current, then previous), each 64 hex digits on a line",
+                                file.display()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Some(TlsSettings {
+            certificates: dir,
+            check_interval: match t.certificates_check_interval_seconds {
+                0 => None,
+                n => Some(Duration::from_secs(n)),
+            },
+            session_ticket_keys,
+        })
+    }
+
     fn server(&mut self, s: &ServerFile) -> ServerSettings {
         let threads = s.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -986,6 +1114,95 @@ nonsense = "x.html"
         let text = format!("{MINIMAL}\n[block_page.templates]\nunfiled = \"missing.html\"\n");
         let errs = parse(&text, dir.path()).unwrap_err();
         assert_eq!(errs[0].key, "block_page.templates.unfiled");
+    }
+
+    #[test]
+    fn tls_certificates_relative_to_the_config_and_checked_by_dash_t() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        let certs_dir = dir.path().join("certs");
+        let config = dir.path().join("icp-gate.toml");
+        std::fs::write(
+            &config,
+            format!("{MINIMAL}\n[tls]\ncertificates = \"certs\"\n"),
+        )
+        .unwrap();
+        // Empty: valid, and the default interval.
+        let s = check_file(&config).unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.certificates, certs_dir);
+        assert_eq!(tls.check_interval, Some(Duration::from_secs(5)));
+        assert!(parse(MINIMAL, Path::new("/")).unwrap().tls.is_none());
+
+        certs::testing::write_pair(&certs_dir, "good", &["example.com"], (2099, 1, 1));
+        certs::testing::write_pair(&certs_dir, "old", &["old.example.com"], (2021, 1, 1));
+        std::fs::write(certs_dir.join("half.crt"), "x").unwrap();
+        // Loading (a start) takes the directory as it is; -t names every bad file.
+        assert!(load_file(&config).is_ok());
+        let e = check_file(&config).unwrap_err();
+        let errs: Vec<String> = e.errors.iter().map(|e| e.to_string()).collect();
+        let path = |f: &str| certs_dir.join(f).display().to_string();
+        assert_eq!(
+            errs,
+            [
+                format!(
+                    "tls.certificates: {} (missing_pair): no `half.key` beside it",
+                    path("half.crt")
+                ),
+                format!(
+                    "tls.certificates: {} (expired): expired at 2021-01-01T00:00:00Z",
+                    path("old.crt")
+                ),
+            ]
+        );
+
+        // An unreadable directory stops a start too; bad keys are named.
+        let errs = errors(&format!(
+            "{MINIMAL}\n[tls]\ncertificates = \"/nonexistent/certs\"\ncertificates_check_interval_seconds = 4000\nport = 1\n"
+        ));
+        assert_eq!(
+            errs,
+            ["tls.port: unknown field `port`, expected one of `certificates`, `certificates_check_interval_seconds`, `session_ticket_keys`"]
+        );
+        let errs = errors(&format!(
+            "{MINIMAL}\n[tls]\ncertificates = \"/nonexistent/certs\"\ncertificates_check_interval_seconds = 4000\n"
+        ));
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        // A session ticket key file that is not one or two 64-hex-digit keys.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keys"), "abc\n").unwrap();
+        let key_errs = parse(
+            &format!("{MINIMAL}\n[tls]\ncertificates = \".\"\nsession_ticket_keys = \"keys\"\n"),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert_eq!(key_errs.len(), 1, "{key_errs:#?}");
+        assert_eq!(key_errs[0].key, "tls.session_ticket_keys");
+        std::fs::write(dir.path().join("keys"), format!("{}\n", "ab".repeat(32))).unwrap();
+        let s = parse(
+            &format!("{MINIMAL}\n[tls]\ncertificates = \".\"\nsession_ticket_keys = \"keys\"\n"),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.tls.unwrap().session_ticket_keys,
+            Some(dir.path().join("keys"))
+        );
+        assert_eq!(
+            errs[0],
+            "tls.certificates_check_interval_seconds: 4000 is out of range (0 to 3600)"
+        );
+        assert!(
+            errs[1]
+                .starts_with("tls.certificates: cannot read the directory `/nonexistent/certs`: "),
+            "{errs:#?}"
+        );
+        let s = parse(
+            &format!("{MINIMAL}\n[tls]\ncertificates = \"{}\"\ncertificates_check_interval_seconds = 0\n", certs_dir.display()),
+            Path::new("/elsewhere"),
+        )
+        .unwrap();
+        assert_eq!(s.tls.unwrap().check_interval, None);
     }
 
     #[test]

@@ -337,3 +337,22 @@ fn default_pid_file() -> String {
 fn default_upgrade_sock() -> String {
     "/tmp/icp-gate-upgrade.sock".into()
 }
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Directory of `NAME.crt` (PEM chain) + `NAME.key` (PEM key) pairs the gate terminates
+    /// TLS with; relative to the configuration file's directory.
+    pub certificates: String,
+    /// How often the directory is looked at for changes (names, sizes, modification times);
+    /// 0: only on SIGHUP.
+    #[serde(default = "default_certificates_check_interval")]
+    pub certificates_check_interval_seconds: u64,
+    /// File of session ticket keys shared by a fleet: the current key, then optionally the
+    /// previous one, each 64 hex digits on a line. Unset: keys of this process only.
+    pub session_ticket_keys: Option<String>,
+}
+
+fn default_certificates_check_interval() -> u64 {
+    5
+}

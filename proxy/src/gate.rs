@@ -28,6 +28,7 @@ use crate::policy::{
     canonical_authority, check_target, is_websocket_upgrade, may_resend, origin_form,
     request_field_passes, response_field_passes, ConnectionTokens, PlainAnswer, TargetRefusal,
 };
+use crate::tls::terminate::Terminated;
 
 pub const BLOCK_REASON_HEADER: &str = "X-ICP-Block-Reason";
 pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
@@ -228,6 +229,16 @@ impl Gate {
                 Mode::Enforce => Outcome::Blocked(reason),
                 Mode::Monitor => Outcome::Monitored(reason),
             },
+        }
+    }
+
+    /// Whether a request for `host` may be served on this connection: always on a connection
+    /// the gate did not terminate; on one it did, when the certificate covers the host.
+    pub fn covered(&self, terminated: Option<&crate::tls::certs::HeldCert>, host: &Host) -> bool {
+        match (terminated, host) {
+            (None, _) => true,
+            (Some(cert), Host::Domain(name)) => cert.covers(name.as_str()),
+            (Some(_), Host::Ip(_)) => false,
         }
     }
 
@@ -461,7 +472,22 @@ impl ProxyHttp for GateProxy {
         let outcome = self.decide(&host);
         ctx.outcome = outcome;
         self.count(outcome);
+        let terminated = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|ssl| ssl.extension.get::<Terminated>())
+            .map(|t| t.cert.clone());
         let answered = match outcome {
+            // An allowed Host the terminated connection's certificate does not cover: 421, as
+            // on the front end's path.
+            Outcome::Allowed | Outcome::Monitored(_)
+                if !self.covered(terminated.as_deref(), &host) =>
+            {
+                self.counters.bad[BadRequest::Misdirected as usize].inc();
+                let id = self.request_id(ctx).to_owned();
+                write_plain(session, PlainAnswer::Misdirected, Some(&id)).await?;
+                true
+            }
             Outcome::Allowed | Outcome::Monitored(_) => false,
             Outcome::Blocked(reason) => {
                 let shown = host.to_string();
@@ -601,7 +627,8 @@ impl ProxyHttp for GateProxy {
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             upstream.insert_header("X-Forwarded-For", client.ip().to_string())?;
         }
-        upstream.insert_header("X-Forwarded-Proto", "http")?;
+        let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("X-Forwarded-Proto", if https { "https" } else { "http" })?;
         let request_id = self.request_id(ctx).to_owned();
         upstream.insert_header(REQUEST_ID_HEADER, request_id)?;
         Ok(())

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use icp_gate_config::certs::Rejection;
 use icp_gate_registry::{BlockReason, RejectReason};
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -41,6 +42,11 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_rejected: IntCounterVec,
+    tls_terminated: IntCounterVec,
+    tls_certificate_expiry: IntGaugeVec,
+    tls_certificates_rejected: IntCounterVec,
+    pub tls_certificates_loaded: IntGauge,
+    tls_certificate_reloads: IntCounterVec,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -55,14 +61,17 @@ pub enum BadRequest {
     BadTarget,
     /// CONNECT: 405.
     Connect,
+    /// An allowed Host the terminated connection's certificate does not cover: 421.
+    Misdirected,
 }
 
 impl BadRequest {
-    pub const ALL: [BadRequest; 4] = [
+    pub const ALL: [BadRequest; 5] = [
         BadRequest::HeadTooLarge,
         BadRequest::HeadTimeout,
         BadRequest::BadTarget,
         BadRequest::Connect,
+        BadRequest::Misdirected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +80,7 @@ impl BadRequest {
             BadRequest::HeadTimeout => "head_timeout",
             BadRequest::BadTarget => "bad_target",
             BadRequest::Connect => "connect",
+            BadRequest::Misdirected => "misdirected",
         }
     }
 }
@@ -91,6 +101,25 @@ impl SyncResult {
             SyncResult::Unchanged => "unchanged",
             SyncResult::Rejected => "rejected",
             SyncResult::Error => "error",
+        }
+    }
+}
+
+/// Certificate reload results, the `result` label of `icp_gate_tls_certificate_reloads_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum CertReload {
+    /// The directory was read and its good certificates swapped in (files that failed are
+    /// counted in `icp_gate_tls_certificates_rejected_total`).
+    Success,
+    /// The directory could not be read: the certificates in service stay.
+    Error,
+}
+
+impl CertReload {
+    fn as_str(self) -> &'static str {
+        match self {
+            CertReload::Success => "success",
+            CertReload::Error => "error",
         }
     }
 }
@@ -158,7 +187,7 @@ impl Metrics {
                 Opts::new(
                     "icp_gate_bad_requests_total",
                     "Request heads refused before any decision, by listener and reason \
-                     (head_too_large, head_timeout, bad_target, connect)",
+                     (head_too_large, head_timeout, bad_target, connect, misdirected)",
                 ),
                 &["listener", "reason"],
             )
@@ -250,6 +279,48 @@ impl Metrics {
                 &["listener"],
             )
             .unwrap(),
+            tls_terminated: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_terminated_total",
+                    "Connections of tls listeners terminated by the gate (it holds a \
+                     certificate for the SNI), by listener and result (handshake, \
+                     handshake_failed); their requests count in icp_gate_requests_total",
+                ),
+                &["listener", "result"],
+            )
+            .unwrap(),
+            tls_certificate_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "icp_gate_tls_certificate_expiry_timestamp_seconds",
+                    "Unix time of the notAfter of each TLS certificate in service, by file \
+                     (NAME.crt); the series goes when the file leaves service",
+                ),
+                &["file"],
+            )
+            .unwrap(),
+            tls_certificates_rejected: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_certificates_rejected_total",
+                    "TLS certificate files left out at a load or reload (the others serve), by \
+                     reason (unreadable, unparseable, unsupported_key, key_mismatch, expired, \
+                     no_names, missing_pair)",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            tls_certificates_loaded: gauge(
+                "icp_gate_tls_certificates_loaded",
+                "TLS certificates in service (good NAME.crt + NAME.key pairs)",
+            ),
+            tls_certificate_reloads: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_certificate_reloads_total",
+                    "Reloads of the TLS certificate directory (SIGHUP, a change, an expiry) by \
+                     result (success, error: the directory could not be read)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -283,6 +354,15 @@ impl Metrics {
         r.register(Box::new(m.open_connections.clone())).unwrap();
         r.register(Box::new(m.connections_rejected.clone()))
             .unwrap();
+        r.register(Box::new(m.tls_terminated.clone())).unwrap();
+        r.register(Box::new(m.tls_certificate_expiry.clone()))
+            .unwrap();
+        r.register(Box::new(m.tls_certificates_rejected.clone()))
+            .unwrap();
+        r.register(Box::new(m.tls_certificates_loaded.clone()))
+            .unwrap();
+        r.register(Box::new(m.tls_certificate_reloads.clone()))
+            .unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -294,6 +374,14 @@ impl Metrics {
         }
         for reason in RejectReason::ALL {
             m.rejected_total.with_label_values(&[reason.as_str()]);
+        }
+        for reason in Rejection::ALL {
+            m.tls_certificates_rejected
+                .with_label_values(&[reason.as_str()]);
+        }
+        for result in [CertReload::Success, CertReload::Error] {
+            m.tls_certificate_reloads
+                .with_label_values(&[result.as_str()]);
         }
         let build = IntGauge::with_opts(
             Opts::new("icp_gate_build_info", "Build of the running gate")
@@ -315,6 +403,32 @@ impl Metrics {
             .inc();
     }
 
+    /// A TLS certificate file left out of service.
+    pub fn tls_certificate_rejected(&self, reason: Rejection) {
+        self.tls_certificates_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// The TLS certificates now in service (file, notAfter), and the files that left service.
+    pub fn tls_certificates_in_service(&self, held: &[(&str, i64)], gone: &[&str]) {
+        for file in gone {
+            let _ = self.tls_certificate_expiry.remove_label_values(&[file]);
+        }
+        for (file, not_after) in held {
+            self.tls_certificate_expiry
+                .with_label_values(&[file])
+                .set(*not_after);
+        }
+        self.tls_certificates_loaded.set(held.len() as i64);
+    }
+
+    pub fn tls_certificate_reload(&self, result: CertReload) {
+        self.tls_certificate_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
     /// Counter handles for one listener.
     pub fn listener(&self, listener: &str) -> ListenerCounters {
         let c = |decision: &str, reason: &str| {
@@ -333,6 +447,11 @@ impl Metrics {
             open_connections: self.open_connections.with_label_values(&[listener]),
             connections_rejected: self.connections_rejected.with_label_values(&[listener]),
         }
+    }
+
+    /// The counter of terminated connections of a listener with this result.
+    pub fn tls_terminated(&self, listener: &str, result: &str) -> IntCounter {
+        self.tls_terminated.with_label_values(&[listener, result])
     }
 
     /// Counter handles for one `tls` listener.
@@ -379,7 +498,7 @@ pub struct ListenerCounters {
     pub monitored: [IntCounter; 6],
     pub not_ready: IntCounter,
     /// Indexed by `BadRequest as usize`.
-    pub bad: [IntCounter; 4],
+    pub bad: [IntCounter; 5],
     /// Indexed as `UPSTREAM_ERRORS`.
     pub upstream_errors: [IntCounter; 4],
     pub open_connections: IntGauge,

@@ -260,6 +260,8 @@ pub fn may_resend(method: &[u8], nothing_written: bool) -> bool {
 /// An answer the gate writes itself that is not a block page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlainAnswer {
+    /// 421: an allowed Host the connection's certificate does not cover.
+    Misdirected,
     BadTarget,
     Connect,
     HeadTooLarge,
@@ -270,6 +272,7 @@ pub enum PlainAnswer {
 impl PlainAnswer {
     pub fn status(self) -> u16 {
         match self {
+            PlainAnswer::Misdirected => 421,
             PlainAnswer::BadTarget => 400,
             PlainAnswer::Connect => 405,
             PlainAnswer::HeadTooLarge => 431,
@@ -280,6 +283,7 @@ impl PlainAnswer {
 
     pub fn reason_phrase(self) -> &'static str {
         match self {
+            PlainAnswer::Misdirected => "Misdirected Request",
             PlainAnswer::BadTarget => "Bad Request",
             PlainAnswer::Connect => "Method Not Allowed",
             PlainAnswer::HeadTooLarge => "Request Header Fields Too Large",
@@ -294,6 +298,9 @@ impl PlainAnswer {
                 "400 Bad Request: the request target is not a path, an absolute URI, or * (OPTIONS)\n"
             }
             PlainAnswer::Connect => "405 Method Not Allowed: CONNECT is not served here\n",
+            PlainAnswer::Misdirected => {
+                "421 Misdirected Request: this connection's certificate does not cover this host; retry on a new connection\n"
+            }
             PlainAnswer::HeadTooLarge => "431 Request Header Fields Too Large\n",
             PlainAnswer::BadGateway => "502 Bad Gateway: the origin server could not be reached\n",
             PlainAnswer::GatewayTimeout => {

@@ -24,6 +24,9 @@ use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
 use crate::metrics::Metrics;
 use crate::sync_service::{report, SyncService};
+use crate::tls::certs::{CertStore, CertWatcher};
+use crate::tls::terminate::Termination;
+use crate::tls::tickets::FileTicketer;
 use crate::tls::TlsApp;
 
 #[derive(Clone, Default)]
@@ -50,6 +53,17 @@ pub fn init_logging(log: &LogSettings) {
     };
     // Already set (tests starting several gates in one process): keep the first.
     let _ = result;
+}
+
+/// Pingora's proxy for a gate: the requests the front end hands over, and HTTP/2 on terminated
+/// TLS connections, with the HTTP/2 limits an exposed server needs.
+fn gate_proxy(server: &Server, gate: &Arc<Gate>) -> pingora::proxy::HttpProxy<GateProxy> {
+    let mut proxy = http_proxy(&server.configuration, GateProxy(gate.clone()));
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = gate.listener.keepalive_timeout;
+    proxy.server_options = Some(options);
+    proxy.h2_options = Some(crate::tls::terminate::h2_options());
+    proxy
 }
 
 /// Adds a listener's service: on a Pingora listener, or on a socket of our own for a
@@ -131,6 +145,36 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let request_ids = Arc::new(RequestIds::new());
     let access_log = AccessLog::new(settings.log.access_log, settings.log.access_log_sample);
     let threads = settings.server.threads;
+    // The certificates TLS listeners terminate with (none: every TLS connection is passed
+    // through or refused).
+    let (certs, tickets) = match &settings.tls {
+        Some(tls) => {
+            let store = CertStore::load(&tls.certificates, metrics.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "tls.certificates: cannot read `{}`: {e}",
+                    tls.certificates.display()
+                )
+            })?;
+            let tickets = match &tls.session_ticket_keys {
+                Some(file) => {
+                    Some(Arc::new(FileTicketer::from_file(file).map_err(|e| {
+                        anyhow::anyhow!("tls.session_ticket_keys: {e}")
+                    })?))
+                }
+                None => None,
+            };
+            let store = Arc::new(store);
+            server.add_service(background_service(
+                "tls certificates",
+                CertWatcher {
+                    store: store.clone(),
+                    interval: tls.check_interval,
+                },
+            ));
+            (Some(store), tickets)
+        }
+        None => (None, None),
+    };
     // Every address the gate listens on: an original destination among them is a loop.
     let own_addresses: Vec<SocketAddr> = settings
         .listeners
@@ -157,13 +201,8 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         let service_name = format!("gate {}", listener.name);
         match listener.protocol {
             Protocol::Http => {
-                let mut options = HttpServerOptions::default();
-                // Pingora counts reuses: a limit of N serves N + 1 requests.
-                options.keepalive_request_limit = Some(listener.max_requests_per_connection - 1);
-                let mut proxy = http_proxy(&server.configuration, GateProxy(gate.clone()));
-                proxy.server_options = Some(options);
                 let app = Limited::new(
-                    GateApp::new(gate, proxy),
+                    GateApp::new(gate.clone(), gate_proxy(&server, &gate)),
                     listener.max_connections,
                     open,
                     rejected,
@@ -177,12 +216,24 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 add_listener(&mut server, service_name, listener, app, buffers, threads)?;
             }
             Protocol::Tls => {
+                let termination = match &certs {
+                    Some(certs) => Some(Termination::new(
+                        certs.clone(),
+                        tickets.clone(),
+                        GateApp::new(gate.clone(), gate_proxy(&server, &gate)),
+                        gate_proxy(&server, &gate),
+                        metrics.tls_terminated(&listener.name, "handshake"),
+                        metrics.tls_terminated(&listener.name, "handshake_failed"),
+                    )?),
+                    None => None,
+                };
                 let app = Limited::new(
                     TlsApp::new(
                         gate.clone(),
                         metrics.tls_listener(&listener.name),
                         gate.destinations.clone(),
                         settings.upstream.clone(),
+                        termination,
                     ),
                     listener.max_connections,
                     open,

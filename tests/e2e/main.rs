@@ -6,6 +6,7 @@ mod decisions;
 mod harness;
 mod hostile;
 mod registry_sync;
+mod terminate;
 mod tls;
 mod tls_harness;
 mod transparency;

@@ -18,6 +18,9 @@ pub struct Pki {
     pub ca_der: CertificateDer<'static>,
     pub cert_chain: Vec<CertificateDer<'static>>,
     pub key_der: Vec<u8>,
+    /// The server certificate and its key in PEM, as an operator's NAME.crt / NAME.key.
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl Pki {
@@ -40,7 +43,15 @@ impl Pki {
             ca_der: ca.der().clone(),
             cert_chain: vec![cert.der().clone()],
             key_der: key.serialize_der(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
+    }
+
+    /// Writes `dir/NAME.crt` and `dir/NAME.key`, as `[tls] certificates` reads them.
+    pub fn write_pair(&self, dir: &std::path::Path, name: &str) {
+        std::fs::write(dir.join(format!("{name}.crt")), &self.cert_pem).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &self.key_pem).unwrap();
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {

@@ -130,6 +130,7 @@ impl std::fmt::Display for UpstreamError {
 pub fn upstream_head(
     head: &[u8],
     host: &Host,
+    https: bool,
     client_ip: &str,
     request_id: &str,
     out: &mut Vec<u8>,
@@ -171,7 +172,11 @@ pub fn upstream_head(
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     out.extend_from_slice(client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    out.extend_from_slice(if https {
+        &b"\r\nX-Forwarded-Proto: https\r\nX-Request-Id: "[..]
+    } else {
+        &b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: "[..]
+    });
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     Ok(())
@@ -632,6 +637,7 @@ mod tests {
               Forwarded: for=x\r\nConnection: keep-alive\r\nX-Request-Id: forged\r\n\
               Proxy-Authorization: Basic eDp5\r\nUser-Agent: t\r\n\r\n",
             &icp_gate_registry::parse_authority(b"WWW.Example.COM.:80").unwrap(),
+            false,
             "127.0.0.1",
             "rid",
             &mut out,

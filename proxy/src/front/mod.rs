@@ -56,6 +56,8 @@ use crate::gate::{Gate, GateProxy, Outcome, RequestId};
 use crate::metrics::BadRequest;
 use crate::policy::{PlainAnswer, TargetRefusal};
 use crate::socket::{linger_close, raw_fd};
+use crate::tls::certs::HeldCert;
+use crate::tls::terminate::Terminated;
 
 /// Headers parsed per request; a head with more goes to Pingora (which allows 256).
 const MAX_HEADERS: usize = 96;
@@ -124,6 +126,8 @@ struct Conn {
     fd: Option<RawFd>,
     /// The connection's addresses, read once when a forward first needs them.
     addrs: Option<ConnAddrs>,
+    /// On a TLS connection the gate terminated: the certificate it was served with.
+    terminated: Option<Arc<HeldCert>>,
 }
 
 impl Conn {
@@ -194,7 +198,9 @@ impl ServerApp for GateApp {
     ) -> Option<Stream> {
         let accepted = Instant::now();
         let fd = raw_fd(&stream);
+        let terminated = Terminated::of(&stream);
         let mut c = Conn {
+            terminated,
             stream,
             fd,
             buf: BytesMut::with_capacity(4096),
@@ -229,6 +235,26 @@ impl ServerApp for GateApp {
                     since = started;
                     let outcome = self.gate.decide(&c.host);
                     let open = match outcome {
+                        // On a terminated connection an allowed Host its certificate does not
+                        // cover is misdirected (RFC 9110 §15.5.20): the client retries on a
+                        // connection of its own. An unfiled Host gets the block page instead.
+                        Outcome::Allowed | Outcome::Monitored(_)
+                            if !self.gate.covered(c.terminated.as_deref(), &c.host) =>
+                        {
+                            let keep_alive = self.keep_alive(&mut c, &req, shutdown);
+                            self.gate.counters.bad[BadRequest::Misdirected as usize].inc();
+                            c.buf.advance(req.head_len);
+                            let answer = PlainAnswer::Misdirected;
+                            let id = self.gate.request_ids.next_id();
+                            let written = self
+                                .answer_plain(&mut c, answer, Some(id), keep_alive, req.head_only)
+                                .await;
+                            self.log(
+                                &mut c,
+                                LogLine::new(&req, outcome, answer.status(), started, id),
+                            );
+                            written && keep_alive
+                        }
                         Outcome::Blocked(reason) => {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
                             // Counted before the answer leaves: a client that reads the
@@ -382,6 +408,7 @@ impl GateApp {
         let built = upstream_head(
             &c.buf[..req.head_len],
             &c.host,
+            c.terminated.is_some(),
             &c.client_ip,
             id.as_str(),
             &mut c.up_head,

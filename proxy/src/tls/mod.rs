@@ -9,9 +9,12 @@
 //!    (or an IP literal) is decided on the address the client connected to;
 //! 4. `refuse` (an alert or a reset), or `relay` (passthrough to `crate::destination`'s pick).
 
+pub mod certs;
 pub mod hello;
 pub mod refuse;
 pub mod relay;
+pub mod terminate;
+pub mod tickets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub struct TlsApp {
     counters: TlsCounters,
     destinations: Arc<Destinations>,
     upstream: UpstreamSettings,
+    /// Set when the gate holds certificates (`[tls] certificates`): an SNI one of them covers
+    /// is terminated instead of decided at the handshake.
+    termination: Option<terminate::Termination>,
 }
 
 /// What was decided for one connection.
@@ -65,13 +71,22 @@ impl TlsApp {
         counters: TlsCounters,
         destinations: Arc<Destinations>,
         upstream: UpstreamSettings,
+        termination: Option<terminate::Termination>,
     ) -> Self {
         TlsApp {
             gate,
             counters,
             destinations,
             upstream,
+            termination,
         }
+    }
+
+    /// The hello's SNI, normalized, when it is a usable host name.
+    fn sni_name(hello: &Hello) -> Option<icp_gate_registry::DomainName> {
+        let message = hello.message();
+        let parsed = hello::walk(&message).ok()?;
+        parse_sni(parsed.sni?).ok().flatten()
     }
 
     fn listener(&self) -> &str {
@@ -215,6 +230,26 @@ impl ServerApp for TlsApp {
         let listener = &self.gate.listener;
         let deadline = Instant::now() + listener.client_hello_timeout;
         let read = hello::read(&mut stream, deadline).await;
+        // A name the gate holds a certificate for is terminated: its requests are decided one
+        // by one on their Host (a name held but not filed gets the block page over HTTPS).
+        if let (Some(termination), Ok(hello)) = (&self.termination, &read) {
+            if let Some(name) = Self::sni_name(hello) {
+                if let Some(cert) = termination.certs.lookup(name.as_str()) {
+                    let hello = read.expect("matched Ok above");
+                    termination
+                        .serve(
+                            &listener.name,
+                            stream,
+                            hello,
+                            name.as_str(),
+                            cert,
+                            _shutdown,
+                        )
+                        .await;
+                    return None;
+                }
+            }
+        }
         // SO_ORIGINAL_DST (a system call) only where the listener forwards to it; a connection
         // without SNI is otherwise decided on the listener's local address.
         let addrs = ConnAddrs::of(&stream, self.destinations.is_original_destination());

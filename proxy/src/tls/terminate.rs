@@ -1,0 +1,200 @@
+//! Stage 3c: termination. When the gate holds a certificate for a connection's SNI it completes
+//! the handshake itself (rustls, through Pingora's rustls acceptor) on the bytes already read,
+//! then serves the connection as an HTTP listener does: HTTP/1.1 through the same front end,
+//! HTTP/2 (by ALPN) through Pingora's proxy, every request decided on its own Host /
+//! `:authority` by the same `Gate`. A name held but not filed still completes the handshake: its
+//! requests get the block page over HTTPS, which a browser shows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{Ssl, Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use prometheus::IntCounter;
+
+use super::certs::{CertStore, HeldCert};
+use super::hello::Hello;
+use crate::front::GateApp;
+use crate::gate::GateProxy;
+
+/// What a terminated connection carries into its requests (the `SslDigest` extension): the
+/// certificate it was served with, whose names say which Hosts it may carry (others: `421`).
+#[derive(Debug)]
+pub struct Terminated {
+    pub cert: Arc<HeldCert>,
+}
+
+impl Terminated {
+    /// The extension of a terminated stream, if this is one.
+    pub fn of(stream: &Stream) -> Option<Arc<HeldCert>> {
+        let digest = stream.get_ssl_digest()?;
+        digest.extension.get::<Terminated>().map(|t| t.cert.clone())
+    }
+}
+
+/// HTTP/2 limits for terminated connections: Pingora's bounded defaults (header list size,
+/// concurrent streams), and against rapid reset (CVE-2023-44487) and floods of streams the
+/// server must reset, a cap on streams reset before they are accepted and on resets the gate
+/// sends; a client over them gets GOAWAY (ENHANCE_YOUR_CALM).
+pub fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    options
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(H2_MAX_SEND_BUFFER);
+    options
+}
+
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+pub const H2_MAX_SEND_BUFFER: usize = 256 * 1024;
+
+/// How long a client has, after its ClientHello, to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Termination {
+    pub certs: Arc<CertStore>,
+    acceptor: Acceptor,
+    /// HTTP/1.1 on terminated connections: the same front end as a cleartext listener.
+    front: Arc<GateApp>,
+    /// HTTP/2 on terminated connections: Pingora's proxy, with the gate's `GateProxy`.
+    h2: Arc<HttpProxy<GateProxy>>,
+    pub handshakes: IntCounter,
+    pub handshake_failures: IntCounter,
+}
+
+/// The TLS settings of a terminator: TLS 1.3 and 1.2 only, rustls's (modern, AEAD-only) cipher
+/// suites, ALPN `h2` then `http/1.1`, resumption by tickets (sealed with the keys of
+/// `[tls] session_ticket_keys` when set, shared by a fleet; else keys of this process, rotated
+/// by rustls) and by a session cache.
+pub fn server_config(
+    certs: Arc<CertStore>,
+    tickets: Option<Arc<super::tickets::FileTicketer>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = match tickets {
+        Some(file) => file,
+        None => rustls::crypto::ring::Ticketer::new()?,
+    };
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
+    Ok(Arc::new(config))
+}
+
+impl Termination {
+    pub fn new(
+        certs: Arc<CertStore>,
+        tickets: Option<Arc<super::tickets::FileTicketer>>,
+        front: GateApp,
+        h2: HttpProxy<GateProxy>,
+        handshakes: IntCounter,
+        handshake_failures: IntCounter,
+    ) -> anyhow::Result<Self> {
+        let acceptor = Acceptor::from_server_config(server_config(certs.clone(), tickets)?);
+        Ok(Termination {
+            certs,
+            acceptor,
+            front: Arc::new(front),
+            h2: Arc::new(h2),
+            handshakes,
+            handshake_failures,
+        })
+    }
+
+    /// Completes the handshake on `stream` (the hello is read already: it is given back to the
+    /// TLS library first), then serves the connection's requests.
+    pub async fn serve(
+        &self,
+        listener: &str,
+        stream: Stream,
+        hello: Hello,
+        sni: &str,
+        cert: Arc<HeldCert>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let client = crate::destination::ConnAddrs::peer(&stream);
+        let Ok(l4) = stream
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+        else {
+            // Only a plain TCP stream reaches a tls listener's handler.
+            return;
+        };
+        let mut l4 = *l4;
+        l4.rewind(&hello.bytes);
+        drop(hello);
+        let callbacks = Attach(cert);
+        let handshake = pingora::protocols::tls::server::handshake_with_callback(
+            &self.acceptor,
+            l4,
+            &callbacks,
+        );
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.handshake_failures.inc();
+                tracing::info!(
+                    target: "icp_gate::tls",
+                    listener,
+                    client = client.map(|c| c.to_string()).unwrap_or_default(),
+                    sni,
+                    reason = "handshake_failed",
+                    error = %e,
+                    "tls handshake failed"
+                );
+                return;
+            }
+            Err(_) => {
+                self.handshake_failures.inc();
+                tracing::info!(
+                    target: "icp_gate::tls",
+                    listener,
+                    client = client.map(|c| c.to_string()).unwrap_or_default(),
+                    sni,
+                    reason = "handshake_timeout",
+                    "tls handshake failed"
+                );
+                return;
+            }
+        };
+        self.handshakes.inc();
+        let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+        let stream: Stream = Box::new(tls);
+        let mut next = if h2 {
+            self.h2.process_new(stream, shutdown).await
+        } else {
+            self.front.process_new(stream, shutdown).await
+        };
+        while let Some(stream) = next {
+            next = self.front.process_new(stream, shutdown).await;
+        }
+    }
+}
+
+/// Puts the certificate a connection was served with into its `SslDigest`.
+struct Attach(Arc<HeldCert>);
+
+#[async_trait::async_trait]
+impl TlsAccept for Attach {
+    async fn handshake_complete_callback(
+        &self,
+        _ssl: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        Some(Arc::new(Terminated {
+            cert: self.0.clone(),
+        }))
+    }
+}

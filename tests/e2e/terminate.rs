@@ -1,0 +1,371 @@
+//! TLS termination on `tls` listeners (the gate holds a certificate for the SNI): the real
+//! binary, certificates made at test time, real clients (rustls; curl over HTTP/1.1 and HTTP/2
+//! where installed), a real HTTP origin behind. Every request is decided on its own Host.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::tls_harness::*;
+
+/// A gate with one `tls` listener, `[tls] certificates` holding `pki`'s certificate, and the
+/// HTTP origin `origin` behind.
+fn terminating_gate(origin: &Origin, pki: &Pki, opts: GateOptions) -> (Gate, std::path::PathBuf) {
+    let certs = tempfile::tempdir().unwrap().keep();
+    pki.write_pair(&certs, "site");
+    let gate = Gate::start(
+        origin,
+        GateOptions {
+            listener_extra: format!("protocol = \"tls\"\n{}", opts.listener_extra),
+            extra: format!(
+                "{}\n[tls]\ncertificates = \"{}\"\ncertificates_check_interval_seconds = 1\n",
+                opts.extra,
+                certs.display()
+            ),
+            ..opts
+        },
+    );
+    (gate, certs)
+}
+
+/// The names the test certificate covers: filed ones, an unfiled one, and a wildcard.
+fn held() -> Pki {
+    Pki::new(&[
+        "www.example.com",
+        "example.com",
+        "unfiled.cn",
+        "*.b.deep.cn",
+    ])
+}
+
+/// One HTTP/1.1 request on a terminated connection with SNI `sni` and Host `host`; the answer.
+fn https_get(pki: &Pki, gate: &Gate, sni: &str, host: &str, path: &str) -> String {
+    h1(pki, gate, sni).get(host, path)
+}
+
+/// A TLS connection with SNI `sni` that offers ALPN `http/1.1` only.
+fn h1(pki: &Pki, gate: &Gate, sni: &str) -> TlsClient {
+    let mut config = (*pki.client_config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let stream = TcpStream::connect(gate.addr).unwrap();
+    TlsClient::with_config(std::sync::Arc::new(config), stream, sni).unwrap()
+}
+
+fn status(answer: &str) -> u16 {
+    answer.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_held_and_filed_name_is_terminated_and_forwarded_with_forwarded_proto_https() {
+    let origin = Origin::start();
+    let pki = held();
+    let (gate, _certs) = terminating_gate(&origin, &pki, GateOptions::default());
+    let answer = https_get(&pki, &gate, "www.example.com", "WWW.Example.com.", "/a?b");
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(answer.ends_with("origin saw www.example.com"), "{answer}");
+    let received = origin.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].target, "/a?b");
+    assert_eq!(received[0].header("x-forwarded-proto"), Some("https"));
+    assert_eq!(gate.metrics().requests("allowed", ""), 1.0);
+    assert_eq!(
+        gate.metrics()
+            .value("icp_gate_tls_terminated_total", &[("result", "handshake")]),
+        1.0
+    );
+}
+
+#[test]
+fn held_but_unfiled_names_and_fronted_hosts_get_the_block_page_over_https() {
+    let origin = Origin::start();
+    let pki = held();
+    let (gate, _certs) = terminating_gate(&origin, &pki, GateOptions::default());
+    // The handshake completes with the gate's certificate, and the page says why.
+    let answer = https_get(&pki, &gate, "unfiled.cn", "unfiled.cn", "/");
+    assert_eq!(status(&answer), 403, "{answer}");
+    assert!(answer.contains("X-ICP-Block-Reason: unfiled"), "{answer}");
+    assert!(answer.contains("unfiled.cn"));
+    // Domain fronting: a filed SNI carrying an unfiled Host is decided on the Host.
+    let answer = https_get(&pki, &gate, "www.example.com", "unfiled.cn", "/");
+    assert_eq!(status(&answer), 403, "{answer}");
+    // An unfiled Host the certificate does not cover: still the block page, never 421.
+    let answer = https_get(&pki, &gate, "www.example.com", "nowhere-filed.cn", "/");
+    assert_eq!(status(&answer), 403, "{answer}");
+    assert!(origin.received().is_empty());
+    assert_eq!(gate.metrics().requests("blocked", "unfiled"), 3.0);
+}
+
+#[test]
+fn a_filed_host_outside_the_certificate_is_misdirected() {
+    let origin = Origin::start();
+    let pki = held();
+    let (gate, _certs) = terminating_gate(&origin, &pki, GateOptions::default());
+    // trial.com.cn is filed and connected, but this connection's certificate does not cover it.
+    let mut client = h1(&pki, &gate, "www.example.com");
+    let answer = client.get("trial.com.cn", "/");
+    assert_eq!(status(&answer), 421, "{answer}");
+    // The connection goes on for a Host it covers (a wildcard one here).
+    let answer = client.get("a.b.deep.cn", "/");
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(origin.hosts(), ["a.b.deep.cn"]);
+    assert_eq!(
+        gate.metrics()
+            .value("icp_gate_bad_requests_total", &[("reason", "misdirected")]),
+        1.0
+    );
+}
+
+#[test]
+fn snis_without_a_certificate_keep_passthrough() {
+    let origin = Origin::start();
+    let pki = held();
+    let other = Pki::new(&["moved.cn", "trial.com.cn"]);
+    let tls_origin = TlsOrigin::start(&other);
+    let (gate, _certs) = terminating_gate(
+        &origin,
+        &pki,
+        GateOptions {
+            listener_extra: format!("upstream = [\"{}\"]", tls_origin.addr),
+            ..GateOptions::default()
+        },
+    );
+    // Not held, filed: passed through to the TLS origin, which holds its own certificate.
+    let mut client = TlsClient::connect(&other, gate.addr, "trial.com.cn").unwrap();
+    assert!(client
+        .get("trial.com.cn", "/pass")
+        .ends_with("tls origin: GET /pass HTTP/1.1"));
+    // Not held, unfiled: refused at the handshake.
+    let refused = exchange(
+        gate.addr,
+        &[&built_hello(Some(b"nowhere-filed.cn"), &[])],
+        Duration::ZERO,
+        Duration::from_secs(5),
+    );
+    assert_eq!(refused, Ending::Closed(ALERT.to_vec()));
+}
+
+#[test]
+fn http2_streams_on_one_connection_are_decided_one_by_one() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIP: curl is not installed (scripts/ensure-deps installs it)");
+        return;
+    }
+    let origin = Origin::start();
+    let pki = held();
+    let (gate, certs) = terminating_gate(&origin, &pki, GateOptions::default());
+    let ca = pki.write_ca(&certs);
+    let port = gate.addr.port();
+    let base = format!("https://www.example.com:{port}");
+    let resolve = format!("www.example.com:{port}:127.0.0.1");
+    // Two requests on one HTTP/2 connection: the second with another :authority.
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &resolve, "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{http_version} %{num_connects}\\n"])
+        .arg(format!("{base}/one"))
+        .args(["--next", "--http2", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &resolve, "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{http_version} %{num_connects}\\n"])
+        .args(["-H", "Host: unfiled.cn"])
+        .arg(format!("{base}/two"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, ["200 2 1", "403 2 0"], "{text} {out:?}");
+    let received = origin.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].target, "/one");
+    // The :authority curl sent, with its port (kept as sent).
+    assert_eq!(
+        received[0].header("host"),
+        Some(format!("www.example.com:{port}").as_str())
+    );
+    assert_eq!(received[0].header("x-forwarded-proto"), Some("https"));
+}
+
+/// A minimal HTTP/2 client over rustls: frames written by hand.
+struct H2 {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl H2 {
+    fn connect(pki: &Pki, gate: &Gate) -> H2 {
+        let mut config = (*pki.client_config()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let stream = TcpStream::connect(gate.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(config),
+            "www.example.com".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, stream);
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        tls.write_all(&frame(0x4, 0, 0, &[])).unwrap(); // SETTINGS
+        H2 { tls }
+    }
+
+    /// Reads frames until the connection ends; the GOAWAY error code, if one came.
+    fn goaway(&mut self) -> Option<u32> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.tls.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let mut i = 0;
+        while i + 9 <= buf.len() {
+            let len = u32::from_be_bytes([0, buf[i], buf[i + 1], buf[i + 2]]) as usize;
+            let kind = buf[i + 3];
+            if kind == 0x7 && i + 9 + 8 <= buf.len() {
+                let p = &buf[i + 9..];
+                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            i += 9 + len;
+        }
+        None
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS block for GET / with `:authority` `authority` and `extra` literal fields, no
+/// Huffman, nothing indexed into the dynamic table.
+fn header_block(authority: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = vec![0x82, 0x87, 0x84, 0x01, authority.len() as u8];
+    b.extend_from_slice(authority.as_bytes());
+    for (name, value) in extra {
+        b.push(0x00);
+        b.push(name.len() as u8);
+        b.extend_from_slice(name.as_bytes());
+        let len = value.len();
+        // HPACK integer with a 7-bit prefix.
+        if len < 127 {
+            b.push(len as u8);
+        } else {
+            b.push(127);
+            let mut rest = len - 127;
+            while rest >= 128 {
+                b.push((rest % 128 + 128) as u8);
+                rest /= 128;
+            }
+            b.push(rest as u8);
+        }
+        b.extend_from_slice(value.as_bytes());
+    }
+    b
+}
+
+#[test]
+fn http2_rapid_reset_and_oversized_header_lists_are_refused() {
+    let origin = Origin::start();
+    let pki = held();
+    let (gate, _certs) = terminating_gate(&origin, &pki, GateOptions::default());
+    // Rapid reset (CVE-2023-44487): streams opened and cancelled at once, many times.
+    let mut h2 = H2::connect(&pki, &gate);
+    let block = header_block("www.example.com", &[]);
+    let mut burst = Vec::new();
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        burst.extend(frame(0x1, 0x5, id, &block)); // HEADERS, END_STREAM | END_HEADERS
+        burst.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = h2.tls.write_all(&burst);
+    let _ = h2.tls.flush();
+    // The connection ends: with GOAWAY ENHANCE_YOUR_CALM (0xb) when the client reads it
+    // before the close (a reset after it can take it away).
+    let goaway = h2.goaway();
+    assert!(matches!(goaway, Some(0xb) | None), "{goaway:?}");
+    // Far fewer than 2000 requests reached the origin.
+    assert!(origin.received().len() < 200, "{}", origin.received().len());
+
+    // A header list over the limit (64 KiB): refused, nothing forwarded for it.
+    let before = origin.received().len();
+    let mut h2 = H2::connect(&pki, &gate);
+    let big = "a".repeat(100);
+    let fields: Vec<(String, String)> =
+        (0..1000).map(|i| (format!("x-{i}"), big.clone())).collect();
+    let refs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let block = header_block("www.example.com", &refs);
+    // Sent as HEADERS and CONTINUATION frames of 16 KiB.
+    let mut chunks = block.chunks(16 * 1024).peekable();
+    let mut first = true;
+    let mut out = Vec::new();
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let flags = if last { 0x4 } else { 0 } | if first { 0x1 } else { 0 };
+        out.extend(frame(if first { 0x1 } else { 0x9 }, flags, 1, chunk));
+        first = false;
+    }
+    let _ = h2.tls.write_all(&out);
+    let _ = h2.tls.flush();
+    let _ = h2.goaway();
+    assert_eq!(origin.received().len(), before);
+    // The gate is still serving.
+    let answer = https_get(&pki, &gate, "www.example.com", "www.example.com", "/after");
+    assert_eq!(status(&answer), 200, "{answer}");
+}
+
+#[test]
+fn certificates_reload_on_sighup_and_when_the_directory_changes_without_dropping_a_connection() {
+    let origin = Origin::start();
+    let pki = held();
+    let (gate, certs) = terminating_gate(&origin, &pki, GateOptions::default());
+    let mut open = h1(&pki, &gate, "www.example.com");
+    assert_eq!(status(&open.get("www.example.com", "/1")), 200);
+    // A second certificate arrives, and a broken one beside it.
+    let more = Pki::new(&["cdn-only.cn", "moved.cn"]);
+    more.write_pair(&certs, "more");
+    std::fs::write(certs.join("broken.crt"), "not a certificate").unwrap();
+    std::fs::write(certs.join("broken.key"), "not a key").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &gate.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        "the new certificate in service",
+        Duration::from_secs(10),
+        || TlsClient::connect(&more, gate.addr, "cdn-only.cn").ok(),
+    );
+    // cdn-only.cn is filed elsewhere, not connected: the block page over HTTPS.
+    let answer = https_get(&more, &gate, "cdn-only.cn", "cdn-only.cn", "/");
+    assert_eq!(status(&answer), 403);
+    assert!(answer.contains("X-ICP-Block-Reason: unconnected"));
+    // The broken pair is rejected, counted and named; the others keep serving, and the
+    // connection opened before the reload still works.
+    assert!(gate.log().contains("broken"), "{}", gate.log());
+    assert_eq!(status(&open.get("www.example.com", "/2")), 200);
+    // The directory changing is enough too: the first certificate removed.
+    std::fs::remove_file(certs.join("site.crt")).unwrap();
+    std::fs::remove_file(certs.join("site.key")).unwrap();
+    wait_for(
+        "the removed certificate gone",
+        Duration::from_secs(10),
+        || {
+            // Not held any more: a filed name is passed through (to the HTTP origin here, which
+            // cannot speak TLS, so the handshake fails).
+            TlsClient::connect(&pki, gate.addr, "www.example.com")
+                .is_err()
+                .then_some(())
+        },
+    );
+    assert_eq!(status(&open.get("www.example.com", "/3")), 200);
+}
