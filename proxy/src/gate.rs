@@ -311,6 +311,24 @@ impl Gate {
     }
 }
 
+/// The values of a message's `Connection` fields, owned (the message is changed after).
+fn connection_values(headers: &http::HeaderMap) -> Vec<Vec<u8>> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect()
+}
+
+/// The names of the fields `passes` does not let through.
+fn fields_failing(headers: &http::HeaderMap, passes: impl Fn(&[u8]) -> bool) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|name| !passes(name.as_str().as_bytes()))
+        .cloned()
+        .collect()
+}
+
 /// Writes one of the gate's plain answers (`policy::PlainAnswer`) on Pingora's path: the same
 /// status, fields and body as the front end writes.
 async fn write_plain(
@@ -577,12 +595,7 @@ impl ProxyHttp for GateProxy {
         }
         // Hop-by-hop fields, the ones Connection names, the client's proxy credentials and
         // forwarding fields: gone.
-        let connection: Vec<Vec<u8>> = upstream
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(|v| v.as_bytes().to_vec())
-            .collect();
+        let connection = connection_values(&upstream.headers);
         let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
         let upgrade: Vec<&[u8]> = session
             .req_header()
@@ -596,12 +609,7 @@ impl ProxyHttp for GateProxy {
             &upgrade,
             &tokens,
         );
-        let dropped: Vec<HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|name| !request_field_passes(name.as_str().as_bytes(), &tokens))
-            .cloned()
-            .collect();
+        let dropped = fields_failing(&upstream.headers, |n| request_field_passes(n, &tokens));
         for name in dropped {
             upstream.remove_header(&name);
         }
@@ -677,19 +685,9 @@ impl ProxyHttp for GateProxy {
         if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
         }
-        let connection: Vec<Vec<u8>> = response
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(|v| v.as_bytes().to_vec())
-            .collect();
+        let connection = connection_values(&response.headers);
         let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
-        let dropped: Vec<HeaderName> = response
-            .headers
-            .keys()
-            .filter(|name| !response_field_passes(name.as_str().as_bytes(), &tokens))
-            .cloned()
-            .collect();
+        let dropped = fields_failing(&response.headers, |n| response_field_passes(n, &tokens));
         for name in dropped {
             response.remove_header(&name);
         }

@@ -435,19 +435,8 @@ impl GateApp {
                 );
                 let error =
                     pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
-                let answer = PlainAnswer::BadGateway;
-                let written = self
-                    .answer_plain(c, answer, Some(id), false, req.head_only)
-                    .await;
-                self.log(
-                    c,
-                    LogLine {
-                        error: Some(&error),
-                        ..LogLine::new(req, outcome, answer.status(), started, id)
-                    },
-                );
-                let _ = (written, keep_alive);
-                return false;
+                let line = LogLine::new(req, outcome, 0, started, id);
+                return self.fail(c, PlainAnswer::BadGateway, line, &error).await;
             }
         };
         let exchange = Exchange {
@@ -489,21 +478,33 @@ impl GateApp {
                     ),
                 };
                 let error = pingora::Error::explain(etype, e.to_string());
-                // The client's connection ends after the gate's error answer, on both paths.
-                let written = self
-                    .answer_plain(c, answer, Some(id), false, req.head_only)
-                    .await;
-                self.log(
-                    c,
-                    LogLine {
-                        error: Some(&error),
-                        ..LogLine::new(req, outcome, answer.status(), started, id)
-                    },
-                );
-                let _ = written;
-                false
+                let line = LogLine::new(req, outcome, 0, started, id);
+                self.fail(c, answer, line, &error).await
             }
         }
+    }
+
+    /// Answers a request the gate could not forward with its own error answer, logs it, and
+    /// ends the connection (on both paths, the client's connection ends after a 502 or 504).
+    async fn fail(
+        &self,
+        c: &mut Conn,
+        answer: PlainAnswer,
+        line: LogLine<'_>,
+        error: &pingora::Error,
+    ) -> bool {
+        let head_only = line.method == "HEAD";
+        self.answer_plain(c, answer, Some(line.id), false, head_only)
+            .await;
+        self.log(
+            c,
+            LogLine {
+                error: Some(error),
+                status: answer.status(),
+                ..line
+            },
+        );
+        false
     }
 
     /// Reads until the buffer holds a complete head (or the limits end the connection).

@@ -142,33 +142,22 @@ impl Termination {
             l4,
             &callbacks,
         );
+        let failed = |reason: &str, error: String| {
+            self.handshake_failures.inc();
+            tracing::info!(
+                target: "icp_gate::tls",
+                listener,
+                client = client.map(|c| c.to_string()).unwrap_or_default(),
+                sni,
+                reason,
+                error,
+                "tls handshake failed"
+            );
+        };
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                self.handshake_failures.inc();
-                tracing::info!(
-                    target: "icp_gate::tls",
-                    listener,
-                    client = client.map(|c| c.to_string()).unwrap_or_default(),
-                    sni,
-                    reason = "handshake_failed",
-                    error = %e,
-                    "tls handshake failed"
-                );
-                return;
-            }
-            Err(_) => {
-                self.handshake_failures.inc();
-                tracing::info!(
-                    target: "icp_gate::tls",
-                    listener,
-                    client = client.map(|c| c.to_string()).unwrap_or_default(),
-                    sni,
-                    reason = "handshake_timeout",
-                    "tls handshake failed"
-                );
-                return;
-            }
+            Ok(Err(e)) => return failed("handshake_failed", e.to_string()),
+            Err(_) => return failed("handshake_timeout", String::new()),
         };
         self.handshakes.inc();
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
