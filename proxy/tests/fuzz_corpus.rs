@@ -92,6 +92,27 @@ fn one_input() {
     }
 }
 
+/// For choosing the corpus: `ICP_GATE_FUZZ_OUTCOMES=<dir> cargo test -p icp-gate-proxy --test
+/// fuzz_corpus outcomes -- --nocapture` prints `<outcome>\t<size>\t<file>` for every file of
+/// `<dir>` (see `fuzz_checks::outcome`). Does nothing without the variable.
+#[test]
+fn outcomes() {
+    let Some(dir) = std::env::var_os("ICP_GATE_FUZZ_OUTCOMES") else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read ICP_GATE_FUZZ_OUTCOMES")
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files {
+        let data = std::fs::read(&path).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| fuzz_checks::outcome(&data)))
+            .unwrap_or_else(|_| "PANIC".to_owned());
+        println!("{outcome}\t{}\t{}", data.len(), path.display());
+    }
+}
+
 const OK5: &str = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 fn get(host: &str) -> String {

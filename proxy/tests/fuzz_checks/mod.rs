@@ -725,6 +725,53 @@ pub fn check_front_end(data: &[u8]) -> Result<(), String> {
     check_client(input.client, &run.client_got)
 }
 
+/// A short summary of what an input did, for choosing which inputs the corpus keeps (the
+/// smallest per outcome): the status line and block reason of each answer the client got,
+/// whether they ended cut short, and how many requests each origin connection received.
+pub fn outcome(data: &[u8]) -> String {
+    let input = Input::split(data);
+    let run = run(&input);
+    let mut out = String::new();
+    let mut at = 0;
+    let got = &run.client_got;
+    while at < got.len() {
+        let mut headers = vec![httparse::EMPTY_HEADER; MAX_PARSE_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_len)) = resp.parse(&got[at..]) else {
+            out.push_str(" ?");
+            break;
+        };
+        let reason = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(BLOCK_REASON_HEADER))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!(" {}{reason}", resp.code.unwrap_or(0)));
+        // The next answer, if there is one, starts at the next status line.
+        match find(&got[at + head_len..], b"HTTP/1.") {
+            Some(next) => at += head_len + next,
+            None => break,
+        }
+    }
+    out.push_str(" |");
+    for conn in &run.origin {
+        let mut n = 0;
+        let mut at = 0;
+        while let ReqParse::Complete(req) | ReqParse::BodyPartial(req) =
+            parse_request(&conn.received[at..])
+        {
+            n += 1;
+            at = at.saturating_add(req.total_len);
+            if at >= conn.received.len() {
+                break;
+            }
+        }
+        out.push_str(&format!(" {n}"));
+    }
+    out
+}
+
 /// A run told in full, for looking into one input.
 pub fn describe(data: &[u8]) -> String {
     let input = Input::split(data);
