@@ -723,6 +723,15 @@ impl ProxyHttp for GateProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // An answer already under way cannot be replaced: the gate's error page would be read
+        // as the rest of its body. The connection ends instead, so the client sees it cut short
+        // (as on the front end's path).
+        if session.response_written().is_some() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         // The gate's own answers, rendered as the front end renders them.
         let answer = match (e.esource(), e.etype()) {
             (

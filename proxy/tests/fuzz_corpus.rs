@@ -149,6 +149,31 @@ fn seeds() -> Vec<(&'static str, u8, Vec<u8>, Vec<u8>)> {
         "a".repeat(40_000)
     );
     vec![
+        // What the first long run found (docs/fuzzing.md, findings), fixed since.
+        s(
+            "found-te-and-content-length",
+            0,
+            &get("www.example.com"),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        s(
+            "found-chunk-size-junk",
+            0,
+            &get("www.example.com"),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;a\u{dd}\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n",
+        ),
+        s(
+            "found-chunked-not-last",
+            0,
+            &get("www.example.com"),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        ),
+        s(
+            "found-error-after-answer-started",
+            0,
+            "POST / HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 2\r\n\r\nhi",
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        ),
         s("get-filed", 0, &get("www.example.com"), OK5),
         s("get-filed-bytewise", 1, &get("www.example.com"), OK5),
         s("get-filed-in-7s", 7, &get("www.example.com"), OK5),

@@ -7,7 +7,9 @@ enum State {
     Size {
         digits: u8,
     },
-    /// After the size: whitespace and extensions up to CR.
+    /// After the size: optional whitespace, then `;` (extensions) or CR.
+    SizeWs,
+    /// After a `;`: chunk extensions (visible ASCII, spaces, tabs) up to CR.
     Extension,
     SizeLf,
     Data,
@@ -69,14 +71,25 @@ impl ChunkedTracker {
                         self.size = self.size << 4 | u64::from(v);
                         State::Size { digits: digits + 1 }
                     }
-                    None if digits > 0 && matches!(b, b';' | b' ' | b'\t') => State::Extension,
+                    None if digits > 0 && b == b';' => State::Extension,
+                    None if digits > 0 && matches!(b, b' ' | b'\t') => State::SizeWs,
                     None if digits > 0 && b == b'\r' => State::SizeLf,
+                    _ => return Err(FramingError),
+                },
+                // RFC 9112 §7.1.1: `chunk-size [ chunk-ext ] CRLF`, `chunk-ext` being
+                // `*( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )`. Anything else after the
+                // size (`5 junk`, bytes above 0x7e) is a size line two readers could take
+                // apart differently: refused.
+                State::SizeWs => match b {
+                    b' ' | b'\t' => State::SizeWs,
+                    b';' => State::Extension,
+                    b'\r' => State::SizeLf,
                     _ => return Err(FramingError),
                 },
                 State::Extension => match b {
                     b'\r' => State::SizeLf,
-                    b'\n' | 0..=8 | 10..=31 | 127 => return Err(FramingError),
-                    _ => State::Extension,
+                    b'\t' | 0x20..=0x7e => State::Extension,
+                    _ => return Err(FramingError),
                 },
                 State::SizeLf => match b {
                     b'\n' if self.size == 0 => State::TrailerStart,
@@ -233,6 +246,31 @@ mod tests {
             assert!(t.done());
             assert_eq!(a + b, body.len() - 4, "cut at {cut}");
             assert_eq!(out, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn size_lines_are_only_a_size_and_extensions() {
+        for bad in [
+            &b"5 junk\r\nhello\r\n0\r\n\r\n"[..],
+            b"5;a\xc3\x9d\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x01\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(
+                ChunkedTracker::default().feed(bad),
+                Err(FramingError),
+                "{}",
+                bad.escape_ascii()
+            );
+        }
+        for good in [
+            &b"5 \t;ext=1\r\nhello\r\n0\r\n\r\n"[..],
+            b"5;a=\"b c\";d\r\nhello\r\n0\r\n\r\n",
+            b"5  \r\nhello\r\n0\r\n\r\n",
+        ] {
+            let mut t = ChunkedTracker::default();
+            assert_eq!(t.feed(good), Ok(good.len()), "{}", good.escape_ascii());
+            assert!(t.done());
         }
     }
 }

@@ -233,6 +233,8 @@ pub fn client_head(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
+    // `chunked` anywhere among the codings (it may only be the last one).
+    let mut any_chunked = false;
     // Headers named in Connection are hop-by-hop too, however many.
     let connection = ConnectionTokens::from_values(
         resp.headers
@@ -258,6 +260,11 @@ pub fn client_head(
             length = Some(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = true;
+            any_chunked |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // The last coding of the last field is the one that frames the body.
             chunked = h
                 .value
                 .rsplit(|&b| b == b',')
@@ -276,6 +283,12 @@ pub fn client_head(
         }
         if chunked {
             Framing::Chunked(ChunkedTracker::default())
+        } else if any_chunked {
+            // `chunked` applied, then another coding over it: chunked may only be the last
+            // (RFC 9112 §7), and re-framing it would apply it twice.
+            return Err(UpstreamError::BadResponse(
+                "Transfer-Encoding with chunked before another coding",
+            ));
         } else {
             Framing::UntilClose
         }
@@ -299,6 +312,11 @@ pub fn client_head(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if !policy::response_field_passes(name, &connection) {
+            continue;
+        }
+        // With Transfer-Encoding, a Content-Length is removed (RFC 9112 §6.3): the client
+        // must not have two framings to choose from.
+        if transfer_encoding && name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
         out.extend_from_slice(name);
@@ -699,6 +717,36 @@ mod tests {
         assert!(!out.contains("X-Secret"), "{out}");
         let (h, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!h.reusable);
+    }
+
+    #[test]
+    fn transfer_encoding_frames_alone_and_chunked_only_last() {
+        // With Transfer-Encoding, the origin's Content-Length does not reach the client.
+        let (h, out) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
+        assert!(matches!(h.framing, Framing::Chunked(_)) && !h.reusable);
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+        // `chunked` then another coding: refused, not framed a second time.
+        let mut out = Vec::new();
+        let err = client_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+            false,
+            &mut out,
+        );
+        assert!(matches!(err, Err(UpstreamError::BadResponse(_))));
+        // A coding without chunked: the body ends at the close, re-framed as chunked once.
+        let (h, out) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
+        assert!(matches!(h.framing, Framing::UntilClose));
+        assert!(
+            out.contains("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
