@@ -77,11 +77,15 @@ pub struct ListenerSettings {
     pub client_hello_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_connections: usize,
+    /// Terminated requests go to the upstream over TLS.
+    pub upstream_tls: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
     pub servers: Vec<SocketAddr>,
+    /// CA file for upstream TLS (`upstream_tls` listeners); None: the system's roots.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -335,7 +339,21 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
             .collect(),
         _ => Vec::new(),
     };
-    let upstream = v.upstream(&upstream, &without_own_upstream);
+    let mut upstream = v.upstream(&upstream, &without_own_upstream);
+    if let Some(file) = upstream.ca_file.take() {
+        let file = base.join(file);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_file() => upstream.ca_file = Some(file),
+            Ok(_) => v.error(
+                "upstream.ca_file",
+                format!("`{}` is not a file", file.display()),
+            ),
+            Err(e) => v.error(
+                "upstream.ca_file",
+                format!("cannot read `{}`: {e}", file.display()),
+            ),
+        }
+    }
     let listeners = v.listeners(&listeners, &upstream.servers);
     let registry = registry.and_then(|r| v.registry(&r));
     let admin = admin.and_then(|a| v.socket_addr("admin.address", &a.address));
@@ -523,6 +541,7 @@ impl Validator {
                         "tunnel_idle_timeout_seconds",
                         l.tunnel_idle_timeout_seconds.is_some(),
                     ),
+                    ("upstream_tls", l.upstream_tls),
                 ];
                 for (key, set) in tls_only {
                     if set {
@@ -585,6 +604,7 @@ impl Validator {
                 client_hello_timeout: Duration::from_secs(client_hello_timeout),
                 tunnel_idle_timeout: Duration::from_secs(tunnel_idle_timeout),
                 max_connections: l.max_connections,
+                upstream_tls: l.upstream_tls,
             });
         }
         out
@@ -678,6 +698,7 @@ impl Validator {
             self.error("upstream.keepalive_pool_size", "must be at most 1000000");
         }
         UpstreamSettings {
+            ca_file: u.ca_file.as_ref().map(PathBuf::from),
             servers,
             connect_timeout: self.duration(
                 "upstream.connect_timeout_seconds",
@@ -1310,6 +1331,27 @@ source = "file:///r.tsv"
             assert!(has(key), "{key} missing from {errs:#?}");
         }
         assert_eq!(errs.len(), 9, "{errs:#?}");
+        // upstream_tls is for tls listeners; a CA file must exist.
+        let text = MINIMAL
+            .replace(
+                "address = \"127.0.0.1:8080\"",
+                "address = \"127.0.0.1:8080\"\nupstream_tls = true",
+            )
+            .replace(
+                "[upstream]\n",
+                "[upstream]\nca_file = \"/nonexistent/ca.pem\"\n",
+            );
+        let errs = errors(&text);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("upstream.ca_file: cannot read")),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("listener[0].upstream_tls: only applies")),
+            "{errs:#?}"
+        );
         // No [upstream] and a listener without its own: named.
         let errs = errors(
             "[[listener]]\naddress = \"127.0.0.1:80\"\n[[listener]]\naddress = \"127.0.0.1:81\"\nupstream = [\"127.0.0.1:1\"]\n[registry]\nsource = \"file:///r\"\n",

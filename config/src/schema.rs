@@ -54,6 +54,11 @@ pub struct ListenerFile {
     /// `tls` listeners: a passed-through connection with no byte either way for this long is
     /// closed.
     pub tunnel_idle_timeout_seconds: Option<u64>,
+    /// `tls` listeners: requests on connections the gate terminated go to the upstream over TLS
+    /// (the request's Host as SNI, verified against the system roots or `[upstream] ca_file`)
+    /// instead of cleartext HTTP/1.1.
+    #[serde(default)]
+    pub upstream_tls: bool,
     /// Connections this listener holds open at once; past it, new ones are closed at accept and
     /// counted.
     #[serde(default = "default_max_connections")]
@@ -136,6 +141,9 @@ pub struct UpstreamFile {
     pub idle_timeout_seconds: f64,
     #[serde(default = "default_pool_size")]
     pub keepalive_pool_size: usize,
+    /// PEM file of the certificate authorities an upstream's TLS certificate is verified
+    /// against (`upstream_tls`); default: the system's roots.
+    pub ca_file: Option<String>,
 }
 
 impl Default for UpstreamFile {
@@ -146,6 +154,7 @@ impl Default for UpstreamFile {
             read_timeout_seconds: default_read_timeout(),
             idle_timeout_seconds: default_upstream_idle(),
             keepalive_pool_size: default_pool_size(),
+            ca_file: None,
         }
     }
 }

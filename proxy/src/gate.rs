@@ -557,7 +557,17 @@ impl ProxyHttp for GateProxy {
         }
         let addr = ctx.candidates[ctx.upstream_tries % ctx.candidates.len()];
         ctx.upstream_tries += 1;
-        Ok(Box::new(self.peer(addr)))
+        let mut peer = self.peer(addr);
+        // Re-encrypted (`upstream_tls`): requests the gate terminated go to the origin over
+        // TLS, with the decided Host as SNI and the origin's certificate verified for it.
+        let terminated = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if self.listener.upstream_tls && terminated {
+            if let Some(Host::Domain(name)) = &ctx.host {
+                peer.scheme = pingora::upstreams::peer::Scheme::HTTPS;
+                peer.sni = name.as_str().to_owned();
+            }
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(

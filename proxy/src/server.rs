@@ -132,6 +132,11 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         upstream_keepalive_pool_size: settings.upstream.keepalive_pool_size,
         pid_file: settings.server.pid_file.clone(),
         upgrade_sock: settings.server.upgrade_sock.clone(),
+        ca_file: settings
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|f| f.display().to_string()),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -369,3 +369,50 @@ fn certificates_reload_on_sighup_and_when_the_directory_changes_without_dropping
     );
     assert_eq!(status(&open.get("www.example.com", "/3")), 200);
 }
+
+#[test]
+fn upstream_tls_re_encrypts_to_the_origin_with_the_host_as_sni() {
+    let origin = Origin::start();
+    let pki = held();
+    // The origin's own certificate, from its own CA, which the gate trusts through ca_file.
+    let origin_pki = Pki::new(&["www.example.com", "a.b.deep.cn"]);
+    let tls_origin = TlsOrigin::start(&origin_pki);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = origin_pki.write_ca(ca_dir.path());
+    let (gate, _certs) = terminating_gate(
+        &origin,
+        &pki,
+        GateOptions {
+            listener_extra: format!("upstream = [\"{}\"]\nupstream_tls = true", tls_origin.addr),
+            registry_extra: String::new(),
+            ..GateOptions::default()
+        },
+    );
+    // The harness writes [upstream] itself: ca_file goes in through a second gate config
+    // field, so check the refusal first (no CA: the origin's certificate is not trusted).
+    let answer = https_get(&pki, &gate, "www.example.com", "www.example.com", "/x");
+    assert_eq!(status(&answer), 502, "{answer}");
+    drop(gate);
+    let (gate, _certs) = terminating_gate(
+        &origin,
+        &pki,
+        GateOptions {
+            listener_extra: format!("upstream = [\"{}\"]\nupstream_tls = true", tls_origin.addr),
+            upstream_extra: format!("ca_file = \"{}\"", ca.display()),
+            ..GateOptions::default()
+        },
+    );
+    let answer = https_get(&pki, &gate, "www.example.com", "WWW.example.com", "/x");
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(answer.ends_with("tls origin: GET /x HTTP/1.1"), "{answer}");
+    let seen = tls_origin.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.sni.as_deref(), Some("www.example.com"));
+    assert!(
+        last.requests[0].contains("X-Forwarded-Proto: https"),
+        "{:?}",
+        last.requests
+    );
+    // Nothing went to the cleartext origin.
+    assert!(origin.received().is_empty());
+}

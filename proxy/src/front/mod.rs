@@ -268,7 +268,9 @@ impl ServerApp for GateApp {
                             written && keep_alive
                         }
                         Outcome::Allowed | Outcome::Monitored(_)
-                            if req.http11 && !self.pingora_forwards_all =>
+                            if req.http11
+                                && !self.pingora_forwards_all
+                                && !(c.terminated.is_some() && self.gate.listener.upstream_tls) =>
                         {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
                             self.gate.count(outcome);
