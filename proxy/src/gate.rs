@@ -311,6 +311,23 @@ impl Gate {
     }
 }
 
+/// Whether the client's request asks for a websocket upgrade (`policy::is_websocket_upgrade`).
+fn asks_websocket(req: &RequestHeader) -> bool {
+    let values = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(|v| v.as_bytes());
+    let tokens = ConnectionTokens::from_values(values);
+    let upgrade: Vec<&[u8]> = req
+        .headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    is_websocket_upgrade(req.version == http::Version::HTTP_11, &upgrade, &tokens)
+}
+
 /// The values of a message's `Connection` fields, owned (the message is changed after).
 fn connection_values(headers: &http::HeaderMap) -> Vec<Vec<u8>> {
     headers
@@ -492,9 +509,8 @@ impl ProxyHttp for GateProxy {
         self.count(outcome);
         let terminated = session
             .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|ssl| ssl.extension.get::<Terminated>())
-            .map(|t| t.cert.clone());
+            .and_then(|d| d.ssl_digest.as_deref())
+            .and_then(Terminated::in_digest);
         let answered = match outcome {
             // An allowed Host the terminated connection's certificate does not cover: 421, as
             // on the front end's path.
@@ -605,20 +621,9 @@ impl ProxyHttp for GateProxy {
         }
         // Hop-by-hop fields, the ones Connection names, the client's proxy credentials and
         // forwarding fields: gone.
+        let websocket = asks_websocket(session.req_header());
         let connection = connection_values(&upstream.headers);
         let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
-        let upgrade: Vec<&[u8]> = session
-            .req_header()
-            .headers
-            .get_all(header::UPGRADE)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let websocket = is_websocket_upgrade(
-            session.req_header().version == http::Version::HTTP_11,
-            &upgrade,
-            &tokens,
-        );
         let dropped = fields_failing(&upstream.headers, |n| request_field_passes(n, &tokens));
         for name in dropped {
             upstream.remove_header(&name);
@@ -660,26 +665,11 @@ impl ProxyHttp for GateProxy {
     ) -> Result<()> {
         // Only a websocket upgrade the client asked for may be answered 101; any other 101 is
         // the origin's error (502), as on the front end's path.
-        if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            let req = session.req_header();
-            let values: Vec<&[u8]> = req
-                .headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            let tokens = ConnectionTokens::from_values(values);
-            let upgrade: Vec<&[u8]> = req
-                .headers
-                .get_all(header::UPGRADE)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            if !is_websocket_upgrade(req.version == http::Version::HTTP_11, &upgrade, &tokens) {
-                return Err(Error::new_up(ErrorType::InvalidHTTPHeader).more_context(
-                    "101 Switching Protocols to a request that did not ask to upgrade",
-                ));
-            }
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !asks_websocket(session.req_header())
+        {
+            return Err(Error::new_up(ErrorType::InvalidHTTPHeader)
+                .more_context("101 Switching Protocols to a request that did not ask to upgrade"));
         }
         Ok(())
     }
@@ -753,11 +743,6 @@ impl ProxyHttp for GateProxy {
                 _,
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout,
             ) => Some(PlainAnswer::GatewayTimeout),
-            (ErrorSource::Upstream, _) => Some(PlainAnswer::BadGateway),
-            (
-                _,
-                ErrorType::ConnectNoRoute | ErrorType::ConnectError | ErrorType::ConnectRefused,
-            ) => Some(PlainAnswer::BadGateway),
             _ => Some(PlainAnswer::BadGateway),
         };
         let Some(answer) = answer else {

@@ -236,8 +236,6 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                     TlsApp::new(
                         gate.clone(),
                         metrics.tls_listener(&listener.name),
-                        gate.destinations.clone(),
-                        settings.upstream.clone(),
                         termination,
                     ),
                     listener.max_connections,

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use icp_gate_config::UpstreamSettings;
 use icp_gate_registry::{parse_sni, BlockReason, Host};
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
@@ -40,8 +39,6 @@ use relay::{relay, ByteCounters};
 pub struct TlsApp {
     gate: Arc<Gate>,
     counters: TlsCounters,
-    destinations: Arc<Destinations>,
-    upstream: UpstreamSettings,
     /// Set when the gate holds certificates (`[tls] certificates`): an SNI one of them covers
     /// is terminated instead of decided at the handshake.
     termination: Option<terminate::Termination>,
@@ -69,17 +66,18 @@ impl TlsApp {
     pub fn new(
         gate: Arc<Gate>,
         counters: TlsCounters,
-        destinations: Arc<Destinations>,
-        upstream: UpstreamSettings,
         termination: Option<terminate::Termination>,
     ) -> Self {
         TlsApp {
             gate,
             counters,
-            destinations,
-            upstream,
             termination,
         }
+    }
+
+    /// Where this listener forwards: the gate's, as for its HTTP requests.
+    fn destinations(&self) -> &Destinations {
+        &self.gate.destinations
     }
 
     /// The hello's SNI, normalized, when it is a usable host name.
@@ -105,7 +103,7 @@ impl TlsApp {
         let host = match parsed.sni.map(parse_sni) {
             Some(Ok(Some(name))) => Host::Domain(name),
             // No SNI, or an IP literal (which counts as none).
-            None | Some(Ok(None)) => match self.destinations.destination_ip(addrs) {
+            None | Some(Ok(None)) => match self.destinations().destination_ip(addrs) {
                 Some(ip) => Host::Ip(ip),
                 None => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
             },
@@ -180,7 +178,7 @@ impl TlsApp {
 
     /// Connects to the first candidate that answers and writes the hello bytes to it.
     async fn connect(&self, addrs: &ConnAddrs, hello: &Hello) -> Option<TcpStream> {
-        let candidates = match self.destinations.candidates(addrs) {
+        let candidates = match self.destinations().candidates(addrs) {
             Ok(c) => c,
             Err(e) => {
                 self.gate.counters.destination_error(e);
@@ -196,7 +194,7 @@ impl TlsApp {
         let mut last_error = String::new();
         for addr in candidates.iter() {
             let connect = TcpStream::connect(addr);
-            match tokio::time::timeout(self.upstream.connect_timeout, connect).await {
+            match tokio::time::timeout(self.gate.upstream.connect_timeout, connect).await {
                 Ok(Ok(mut up)) => {
                     let _ = up.set_nodelay(true);
                     if up.write_all(&hello.bytes).await.is_ok() {
@@ -252,7 +250,7 @@ impl ServerApp for TlsApp {
         }
         // SO_ORIGINAL_DST (a system call) only where the listener forwards to it; a connection
         // without SNI is otherwise decided on the listener's local address.
-        let addrs = ConnAddrs::of(&stream, self.destinations.is_original_destination());
+        let addrs = ConnAddrs::of(&stream, self.destinations().is_original_destination());
         let verdict = match &read {
             Ok(hello) => self.decide(hello, &addrs),
             Err(failure) => Verdict::NoHello(*failure),
@@ -272,7 +270,7 @@ impl ServerApp for TlsApp {
                 verdict,
                 facts.as_ref(),
                 client,
-                self.destinations.original_destination(&addrs),
+                self.destinations().original_destination(&addrs),
             );
             refuse::refuse(stream, listener.refuse).await;
             return None;

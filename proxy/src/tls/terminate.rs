@@ -32,7 +32,12 @@ pub struct Terminated {
 impl Terminated {
     /// The extension of a terminated stream, if this is one.
     pub fn of(stream: &Stream) -> Option<Arc<HeldCert>> {
-        let digest = stream.get_ssl_digest()?;
+        Self::in_digest(&*stream.get_ssl_digest()?)
+    }
+
+    /// The certificate a connection's TLS digest says it was served with, if the gate
+    /// terminated it.
+    pub fn in_digest(digest: &pingora::protocols::tls::SslDigest) -> Option<Arc<HeldCert>> {
         digest.extension.get::<Terminated>().map(|t| t.cert.clone())
     }
 }
