@@ -480,6 +480,12 @@ impl ProxyHttp for GateProxy {
         // How long this connection may then wait for its next request (Pingora's own default
         // applies only to the first).
         session.set_keepalive(self.keepalive_seconds);
+        if session.is_http2() {
+            // A terminated HTTP/2 connection's streams over its life (`Terminated::life`).
+            if let Some(tls) = session.digest().and_then(|d| d.ssl_digest.as_deref()) {
+                Terminated::count_stream(tls);
+            }
+        }
         let req = session.req_header();
         if let Err(refusal) = check_target(req.method.as_str().as_bytes(), req.raw_path()) {
             let (reason, answer) = match refusal {

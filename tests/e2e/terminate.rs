@@ -191,7 +191,12 @@ fn http2_streams_on_one_connection_are_decided_one_by_one() {
 /// A minimal HTTP/2 client over rustls: frames written by hand.
 struct H2 {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    /// Bytes read and not yet taken as frames.
+    unread: Vec<u8>,
 }
+
+/// One HTTP/2 frame as read: type, flags, stream id, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
 
 impl H2 {
     fn connect(pki: &Pki, gate: &Gate) -> H2 {
@@ -209,7 +214,54 @@ impl H2 {
         let mut tls = rustls::StreamOwned::new(conn, stream);
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
         tls.write_all(&frame(0x4, 0, 0, &[])).unwrap(); // SETTINGS
-        H2 { tls }
+        H2 {
+            tls,
+            unread: Vec::new(),
+        }
+    }
+
+    /// The next frame, answering the server's SETTINGS and PINGs on the way; None when the
+    /// connection ends.
+    fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            if self.unread.len() >= 9 {
+                let b = &self.unread;
+                let len = u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
+                if b.len() >= 9 + len {
+                    let (kind, flags) = (b[3], b[4]);
+                    let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+                    let payload = b[9..9 + len].to_vec();
+                    self.unread.drain(..9 + len);
+                    match (kind, flags & 0x1) {
+                        (0x4, 0) => self.tls.write_all(&frame(0x4, 0x1, 0, &[])).ok()?,
+                        (0x6, 0) => self.tls.write_all(&frame(0x6, 0x1, 0, &payload)).ok()?,
+                        _ => {}
+                    }
+                    return Some((kind, flags, stream, payload));
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.tls.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.unread.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// GET / for `authority` on stream `id`; reads until that stream's answer ends and returns
+    /// every frame read on the way.
+    fn get(&mut self, id: u32, authority: &str) -> Vec<Frame> {
+        let block = header_block(authority, &[]);
+        self.tls.write_all(&frame(0x1, 0x5, id, &block)).unwrap();
+        let mut seen = Vec::new();
+        while let Some(f) = self.next_frame() {
+            let done = f.2 == id && matches!(f.0, 0x0 | 0x1) && f.1 & 0x1 != 0;
+            seen.push(f);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the connection ended before stream {id} was answered: {seen:?}");
     }
 
     /// Reads frames until the connection ends; the GOAWAY error code, if one came.
@@ -269,6 +321,38 @@ fn header_block(authority: &str, extra: &[(&str, &str)]) -> Vec<u8> {
         b.extend_from_slice(value.as_bytes());
     }
     b
+}
+
+#[test]
+fn an_http2_connection_ends_gracefully_after_max_requests_per_connection() {
+    let origin = Origin::start();
+    let pki = held();
+    let opts = GateOptions {
+        listener_extra: "max_requests_per_connection = 2\n".into(),
+        ..GateOptions::default()
+    };
+    let (gate, _certs) = terminating_gate(&origin, &pki, opts);
+    let mut h2 = H2::connect(&pki, &gate);
+    // The first stream: no GOAWAY.
+    let first = h2.get(1, "www.example.com");
+    assert!(!first.iter().any(|f| f.0 == 0x7), "{first:?}");
+    // The second reaches the limit: it is served, then the connection is ended gracefully,
+    // GOAWAY NO_ERROR naming stream 3 as the last one processed.
+    let mut frames = h2.get(3, "www.example.com");
+    while let Some(f) = h2.next_frame() {
+        frames.push(f);
+    }
+    let goaways: Vec<(u32, u32)> = frames
+        .iter()
+        .filter(|f| f.0 == 0x7)
+        .map(|f| {
+            let p = &f.3;
+            let last = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff;
+            (last, u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+        })
+        .collect();
+    assert_eq!(goaways.last(), Some(&(3, 0)), "{goaways:?}");
+    assert_eq!(origin.received().len(), 2);
 }
 
 #[test]

@@ -80,6 +80,11 @@ pub struct GateApp {
 }
 
 impl GateApp {
+    /// Requests a connection may carry over its life (`max_requests_per_connection`).
+    pub fn max_requests(&self) -> u32 {
+        self.max_requests
+    }
+
     pub fn new(gate: Arc<Gate>, proxy: HttpProxy<GateProxy>) -> Self {
         GateApp {
             header_timeout: gate.listener.header_read_timeout,

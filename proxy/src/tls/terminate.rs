@@ -5,6 +5,7 @@
 //! `:authority` by the same `Gate`. A name held but not filed still completes the handshake: its
 //! requests get the block page over HTTPS, which a browser shows.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +24,12 @@ use crate::front::GateApp;
 use crate::gate::GateProxy;
 
 /// What a terminated connection carries into its requests (the `SslDigest` extension): the
-/// certificate it was served with, whose names say which Hosts it may carry (others: `421`).
+/// certificate it was served with, whose names say which Hosts it may carry (others: `421`),
+/// and its life (how many requests it has carried, and how to end it gracefully).
 #[derive(Debug)]
 pub struct Terminated {
     pub cert: Arc<HeldCert>,
+    pub life: Arc<ConnectionLife>,
 }
 
 impl Terminated {
@@ -40,12 +43,63 @@ impl Terminated {
     pub fn in_digest(digest: &pingora::protocols::tls::SslDigest) -> Option<Arc<HeldCert>> {
         digest.extension.get::<Terminated>().map(|t| t.cert.clone())
     }
+
+    /// Counts one HTTP/2 stream on the connection of `digest`, if the gate terminated it.
+    pub fn count_stream(digest: &pingora::protocols::tls::SslDigest) {
+        if let Some(t) = digest.extension.get::<Terminated>() {
+            t.life.count_request();
+        }
+    }
+}
+
+/// The life of one terminated HTTP/2 connection: after `max_requests_per_connection` streams
+/// it is ended gracefully (GOAWAY naming the last stream accepted; streams in flight finish,
+/// the client opens a new connection), as nginx's `keepalive_requests` does for HTTP/2. HTTP/1.1
+/// connections count their requests in the front end.
+#[derive(Debug)]
+pub struct ConnectionLife {
+    requests: AtomicU32,
+    max_requests: u32,
+    /// Set to `true` to end the connection: Pingora's HTTP/2 accept loop sends GOAWAY when the
+    /// watch it is given changes.
+    end: tokio::sync::watch::Sender<bool>,
+}
+
+impl ConnectionLife {
+    pub fn new(max_requests: u32) -> (Arc<Self>, ShutdownWatch) {
+        let (end, watch) = tokio::sync::watch::channel(false);
+        let life = ConnectionLife {
+            requests: AtomicU32::new(0),
+            max_requests,
+            end,
+        };
+        (Arc::new(life), watch)
+    }
+
+    /// One more request on this connection; the one that reaches the limit is still served,
+    /// and ends the connection's life.
+    pub fn count_request(&self) {
+        let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if served == self.max_requests {
+            self.end();
+        }
+    }
+
+    /// Ends the connection gracefully (GOAWAY).
+    pub fn end(&self) {
+        self.end.send_replace(true);
+    }
+
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
 }
 
 /// HTTP/2 limits for terminated connections: Pingora's bounded defaults (header list size,
 /// concurrent streams), and against rapid reset (CVE-2023-44487) and floods of streams the
 /// server must reset, a cap on streams reset before they are accepted and on resets the gate
-/// sends; a client over them gets GOAWAY (ENHANCE_YOUR_CALM).
+/// sends; a client over them gets GOAWAY (ENHANCE_YOUR_CALM). Streams over a connection's life
+/// are limited by `ConnectionLife`.
 pub fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
     let mut options = pingora::protocols::http::v2::server::default_h2_options();
     options
@@ -75,6 +129,8 @@ pub struct Termination {
     h2: Arc<HttpProxy<GateProxy>>,
     pub handshakes: IntCounter,
     pub handshake_failures: IntCounter,
+    /// Streams an HTTP/2 connection may carry over its life (`max_requests_per_connection`).
+    max_requests: u32,
 }
 
 /// The TLS settings of a terminator: TLS 1.3 and 1.2 only, rustls's (modern, AEAD-only) cipher
@@ -109,9 +165,11 @@ impl Termination {
         handshake_failures: IntCounter,
     ) -> anyhow::Result<Self> {
         let acceptor = Acceptor::from_server_config(server_config(certs.clone(), tickets)?);
+        let max_requests = front.max_requests();
         Ok(Termination {
             certs,
             acceptor,
+            max_requests,
             front: Arc::new(front),
             h2: Arc::new(h2),
             handshakes,
@@ -141,7 +199,11 @@ impl Termination {
         let mut l4 = *l4;
         l4.rewind(&hello.bytes);
         drop(hello);
-        let callbacks = Attach(cert);
+        let (life, end_watch) = ConnectionLife::new(self.max_requests);
+        let callbacks = Attach {
+            cert,
+            life: life.clone(),
+        };
         let handshake = pingora::protocols::tls::server::handshake_with_callback(
             &self.acceptor,
             l4,
@@ -168,7 +230,26 @@ impl Termination {
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
         let stream: Stream = Box::new(tls);
         let mut next = if h2 {
-            self.h2.process_new(stream, shutdown).await
+            // Pingora ends an HTTP/2 connection gracefully when its watch changes: this
+            // connection's watch changes when the server shuts down or when its life is over.
+            let served = self.h2.process_new(stream, &end_watch);
+            tokio::pin!(served);
+            let mut server_shutdown = shutdown.clone();
+            let mut passed_on = *server_shutdown.borrow();
+            if passed_on {
+                life.end();
+            }
+            loop {
+                tokio::select! {
+                    next = &mut served => break next,
+                    changed = server_shutdown.changed(), if !passed_on => {
+                        passed_on = true;
+                        if changed.is_ok() {
+                            life.end();
+                        }
+                    }
+                }
+            }
         } else {
             self.front.process_new(stream, shutdown).await
         };
@@ -178,8 +259,11 @@ impl Termination {
     }
 }
 
-/// Puts the certificate a connection was served with into its `SslDigest`.
-struct Attach(Arc<HeldCert>);
+/// Puts the certificate a connection was served with, and its life, into its `SslDigest`.
+struct Attach {
+    cert: Arc<HeldCert>,
+    life: Arc<ConnectionLife>,
+}
 
 #[async_trait::async_trait]
 impl TlsAccept for Attach {
@@ -188,7 +272,8 @@ impl TlsAccept for Attach {
         _ssl: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         Some(Arc::new(Terminated {
-            cert: self.0.clone(),
+            cert: self.cert.clone(),
+            life: self.life.clone(),
         }))
     }
 }
