@@ -47,6 +47,7 @@ pub struct Metrics {
     tls_certificates_rejected: IntCounterVec,
     pub tls_certificates_loaded: IntGauge,
     tls_certificate_reloads: IntCounterVec,
+    tls_ticket_key_reloads: IntCounterVec,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -321,6 +322,15 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            tls_ticket_key_reloads: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_tls_ticket_key_reloads_total",
+                    "Reloads of the session ticket key file ([tls] session_ticket_keys: SIGHUP, a \
+                     change) by result (success, error: the keys in service stay)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -363,6 +373,8 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.tls_certificate_reloads.clone()))
             .unwrap();
+        r.register(Box::new(m.tls_ticket_key_reloads.clone()))
+            .unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -381,6 +393,8 @@ impl Metrics {
         }
         for result in [CertReload::Success, CertReload::Error] {
             m.tls_certificate_reloads
+                .with_label_values(&[result.as_str()]);
+            m.tls_ticket_key_reloads
                 .with_label_values(&[result.as_str()]);
         }
         let build = IntGauge::with_opts(
@@ -425,6 +439,12 @@ impl Metrics {
 
     pub fn tls_certificate_reload(&self, result: CertReload) {
         self.tls_certificate_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub fn tls_ticket_key_reload(&self, result: CertReload) {
+        self.tls_ticket_key_reloads
             .with_label_values(&[result.as_str()])
             .inc();
     }

@@ -173,6 +173,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 "tls certificates",
                 CertWatcher {
                     store: store.clone(),
+                    tickets: tickets.clone(),
                     interval: tls.check_interval,
                 },
             ));

@@ -500,3 +500,85 @@ fn upstream_tls_re_encrypts_to_the_origin_with_the_host_as_sni() {
     // Nothing went to the cleartext origin.
     assert!(origin.received().is_empty());
 }
+
+#[test]
+fn session_ticket_keys_resume_across_a_rotation_and_reload_without_a_restart() {
+    const A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const B: &str = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecf";
+    const C: &str = "c0ffee0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d";
+    // A client keeps the newest tickets it was given: each resumption brings tickets sealed
+    // with the current key.
+    let origin = Origin::start();
+    let pki = held();
+    let certs = tempfile::tempdir().unwrap().keep();
+    pki.write_pair(&certs, "site");
+    let keys = certs.join("tickets.keys");
+    std::fs::write(&keys, format!("{A}\n")).unwrap();
+    let gate = Gate::start(
+        &origin,
+        GateOptions {
+            listener_extra: "protocol = \"tls\"\n".into(),
+            extra: format!(
+                "[tls]\ncertificates = \"{}\"\nsession_ticket_keys = \"{}\"\n",
+                certs.display(),
+                keys.display()
+            ),
+            ..GateOptions::default()
+        },
+    );
+    // One client configuration (so one session store) per key epoch: a request on a fresh
+    // connection, whose answer carries the server's tickets; true when it resumed.
+    let connect = |config: &std::sync::Arc<rustls::ClientConfig>| {
+        let stream = TcpStream::connect(gate.addr).unwrap();
+        let mut client = TlsClient::with_config(config.clone(), stream, "www.example.com").unwrap();
+        let resumed = client.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        assert_eq!(status(&client.get("www.example.com", "/")), 200);
+        resumed
+    };
+    let h1_only = || {
+        let mut config = (*pki.client_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        std::sync::Arc::new(config)
+    };
+    let sealed_with_a = h1_only();
+    assert!(
+        !connect(&sealed_with_a),
+        "the first connection is a full handshake"
+    );
+    assert!(connect(&sealed_with_a), "a ticket sealed with A resumes");
+    let reloads = |result: &str| {
+        gate.metrics().value(
+            "icp_gate_tls_ticket_key_reloads_total",
+            &[("result", result)],
+        )
+    };
+    let hangup = |want: f64, result: &str| {
+        Command::new("kill")
+            .args(["-HUP", &gate.pid().to_string()])
+            .status()
+            .unwrap();
+        wait_for("the ticket keys reloaded", Duration::from_secs(10), || {
+            (reloads(result) >= want).then_some(())
+        });
+    };
+    // Rotated: B current, A previous. A's ticket still resumes (B seals the new ones).
+    std::fs::write(&keys, format!("{B}\n{A}\n")).unwrap();
+    hangup(1.0, "success");
+    let sealed_with_b = h1_only();
+    assert!(!connect(&sealed_with_b));
+    assert!(
+        connect(&sealed_with_a),
+        "the previous key still opens its tickets"
+    );
+    // A file that does not read: the keys in service stay.
+    std::fs::write(&keys, "not a key\n").unwrap();
+    hangup(1.0, "error");
+    assert!(connect(&sealed_with_b), "B is still in service");
+    // Rotated to C alone: B's tickets no longer open, a full handshake instead; the new
+    // tickets (sealed with C) resume.
+    std::fs::write(&keys, format!("{C}\n")).unwrap();
+    hangup(2.0, "success");
+    assert!(!connect(&sealed_with_b), "B is gone");
+    assert!(connect(&sealed_with_b), "C's ticket resumes");
+    assert!(gate.log().contains("session ticket keys not reloaded"));
+}

@@ -32,6 +32,7 @@ use pingora::services::background::BackgroundService;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use super::tickets::{FileTicketer, KeyReload};
 use crate::metrics::{CertReload, Metrics};
 
 /// One certificate in service.
@@ -318,10 +319,47 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// Reloads the store on SIGHUP, when its directory changes (looked at every `interval`; None:
-/// SIGHUP only) and when a certificate in service expires.
+/// SIGHUP only) and when a certificate in service expires; the session ticket key file, when
+/// there is one, on SIGHUP and when it changes.
 pub struct CertWatcher {
     pub store: Arc<CertStore>,
+    pub tickets: Option<Arc<FileTicketer>>,
     pub interval: Option<Duration>,
+}
+
+impl CertWatcher {
+    /// Reloads the ticket keys (`forced`: SIGHUP; else only when the file changed); logs and
+    /// counts what happened.
+    fn reload_tickets(tickets: &FileTicketer, metrics: &Metrics, forced: bool) {
+        let result = if forced {
+            tickets.reload()
+        } else {
+            tickets.reload_if_changed()
+        };
+        match result {
+            KeyReload::Unchanged => {}
+            KeyReload::Loaded => {
+                metrics.tls_ticket_key_reload(CertReload::Success);
+                tracing::info!(
+                    target: "icp_gate::tls",
+                    key_id = hex4(tickets.current_id()),
+                    "session ticket keys reloaded"
+                );
+            }
+            KeyReload::Failed(error) => {
+                metrics.tls_ticket_key_reload(CertReload::Error);
+                tracing::warn!(
+                    target: "icp_gate::tls",
+                    error,
+                    "session ticket keys not reloaded, the keys in service stay"
+                );
+            }
+        }
+    }
+}
+
+fn hex4(id: [u8; 4]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[async_trait]
@@ -341,6 +379,7 @@ impl BackgroundService for CertWatcher {
         let tick = self.interval.unwrap_or(Duration::from_secs(3600));
         loop {
             let store = self.store.clone();
+            let tickets = self.tickets.clone();
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep(tick) => {
@@ -348,6 +387,9 @@ impl BackgroundService for CertWatcher {
                     let _ = tokio::task::spawn_blocking(move || {
                         if poll {
                             store.reload_if_changed();
+                            if let Some(t) = tickets {
+                                Self::reload_tickets(&t, &store.metrics, false);
+                            }
                         } else if store.expiry_due() {
                             store.reload();
                         }
@@ -360,8 +402,14 @@ impl BackgroundService for CertWatcher {
                         None => std::future::pending().await,
                     }
                 } => {
-                    tracing::info!("SIGHUP: reloading TLS certificates");
-                    let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+                    tracing::info!("SIGHUP: reloading TLS certificates and ticket keys");
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.reload();
+                        if let Some(t) = tickets {
+                            Self::reload_tickets(&t, &store.metrics, true);
+                        }
+                    })
+                    .await;
                 }
             }
         }
@@ -585,6 +633,7 @@ mod tests {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let watcher = CertWatcher {
             store: store.clone(),
+            tickets: None,
             interval,
         };
         tokio::spawn(async move { watcher.start(shutdown).await });
