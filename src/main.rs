@@ -86,6 +86,9 @@ const DEMO_TLS_NAMES: [&str; 4] = [
     "icp-demo.cn",
     "unfiled-demo.cn",
 ];
+/// The names the demo gate holds a certificate for (terminated): filed and connected, and held
+/// but not filed (the block page over HTTPS).
+const DEMO_HELD_NAMES: [&str; 2] = ["icp-demo.cn", "held-unfiled.cn"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,19 +170,33 @@ fn demo() -> anyhow::Result<ExitCode> {
     let registry = dir.join("registry.tsv");
     std::fs::write(&registry, DEMO_REGISTRY)
         .with_context(|| format!("writing the sample registry to {}", registry.display()))?;
-    let text = DEMO_CONFIG.replace(
-        "@SAMPLE_REGISTRY@",
-        &format!("file://{}", registry.display()),
-    );
-    let settings = icp_gate_config::parse(&text, &dir).map_err(|errors| {
-        anyhow::anyhow!("the embedded demo configuration is invalid: {errors:?}")
-    })?;
-    icp_gate_proxy::init_logging(&settings.log);
     let (tls_origin, tls_cert) =
         icp_gate_proxy::demo_origin::DemoTlsOrigin::generate(&DEMO_TLS_NAMES)
             .context("making the demo TLS origin's certificate")?;
     let cert = dir.join("demo-origin.pem");
     std::fs::write(&cert, tls_cert).with_context(|| format!("writing {}", cert.display()))?;
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).with_context(|| format!("creating {}", certs.display()))?;
+    let (held_pem, held_key) =
+        icp_gate_proxy::demo_origin::DemoTlsOrigin::held_certificate(&DEMO_HELD_NAMES)
+            .context("making the demo gate's certificate")?;
+    for (file, text) in [("demo.crt", &held_pem), ("demo.key", &held_key)] {
+        let path = certs.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let held = dir.join("demo-gate.pem");
+    std::fs::write(&held, &held_pem).with_context(|| format!("writing {}", held.display()))?;
+    let text = DEMO_CONFIG
+        .replace(
+            "@SAMPLE_REGISTRY@",
+            &format!("file://{}", registry.display()),
+        )
+        .replace("@DEMO_CERTS@", &certs.display().to_string())
+        .replace("@DEMO_ORIGIN_CA@", &cert.display().to_string());
+    let settings = icp_gate_config::parse(&text, &dir).map_err(|errors| {
+        anyhow::anyhow!("the embedded demo configuration is invalid: {errors:?}")
+    })?;
+    icp_gate_proxy::init_logging(&settings.log);
     eprintln!(
         "icp-gate demo: gate on http://127.0.0.1:8080 and TLS on 127.0.0.1:8443, admin on \
          http://127.0.0.1:9090, demo origins on http://{DEMO_ORIGIN} and {DEMO_TLS_ORIGIN} (TLS)\n\
@@ -190,9 +207,12 @@ fn demo() -> anyhow::Result<ExitCode> {
          curl -H 'Host: cdn-only.cn' http://127.0.0.1:8080/          # filed elsewhere: connect it here\n  \
          curl --cacert {cert} --resolve www.example.com:8443:127.0.0.1 https://www.example.com:8443/   # passed through\n  \
          curl --cacert {cert} --resolve unfiled-demo.cn:8443:127.0.0.1 https://unfiled-demo.cn:8443/   # refused: unrecognized name\n  \
+         curl --cacert {held} --resolve icp-demo.cn:8443:127.0.0.1 https://icp-demo.cn:8443/           # terminated, re-encrypted to the origin\n  \
+         curl --cacert {held} --resolve held-unfiled.cn:8443:127.0.0.1 https://held-unfiled.cn:8443/   # terminated: block page over HTTPS\n  \
          curl http://127.0.0.1:9090/metrics",
         registry.display(),
         cert = cert.display(),
+        held = held.display(),
     );
     icp_gate_proxy::run(
         settings,

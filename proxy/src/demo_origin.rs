@@ -56,6 +56,20 @@ pub struct DemoTlsOrigin {
 impl DemoTlsOrigin {
     /// A TLS origin with a fresh self-signed ECDSA P-256 certificate for `names`; also returns
     /// the certificate in PEM, for clients to trust (`curl --cacert`).
+    /// A self-signed ECDSA P-256 certificate for `names` and its key, both PEM: what the demo
+    /// gate terminates with (`[tls] certificates`), so the names it holds get the block page
+    /// over HTTPS instead of an alert.
+    pub fn held_certificate(names: &[&str]) -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "icp-gate demo gate");
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     pub fn generate(names: &[&str]) -> anyhow::Result<(DemoTlsOrigin, String)> {
         use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let key = rcgen::KeyPair::generate()?;
@@ -103,10 +117,22 @@ impl pingora::apps::ServerApp for DemoTlsOrigin {
                 let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 buf.drain(..end + 4);
                 let line = head.lines().next().unwrap_or("");
-                let body = format!(
-                    "Passed through: the demo TLS origin terminated this connection itself \
-                     (SNI {sni}) and received: {line}\n"
-                );
+                // The gate adds X-Forwarded-Proto to the requests it terminated itself; a
+                // passed-through connection arrives exactly as the client sent it.
+                let relayed = head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("x-forwarded-proto:"));
+                let body = if relayed {
+                    format!(
+                        "Terminated by the gate, decided on its Host and re-encrypted: the demo \
+                         TLS origin (SNI {sni}) received: {line}\n"
+                    )
+                } else {
+                    format!(
+                        "Passed through: the demo TLS origin terminated this connection itself \
+                         (SNI {sni}) and received: {line}\n"
+                    )
+                };
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
                      Content-Length: {}\r\nX-Demo-Origin: icp-gate-tls\r\n\r\n{body}",

@@ -159,6 +159,33 @@ fn demo_allows_a_filed_sample_and_blocks_an_unfiled_one() {
             refused,
             crate::tls_harness::Ending::Closed(crate::tls_harness::ALERT.to_vec())
         );
+        // Names the demo gate holds a certificate for are terminated: a filed one forwarded
+        // to the demo origin, a held unfiled one answered with the block page over HTTPS.
+        let held = rustls::pki_types::CertificateDer::from_pem_file(
+            std::env::temp_dir()
+                .join(format!("icp-gate-demo-{}", child_id))
+                .join("demo-gate.pem"),
+        )
+        .unwrap();
+        let mut config = (*crate::tls_harness::client_config_trusting(held)).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = std::sync::Arc::new(config);
+        let https = |name: &str| {
+            let stream = std::net::TcpStream::connect(addr(8443)).unwrap();
+            crate::tls_harness::TlsClient::with_config(config.clone(), stream, name)
+                .unwrap()
+                .get(name, "/")
+        };
+        let forwarded = https("icp-demo.cn");
+        assert!(forwarded.starts_with("HTTP/1.1 200"), "{forwarded}");
+        assert!(forwarded.contains("Terminated by the gate"), "{forwarded}");
+        let page = https("held-unfiled.cn");
+        assert!(page.starts_with("HTTP/1.1 403"), "{page}");
+        assert!(
+            page.to_ascii_lowercase()
+                .contains("x-icp-block-reason: unfiled"),
+            "{page}"
+        );
     });
     let _ = child.kill();
     let _ = child.wait();
