@@ -37,6 +37,23 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Why hosts are allowed or blocked: for each, as one JSON line, its canonical name, every
+    /// name the lookup tries, the record that covers it, the serial, and the decision and
+    /// reason on every listener of the configuration. Offline, on the registry the
+    /// configuration's gate would load (a file source, else registry.state_dir). Exit 0, 1 when
+    /// a host is not usable, 2 when there is no registry to explain against.
+    Explain {
+        /// Hosts, as a Host header names them (a port may follow).
+        hosts: Vec<String>,
+        /// Configuration file (TOML).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// Also each line of FILE (one host a line; `-`: standard input; blank lines and `#`
+        /// comments skipped), then a summary per listener: what is allowed, blocked and
+        /// monitored, by reason (on a monitor listener, what enforce would block).
+        #[arg(long, value_name = "FILE")]
+        batch: Option<PathBuf>,
+    },
     /// Ask a running gate's admin listener whether it is ready (for container health checks).
     Health {
         /// Admin listener address.
@@ -128,6 +145,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         (Some(Command::Health { admin, path }), _) => health(admin, &path),
+        (
+            Some(Command::Explain {
+                hosts,
+                config,
+                batch,
+            }),
+            _,
+        ) => explain(&hosts, &config, batch.as_deref()),
         (None, Some(config)) => {
             // -t also refuses certificate files a running gate would skip (and log, and count).
             let load = if cli.test {
@@ -205,6 +230,55 @@ fn demo() -> anyhow::Result<ExitCode> {
             )),
         },
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(hosts: &[String], config: &Path, batch: Option<&Path>) -> anyhow::Result<ExitCode> {
+    const NO_REGISTRY: u8 = 2;
+    if hosts.is_empty() && batch.is_none() {
+        bail!("nothing to explain: give one or more hosts, or --batch FILE");
+    }
+    let settings = match icp_gate_config::load_file(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(NO_REGISTRY));
+        }
+    };
+    let (loaded, steps) = match icp_gate_proxy::explain::load_offline(&settings) {
+        Ok(l) => l,
+        Err(steps) => {
+            for step in steps {
+                eprintln!("icp-gate explain: {step}");
+            }
+            return Ok(ExitCode::from(NO_REGISTRY));
+        }
+    };
+    for step in steps {
+        eprintln!("icp-gate explain: {step}");
+    }
+    let mut batch_reader: Option<Box<dyn std::io::BufRead>> = match batch {
+        None => None,
+        Some(p) if p == Path::new("-") => Some(Box::new(std::io::stdin().lock())),
+        Some(p) => Some(Box::new(std::io::BufReader::new(open(p)?))),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let summary = icp_gate_proxy::explain::run_cli(
+        &loaded,
+        &settings.listeners,
+        hosts,
+        batch_reader
+            .as_deref_mut()
+            .map(|r| r as &mut dyn std::io::BufRead),
+        &mut out,
+    )?;
+    if summary.invalid > 0 {
+        eprintln!(
+            "icp-gate explain: {} of {} hosts are not usable host names (invalid_host)",
+            summary.invalid, summary.hosts
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

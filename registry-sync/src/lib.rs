@@ -3,6 +3,7 @@
 //! snapshot into service.
 
 pub mod delta;
+pub mod explain;
 pub mod index;
 pub mod name;
 pub mod registry;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod decisions;
+mod explain;
 mod harness;
 mod hostile;
 mod registry_sync;
