@@ -6,6 +6,7 @@ pub mod delta;
 pub mod explain;
 pub mod index;
 pub mod name;
+pub mod publish;
 pub mod registry;
 pub mod snapshot;
 pub mod sync;

@@ -6,6 +6,7 @@ mod decisions;
 mod explain;
 mod harness;
 mod hostile;
+mod publish;
 mod registry_sync;
 mod terminate;
 mod tls;
