@@ -450,3 +450,28 @@ fn the_admin_explain_agrees_with_the_cli_and_with_what_the_gate_does() {
     );
     assert_eq!(post.status, 405);
 }
+
+#[test]
+fn explain_follows_a_file_delta_feed_as_a_gate_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("registry.tsv");
+    std::fs::write(&source, snapshot_bytes(7, &standard_records())).unwrap();
+    let deltas = dir.path().join("deltas");
+    std::fs::create_dir(&deltas).unwrap();
+    let late = ("late.cn", icp_gate_registry::Status::Connected, None, None);
+    std::fs::write(deltas.join("7"), delta_bytes(7, 8, &[late], &[], 13)).unwrap();
+    let config = config_with_source(
+        dir.path(),
+        &format!("file://{}", source.display()),
+        &format!("delta_source = \"file://{}/\"", deltas.display()),
+    );
+    let out = explain(&config, &["www.late.cn"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.lines[0]["serial"], 8);
+    assert_eq!(out.lines[0]["matched"], "late.cn");
+    assert!(
+        out.stderr.contains("delta applied, serial 7 to 8"),
+        "{}",
+        out.stderr
+    );
+}
