@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use icp_gate_registry::{read_snapshot_sized, Status};
+use icp_gate_registry::{publish, read_snapshot_sized, Status};
 
 /// ICP filing enforcement reverse proxy.
 #[derive(Parser, Debug)]
@@ -37,6 +37,23 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Why hosts are allowed or blocked: for each, as one JSON line, its canonical name, every
+    /// name the lookup tries, the record that covers it, the serial, and the decision and
+    /// reason on every listener of the configuration. Offline, on the registry the
+    /// configuration's gate would load (a file source, else registry.state_dir). Exit 0, 1 when
+    /// a host is not usable, 2 when there is no registry to explain against.
+    Explain {
+        /// Hosts, as a Host header names them (a port may follow).
+        hosts: Vec<String>,
+        /// Configuration file (TOML).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// Also each line of FILE (one host a line; `-`: standard input; blank lines and `#`
+        /// comments skipped), then a summary per listener: what is allowed, blocked and
+        /// monitored, by reason (on a monitor listener, what enforce would block).
+        #[arg(long, value_name = "FILE")]
+        batch: Option<PathBuf>,
+    },
     /// Ask a running gate's admin listener whether it is ready (for container health checks).
     Health {
         /// Admin listener address.
@@ -59,6 +76,42 @@ enum RegistryCommand {
         /// Write the delta here instead of standard output.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Seal a file of records (the record lines of snapshot format v1, nothing else) into a
+    /// snapshot: header, trailer, and every check `verify` makes. A bad record is refused with
+    /// its line, and nothing is written.
+    Build {
+        /// The records file.
+        records: PathBuf,
+        /// The snapshot's serial.
+        #[arg(long)]
+        serial: u64,
+        /// Where to write it (`-`: standard output); replaced atomically once it is valid.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// The snapshot's generated_at (RFC 3339); now by default.
+        #[arg(long, value_name = "RFC3339")]
+        generated_at: Option<String>,
+    },
+    /// Publish the next export (a records file or a snapshot) into DIR, laid out for the gate's
+    /// `registry.source` (DIR/registry.snapshot) and `registry.delta_source`
+    /// (DIR/registry.deltas/): the new snapshot and the delta to it from the previous one,
+    /// written atomically, for any static web server or object store to serve.
+    Publish {
+        /// The export: a records file (sealed with the next serial) or a snapshot.
+        export: PathBuf,
+        /// The directory to publish into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The new serial (a records file only); default one above the last published.
+        #[arg(long)]
+        serial: Option<u64>,
+        /// How many deltas to keep, the newest (0: publish snapshots only).
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        keep_deltas: usize,
+        /// generated_at of a snapshot sealed from a records file (RFC 3339); now by default.
+        #[arg(long, value_name = "RFC3339")]
+        generated_at: Option<String>,
     },
     /// Write a synthetic snapshot (realistic TLD and status mix) for load tests and benches.
     Generate {
@@ -111,6 +164,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Registry { command }), _) => match command {
             RegistryCommand::Verify { file } => verify(&file),
             RegistryCommand::Diff { old, new, output } => diff(&old, &new, output.as_deref()),
+            RegistryCommand::Build {
+                records,
+                serial,
+                output,
+                generated_at,
+            } => build(&records, serial, &output, generated_at),
+            RegistryCommand::Publish {
+                export,
+                dir,
+                serial,
+                keep_deltas,
+                generated_at,
+            } => publish(&export, &dir, serial, keep_deltas, generated_at),
             RegistryCommand::Generate {
                 file,
                 records,
@@ -131,6 +197,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         (Some(Command::Health { admin, path }), _) => health(admin, &path),
+        (
+            Some(Command::Explain {
+                hosts,
+                config,
+                batch,
+            }),
+            _,
+        ) => explain(&hosts, &config, batch.as_deref()),
         (None, Some(config)) => {
             // -t also refuses certificate files a running gate would skip (and log, and count).
             let load = if cli.test {
@@ -228,6 +302,55 @@ fn demo() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn explain(hosts: &[String], config: &Path, batch: Option<&Path>) -> anyhow::Result<ExitCode> {
+    const NO_REGISTRY: u8 = 2;
+    if hosts.is_empty() && batch.is_none() {
+        bail!("nothing to explain: give one or more hosts, or --batch FILE");
+    }
+    let settings = match icp_gate_config::load_file(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(NO_REGISTRY));
+        }
+    };
+    let (loaded, steps) = match icp_gate_proxy::explain::load_offline(&settings) {
+        Ok(l) => l,
+        Err(steps) => {
+            for step in steps {
+                eprintln!("icp-gate explain: {step}");
+            }
+            return Ok(ExitCode::from(NO_REGISTRY));
+        }
+    };
+    for step in steps {
+        eprintln!("icp-gate explain: {step}");
+    }
+    let mut batch_reader: Option<Box<dyn std::io::BufRead>> = match batch {
+        None => None,
+        Some(p) if p == Path::new("-") => Some(Box::new(std::io::stdin().lock())),
+        Some(p) => Some(Box::new(std::io::BufReader::new(open(p)?))),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let summary = icp_gate_proxy::explain::run_cli(
+        &loaded,
+        &settings.listeners,
+        hosts,
+        batch_reader
+            .as_deref_mut()
+            .map(|r| r as &mut dyn std::io::BufRead),
+        &mut out,
+    )?;
+    if summary.invalid > 0 {
+        eprintln!(
+            "icp-gate explain: {} of {} hosts are not usable host names (invalid_host)",
+            summary.invalid, summary.hosts
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn open(file: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))
 }
@@ -260,6 +383,104 @@ fn diff(old: &Path, new: &Path, output: Option<&Path>) -> anyhow::Result<ExitCod
         "delta from={} to={}: {} upserts, {} removals, {} entries after it",
         summary.from, summary.to, summary.upserts, summary.removals, summary.entries
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(
+    records: &Path,
+    serial: u64,
+    output: &Path,
+    generated_at: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let generated_at = generated_at.unwrap_or_else(publish::now_rfc3339);
+    let to_stdout = output == Path::new("-");
+    let built = publish::build(
+        records,
+        serial,
+        &generated_at,
+        (!to_stdout).then_some(output),
+        &mut std::io::stdout().lock(),
+    );
+    match built {
+        Ok(b) => {
+            eprintln!(
+                "{}: {} records sealed, serial {serial}, sha256 {}",
+                if to_stdout {
+                    "-".into()
+                } else {
+                    output.display().to_string()
+                },
+                b.records,
+                b.snapshot.sha256_hex()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: {e}
+icp-gate: nothing written",
+                records.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn publish(
+    export: &Path,
+    dir: &Path,
+    serial: Option<u64>,
+    keep_deltas: usize,
+    generated_at: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let options = publish::PublishOptions {
+        serial,
+        generated_at: generated_at.unwrap_or_else(publish::now_rfc3339),
+        keep_deltas,
+    };
+    let dir_name = dir.display();
+    match publish::publish(export, dir, &options) {
+        Ok(publish::Published::First { serial, entries }) => println!(
+            "{dir_name}: published serial {serial} ({entries} entries) as registry.snapshot"
+        ),
+        Ok(publish::Published::Unchanged { serial }) => println!(
+            "{dir_name}: nothing to publish: {} has the same records as serial {serial}, \
+             the last published",
+            export.display()
+        ),
+        Ok(publish::Published::Next {
+            serial,
+            entries,
+            delta,
+            no_delta,
+            pruned,
+        }) => {
+            println!(
+                "{dir_name}: published serial {serial} ({entries} entries) as registry.snapshot"
+            );
+            match (delta, no_delta) {
+                (Some(d), _) => println!(
+                    "{dir_name}: delta from serial {} to {serial}: {} upserts, {} removals, as \
+                     registry.deltas/{}",
+                    d.from, d.upserts, d.removals, d.from
+                ),
+                (None, why) => {
+                    println!("{dir_name}: no delta written: {}", why.unwrap_or_default())
+                }
+            }
+            if !pruned.is_empty() {
+                let list: Vec<String> = pruned.iter().map(u64::to_string).collect();
+                println!(
+                    "{dir_name}: removed the deltas from serials {} (--keep-deltas {keep_deltas})",
+                    list.join(", ")
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("icp-gate: nothing published: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

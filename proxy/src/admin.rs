@@ -1,11 +1,13 @@
 //! The admin listener: `/metrics`, `/healthz` (the process answers), `/readyz` (a registry is in
-//! service, so the gate decides), `/registry` (facts about the registry in service), and
-//! `POST /sync` (sync the registry now and say what happened).
+//! service, so the gate decides), `/registry` (facts about the registry in service),
+//! `/explain?host=` (why a host is allowed or blocked, on every listener) and `POST /sync` (sync
+//! the registry now and say what happened).
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
+use icp_gate_config::ListenerSettings;
 use icp_gate_registry::{RegistryHandle, SyncOutcome, Syncer};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -17,6 +19,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub registry: Arc<RegistryHandle>,
     pub syncer: Arc<Mutex<Syncer>>,
+    /// The gate's listeners, for `/explain`.
+    pub listeners: Vec<ListenerSettings>,
 }
 
 impl AdminApp {
@@ -46,6 +50,55 @@ impl AdminApp {
         }
         answer
     }
+
+    /// `GET /explain?host=H`: 200 with the explanation, 400 for a missing or unusable host
+    /// (with the reason), 503 before a registry is in service.
+    fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let Some(host) = query_value(query.unwrap_or_default(), "host") else {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "error": "missing_host",
+                    "detail": "name the host to explain: /explain?host=www.example.com \
+                               (percent-encoded where needed)",
+                }),
+            );
+        };
+        let guard = self.registry.load();
+        let Some(loaded) = guard.as_ref() else {
+            return json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "error": "not_ready",
+                    "detail": "no registry loaded yet: nothing to explain against",
+                }),
+            );
+        };
+        let explained =
+            crate::explain::explain(loaded, &self.listeners, &host, crate::clock::unix_seconds());
+        let status = if explained.valid {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        json_reply(status, &explained.json)
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space, as in forms).
+fn query_value(query: &str, name: &str) -> Option<Vec<u8>> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(&value.replace('+', " ")).collect::<Vec<u8>>()
+        })
+    })
+}
+
+fn json_reply(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(body).expect("JSON");
+    bytes.push(b'\n');
+    reply(status, "application/json", bytes)
 }
 
 /// One sync step as JSON (`POST /sync`).
@@ -119,9 +172,7 @@ impl ServeHttp for AdminApp {
                         b"use POST /sync\n".to_vec(),
                     );
                 }
-                let mut body = serde_json::to_vec_pretty(&self.sync_now().await).expect("JSON");
-                body.push(b'\n');
-                reply(StatusCode::OK, "application/json", body)
+                json_reply(StatusCode::OK, &self.sync_now().await)
             }
             "/registry" => {
                 let guard = self.registry.load();
@@ -139,14 +190,25 @@ impl ServeHttp for AdminApp {
                     }),
                     None => serde_json::json!({ "ready": false }),
                 };
-                let mut bytes = serde_json::to_vec_pretty(&body).expect("JSON");
-                bytes.push(b'\n');
-                reply(StatusCode::OK, "application/json", bytes)
+                json_reply(StatusCode::OK, &body)
+            }
+            "/explain" => {
+                if session.req_header().method != http::Method::GET {
+                    return reply(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        b"use GET /explain?host=H\n".to_vec(),
+                    );
+                }
+                let query = session.req_header().uri.query().map(str::to_owned);
+                self.explain(query.as_deref())
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found: try /metrics, /healthz, /readyz, /registry or POST /sync\n".to_vec(),
+                b"not found: try /metrics, /healthz, /readyz, /registry, /explain?host=H or \
+                  POST /sync\n"
+                    .to_vec(),
             ),
         }
     }

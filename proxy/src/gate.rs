@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use icp_gate_config::{ListenerSettings, Mode, UpstreamSettings};
 use icp_gate_registry::{
-    parse_authority, BlockReason, Decision, Host, InvalidHost, RegistryHandle,
+    parse_authority, BlockReason, Decision, Host, InvalidHost, LoadedRegistry, RegistryHandle,
 };
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -156,6 +156,29 @@ impl Outcome {
     }
 }
 
+/// What `listener` does with `host` at `now` (unix seconds), against the registry in service
+/// (None: none loaded yet): the registry's decision for the listener's requirement, then its
+/// mode. The gate's one decision: every request, every TLS connection and `explain` get theirs
+/// here.
+#[inline]
+pub fn decide(
+    loaded: Option<&LoadedRegistry>,
+    listener: &ListenerSettings,
+    host: &Host,
+    now: i64,
+) -> Outcome {
+    let Some(loaded) = loaded else {
+        return Outcome::NotReady;
+    };
+    match loaded.registry.decide(host, listener.require, now) {
+        Decision::Allow => Outcome::Allowed,
+        Decision::Block(reason) => match listener.mode {
+            Mode::Enforce => Outcome::Blocked(reason),
+            Mode::Monitor => Outcome::Monitored(reason),
+        },
+    }
+}
+
 pub struct RequestCtx {
     started: Instant,
     pub outcome: Outcome,
@@ -217,19 +240,12 @@ impl Gate {
     pub fn decide(&self, host: &Host) -> Outcome {
         // The guard lives only for this lookup: nothing about the request keeps a snapshot alive.
         let guard = self.registry.load();
-        let Some(loaded) = guard.as_ref() else {
-            return Outcome::NotReady;
-        };
-        match loaded
-            .registry
-            .decide(host, self.listener.require, crate::clock::unix_seconds())
-        {
-            Decision::Allow => Outcome::Allowed,
-            Decision::Block(reason) => match self.listener.mode {
-                Mode::Enforce => Outcome::Blocked(reason),
-                Mode::Monitor => Outcome::Monitored(reason),
-            },
-        }
+        decide(
+            guard.as_deref(),
+            &self.listener,
+            host,
+            crate::clock::unix_seconds(),
+        )
     }
 
     /// Whether a request for `host` may be served on this connection: always on a connection

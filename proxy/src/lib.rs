@@ -8,6 +8,7 @@ pub mod block_page;
 mod clock;
 pub mod demo_origin;
 pub mod destination;
+pub mod explain;
 pub mod front;
 pub mod gate;
 pub mod metrics;

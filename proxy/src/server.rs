@@ -101,22 +101,11 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         .with_http(settings.registry.http.clone())
         .with_delta_source(settings.registry.delta_source.clone());
     let source = syncer.source().to_string();
-    report(&syncer.sync_once(), &registry, &metrics, &source);
-    if !registry.is_ready() {
-        // The source is down or bad: serve the last snapshot this gate accepted, if any.
-        if let Some(outcome) = syncer.restore_from_state() {
-            let kept = syncer
-                .state_file()
-                .expect("state_dir is set")
-                .display()
-                .to_string();
-            report(&outcome, &registry, &metrics, &kept);
-        }
-    }
-    // Deltas this gate applied before it stopped, kept in state_dir over the snapshot they
-    // chain from: a restart comes back at the newest serial it had.
-    for (kept, outcome) in syncer.replay_state_deltas() {
-        report(&outcome, &registry, &metrics, &kept);
+    // The source; if it is down or bad, the last snapshot this gate accepted; then the deltas
+    // it applied before it stopped, kept in state_dir over the snapshot they chain from: a
+    // restart comes back at the newest serial it had.
+    for (from, outcome) in syncer.load_at_start(true) {
+        report(&outcome, &registry, &metrics, &from);
     }
     if !registry.is_ready() {
         tracing::warn!(
@@ -269,13 +258,14 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 registry: registry.clone(),
                 syncer: syncer.clone(),
+                listeners: settings.listeners.clone(),
             },
         );
         service.add_tcp(&admin.to_string());
         server.add_service(service);
         tracing::info!(
             address = %admin,
-            "admin listener configured (/metrics /healthz /readyz /registry, POST /sync)"
+            "admin listener configured (/metrics /healthz /readyz /registry /explain, POST /sync)"
         );
     }
 

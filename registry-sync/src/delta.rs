@@ -154,7 +154,7 @@ fn key_of(ip: Option<std::net::IpAddr>, name: &[u8]) -> Key {
     }
 }
 
-fn parse_delta_header(line: &str) -> Result<DeltaHeader, String> {
+pub(crate) fn parse_delta_header(line: &str) -> Result<DeltaHeader, String> {
     let fields = header_fields(line, MAGIC)?;
     let (mut from, mut to, mut generated_at) = (None, None, None);
     let serial = |v: &str| {

@@ -3,8 +3,10 @@
 //! snapshot into service.
 
 pub mod delta;
+pub mod explain;
 pub mod index;
 pub mod name;
+pub mod publish;
 pub mod registry;
 pub mod snapshot;
 pub mod sync;

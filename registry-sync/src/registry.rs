@@ -250,10 +250,17 @@ impl Registry {
     pub fn get(&self, key: &Key) -> Option<Entry> {
         match key {
             Key::Ip(ip) => self.ips.get(ip).copied(),
-            Key::Domain(name) => match self.overlay.get(name) {
-                Some(changed) => *changed,
-                None => self.domains.get(name).map(entry_of),
-            },
+            Key::Domain(name) => self.get_domain(name),
+        }
+    }
+
+    /// The record of exactly this normalized domain name: the overlay first (a removed record
+    /// is `None` there), then the index. One step of the label walk when deltas changed names
+    /// (`covering`), and of `explain`'s.
+    pub(crate) fn get_domain(&self, name: &[u8]) -> Option<Entry> {
+        match self.overlay.get(name) {
+            Some(changed) => *changed,
+            None => self.domains.get(name).map(entry_of),
         }
     }
 
@@ -374,19 +381,8 @@ impl Registry {
     /// record lets the walk go on to the parent), then the index.
     #[inline(never)]
     fn covering_domain_with_overlay(&self, name: &DomainName) -> Option<Entry> {
-        for candidate in name.self_and_parents() {
-            let candidate = candidate.as_bytes();
-            match self.overlay.get(candidate) {
-                Some(Some(entry)) => return Some(*entry),
-                Some(None) => {}
-                None => {
-                    if let Some(f) = self.domains.get(candidate) {
-                        return Some(entry_of(f));
-                    }
-                }
-            }
-        }
-        None
+        name.self_and_parents()
+            .find_map(|candidate| self.get_domain(candidate.as_bytes()))
     }
 
     /// The decision for `host` on a listener requiring `require`, at `now` (unix seconds).

@@ -372,6 +372,8 @@ pub struct Syncer {
     /// Where the last accepted snapshot is kept, so a restarted gate can serve before (or
     /// without) its source.
     state_dir: Option<PathBuf>,
+    /// Write accepted snapshots and applied deltas to `state_dir` (false: only read it).
+    keep_state: bool,
     gates: SafetyGates,
     http_settings: HttpSettings,
     http: Option<HttpState>,
@@ -393,6 +395,7 @@ impl Syncer {
             last_seen: None,
             last_rejection: None,
             state_dir: None,
+            keep_state: true,
             gates: SafetyGates::default(),
             http_settings: HttpSettings::default(),
             http: None,
@@ -446,8 +449,35 @@ impl Syncer {
         self
     }
 
+    /// Whether accepted snapshots and applied deltas are written to `state_dir` (the default).
+    /// Off, the directory is only read: for a tool such as `icp-gate explain`, which loads the
+    /// registry as a gate does but must leave the gate's state as it is.
+    pub fn keeping_state(mut self, keep: bool) -> Self {
+        self.keep_state = keep;
+        self
+    }
+
     pub fn source(&self) -> &SnapshotSource {
         &self.source
+    }
+
+    /// What a gate does as it starts: a sync from the source (skipped when `read_source` is
+    /// false: an offline tool whose source is http(s)), then, if that put nothing in service, the
+    /// last accepted snapshot in `state_dir`, then the deltas kept there that chain from the
+    /// serial in service. Each step with where it came from.
+    pub fn load_at_start(&mut self, read_source: bool) -> Vec<(String, SyncOutcome)> {
+        let mut steps = Vec::new();
+        if read_source {
+            steps.push((self.source.to_string(), self.sync_once()));
+        }
+        if !self.handle.is_ready() {
+            if let Some(outcome) = self.restore_from_state() {
+                let kept = self.state_file().expect("state_dir is set");
+                steps.push((kept.display().to_string(), outcome));
+            }
+        }
+        steps.extend(self.replay_state_deltas());
+        steps
     }
 
     pub fn state_file(&self) -> Option<PathBuf> {
@@ -643,7 +673,7 @@ impl Syncer {
 
     /// Keeps an applied delta in `state_dir` (temporary file, fsync, rename).
     fn keep_delta(&self, from: u64, bytes: &[u8]) {
-        let Some(dir) = self.state_deltas() else {
+        let Some(dir) = self.state_deltas().filter(|_| self.keep_state) else {
             return;
         };
         if let Err(e) = write_atomically(&dir, &from.to_string(), bytes) {
@@ -763,7 +793,7 @@ impl Syncer {
     /// service. The copy is taken from the bytes as they are parsed: what is kept is exactly
     /// what was checked, even if the source changes meanwhile.
     fn load<R: Read>(&self, reader: R, size_hint: Option<u64>) -> SyncOutcome {
-        let Some(state_dir) = self.state_dir.clone() else {
+        let Some(state_dir) = self.state_dir.clone().filter(|_| self.keep_state) else {
             return match read_snapshot_limited(reader, size_hint, self.gates.max_bytes) {
                 Ok(snapshot) => self.offer(snapshot),
                 Err(e) => SyncOutcome::Rejected(e),
@@ -896,7 +926,7 @@ impl Syncer {
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file, fsynced, renamed, the directory
 /// fsynced.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {

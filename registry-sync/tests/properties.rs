@@ -5,6 +5,7 @@
 //! - `Registry::decide` against a plain reference model written here from design.md ("Rules from
 //!   the filing regime"), on registries built from a small label alphabet so that look-alikes,
 //!   parents and overrides actually meet;
+//! - `Registry::explain` finds the record `covering` finds, with and without deltas;
 //! - registry deltas (`Registry::apply`, `compact`): a registry with the changes from A to B
 //!   applied decides like the reference model of B;
 //! - snapshot format v1: what `SnapshotWriter` writes, `read_snapshot` reads back unchanged, and a
@@ -486,6 +487,13 @@ proptest! {
             let text = probe.text(&names, *case, *port);
             let host = parse_authority(text.as_bytes())
                 .map_err(|e| TestCaseError::fail(format!("probe {text:?} refused: {e}")))?;
+            // What `explain` says covers the host is what the lookup finds.
+            prop_assert_eq!(
+                registry.explain(&host).matched().map(|(_, e)| e),
+                registry.covering(&host),
+                "explain {:?}",
+                text
+            );
             for require in REQUIREMENTS {
                 prop_assert_eq!(
                     registry.decide(&host, require, NOW),
@@ -550,6 +558,12 @@ proptest! {
             let text = probe.text(&names, *case, *port);
             let host = parse_authority(text.as_bytes())
                 .map_err(|e| TestCaseError::fail(format!("probe {text:?} refused: {e}")))?;
+            prop_assert_eq!(
+                applied.explain(&host).matched().map(|(_, e)| e),
+                applied.covering(&host),
+                "explain {:?} over deltas",
+                text
+            );
             for require in REQUIREMENTS {
                 let want = reference_decide(&b.model, &host, require, NOW);
                 prop_assert_eq!(applied.decide(&host, require, NOW), want, "host {:?}", text);

@@ -468,11 +468,94 @@ fn serve_snapshot(conn: TcpStream, state: &ServerState) {
     let _ = writer.write_all(&answer);
 }
 
+/// A plain static file server on 127.0.0.1, what an operator puts in front of a directory that
+/// `icp-gate registry publish` writes: `GET /PATH` answers the file `root/PATH` (200, read at
+/// the time of the request) or 404. Records every request's path and status.
+pub struct StaticFiles {
+    pub addr: SocketAddr,
+    answered: Arc<Mutex<Vec<(String, u16)>>>,
+}
+
+impl StaticFiles {
+    pub fn start(root: &Path) -> StaticFiles {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let (root, log) = (root.to_owned(), answered.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (root, log) = (root.clone(), log.clone());
+                std::thread::spawn(move || serve_file(conn, &root, &log));
+            }
+        });
+        StaticFiles { addr, answered }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// Every request's path and the status it got, in order.
+    pub fn answered(&self) -> Vec<(String, u16)> {
+        self.answered.lock().unwrap().clone()
+    }
+}
+
+fn serve_file(conn: TcpStream, root: &Path, log: &Mutex<Vec<(String, u16)>>) {
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    let Some((line, _)) = read_head(&mut reader) else {
+        return;
+    };
+    let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+    let relative = path.trim_start_matches('/');
+    let file = (!relative
+        .split('/')
+        .any(|part| part == ".." || part.is_empty()))
+    .then(|| std::fs::read(root.join(relative)).ok())
+    .flatten();
+    let answer = match file {
+        Some(bytes) => {
+            log.lock().unwrap().push((path, 200));
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&bytes);
+            out
+        }
+        None => {
+            log.lock().unwrap().push((path, 404));
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        }
+    };
+    let _ = writer.write_all(&answer);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Snapshots
 
 /// One record of a test snapshot.
 pub type Rec<'a> = (&'a str, Status, Option<&'a str>, Option<&'a str>);
+
+/// The record lines of `records` alone (a records file, as `registry build` reads it).
+pub fn record_lines(records: &[Rec<'_>]) -> String {
+    records
+        .iter()
+        .map(|(name, status, filing, expires)| {
+            let mut line = format!("{name}\t{}", status.as_str());
+            if filing.is_some() || expires.is_some() {
+                line.push_str(&format!("\t{}", filing.unwrap_or_default()));
+            }
+            if let Some(t) = expires {
+                line.push_str(&format!("\t{t}"));
+            }
+            line + "\n"
+        })
+        .collect()
+}
 
 pub fn snapshot_bytes(serial: u64, records: &[Rec<'_>]) -> Vec<u8> {
     let mut w = SnapshotWriter::new(Vec::new(), serial, "2026-11-22T03:00:00Z").unwrap();

@@ -3,8 +3,10 @@
 
 mod cli;
 mod decisions;
+mod explain;
 mod harness;
 mod hostile;
+mod publish;
 mod registry_sync;
 mod terminate;
 mod tls;
