@@ -3,6 +3,7 @@
 
 mod cli;
 mod decisions;
+mod deploy;
 mod harness;
 mod hostile;
 mod registry_sync;
