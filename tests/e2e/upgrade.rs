@@ -89,7 +89,7 @@ fn exchange(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// A client sending requests until `stop`, alternately for a filed and an unfiled host, on one
+/// A client sending requests until `stop` (every `PAUSE`), alternately for a filed and an unfiled host, on one
 /// kept-alive connection (`keep_alive`) or a new connection each time; every answer is checked.
 fn client(addr: SocketAddr, keep_alive: bool, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) {
     let mut conn = None;
@@ -134,8 +134,13 @@ fn client(addr: SocketAddr, keep_alive: bool, stop: Arc<AtomicBool>, tally: Arc<
         if !keep_alive {
             conn = None;
         }
+        // A steady stream, not a flood: the other tests share the machine.
+        std::thread::sleep(PAUSE);
     }
 }
+
+/// Between two requests of one client.
+const PAUSE: Duration = Duration::from_millis(5);
 
 /// Clients on kept-alive and on new connections, running until dropped.
 struct Load {
@@ -185,23 +190,34 @@ impl Load {
     }
 }
 
-/// The process `icp-gate upgrade` started, stopped when the test ends.
-struct Upgraded(u32);
+/// The process `icp-gate upgrade` started (its pid and configuration), stopped when the test
+/// ends if it still runs. It is not a child of the test, so its pid is checked to still be an
+/// icp-gate with that configuration before anything is sent to it: a pid that was freed may
+/// already belong to another process.
+struct Upgraded(u32, std::path::PathBuf);
 
 impl Upgraded {
+    /// Whether the pid is still this test's new gate, alive.
     fn running(&self) -> bool {
-        std::path::Path::new(&format!("/proc/{}", self.0)).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.0))
-                .unwrap_or_default()
-                .contains(") Z ")
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args.first() == Some(&BIN.as_bytes())
+            && args.contains(&b"-u".as_slice())
+            && args.contains(&self.1.as_os_str().as_encoded_bytes());
+        ours && !std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+            .unwrap_or_default()
+            .contains(") Z ")
     }
 }
 
 impl Drop for Upgraded {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
+        if self.running() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -227,7 +243,7 @@ fn upgrade(gate: &Gate, config: &std::path::Path) -> (bool, String, String, Opti
         .split("icp-gate upgrade: started pid ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next()?.parse().ok())
-        .map(Upgraded);
+        .map(|pid| Upgraded(pid, config.to_owned()));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
