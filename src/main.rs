@@ -54,6 +54,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         batch: Option<PathBuf>,
     },
+    /// Replace a running gate with a new process of this executable and configuration, with no
+    /// moment when nothing serves: the new process loads everything first, the running one
+    /// hands its listeners over only to it, and keeps serving if it fails (docs/operations.md,
+    /// "Upgrades"). Prints the new process's id.
+    Upgrade {
+        /// The configuration the new process runs with (checked first).
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The running gate's process id (under systemd: $MAINPID).
+        #[arg(long, value_name = "PID")]
+        pid: u32,
+        /// Give up after this many seconds if the new process is not serving by then (before
+        /// the hand-over it is stopped and the running gate serves on).
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
     /// Ask a running gate's admin listener whether it is ready (for container health checks).
     Health {
         /// Admin listener address.
@@ -205,6 +221,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }),
             _,
         ) => explain(&hosts, &config, batch.as_deref()),
+        (
+            Some(Command::Upgrade {
+                config,
+                pid,
+                timeout,
+            }),
+            _,
+        ) => upgrade(&config, pid, timeout),
         (None, Some(config)) => {
             // -t also refuses certificate files a running gate would skip (and log, and count).
             let load = if cli.test {
@@ -544,6 +568,17 @@ fn verify(file: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn upgrade(config: &Path, pid: u32, timeout: u64) -> anyhow::Result<ExitCode> {
+    if let Err(e) = icp_gate_config::check_file(config) {
+        eprintln!("{e}");
+        eprintln!("icp-gate upgrade: nothing started; the running gate (pid {pid}) keeps serving");
+        return Ok(ExitCode::FAILURE);
+    }
+    let new = icp_gate_proxy::upgrade::hand_over(config, pid, Duration::from_secs(timeout))?;
+    println!("{new}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn health(admin: SocketAddr, path: &str) -> anyhow::Result<ExitCode> {

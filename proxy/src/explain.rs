@@ -285,7 +285,7 @@ pub fn load_offline(
         .with_state_dir(registry.state_dir.clone())
         .with_gates(registry.gates.clone())
         .keeping_state(false);
-    let mut steps = syncer.load_at_start(file(&registry.source));
+    let mut steps = syncer.load_at_start(file(&registry.source), false);
     // What a running gate does next, when it can be done offline: follow the delta feed.
     let delta_file = registry
         .delta_source

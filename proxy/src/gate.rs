@@ -799,6 +799,8 @@ impl ProxyHttp for GateProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let took = ctx.started.elapsed();
+        self.counters.request_took(ctx.outcome, took);
         self.access_log.record(crate::access_log::AccessRecord {
             listener: &self.listener.name,
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
@@ -808,7 +810,7 @@ impl ProxyHttp for GateProxy {
             invalid: ctx.invalid,
             outcome: ctx.outcome,
             status,
-            duration: ctx.started.elapsed(),
+            duration: took,
             request_id: ctx.request_id.as_deref(),
             error: e,
         });

@@ -12,10 +12,13 @@ pub mod explain;
 pub mod front;
 pub mod gate;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
+pub mod readiness;
 pub mod server;
 pub mod socket;
 pub mod sync_service;
 pub mod tls;
+pub mod upgrade;
 
 pub use server::{init_logging, run, RunOptions};

@@ -6,14 +6,27 @@ use std::sync::Arc;
 use icp_gate_config::certs::Rejection;
 use icp_gate_registry::{BlockReason, RejectReason};
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::destination::DestinationError;
+use crate::gate::Outcome;
 use crate::tls::hello::HelloFailure;
 
 /// `reason` label when the gate answers before any registry is loaded.
 pub const NOT_READY: &str = "registry_not_ready";
+
+/// Upper bounds (seconds) of `icp_gate_request_duration_seconds`: a block page takes tens of
+/// microseconds, a forwarded request as long as its origin.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// The `decision` labels of `icp_gate_request_duration_seconds`, in the order of
+/// `ListenerCounters::durations`.
+const DURATION_DECISIONS: [&str; 3] = ["allowed", "blocked", "monitored"];
 
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +61,7 @@ pub struct Metrics {
     pub tls_certificates_loaded: IntGauge,
     tls_certificate_reloads: IntCounterVec,
     tls_ticket_key_reloads: IntCounterVec,
+    request_duration: HistogramVec,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -331,6 +345,16 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "icp_gate_request_duration_seconds",
+                    "Time from a request's head being read to its answer being written (the \
+                     origin's relayed, for forwarded requests), by listener and decision",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["listener", "decision"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -375,6 +399,7 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.tls_ticket_key_reloads.clone()))
             .unwrap();
+        r.register(Box::new(m.request_duration.clone())).unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -466,6 +491,8 @@ impl Metrics {
                 .map(|r| self.upstream_errors.with_label_values(&[listener, r])),
             open_connections: self.open_connections.with_label_values(&[listener]),
             connections_rejected: self.connections_rejected.with_label_values(&[listener]),
+            durations: DURATION_DECISIONS
+                .map(|d| self.request_duration.with_label_values(&[listener, d])),
         }
     }
 
@@ -523,6 +550,8 @@ pub struct ListenerCounters {
     pub upstream_errors: [IntCounter; 4],
     pub open_connections: IntGauge,
     pub connections_rejected: IntCounter,
+    /// `icp_gate_request_duration_seconds` for allowed, blocked and monitored requests.
+    durations: [Histogram; 3],
 }
 
 /// `reason` values of `icp_gate_upstream_errors_total`: a connect that failed on every
@@ -535,6 +564,18 @@ pub const UPSTREAM_ERRORS: [&str; 4] = [
 ];
 
 impl ListenerCounters {
+    /// How long a decided request took, from its head to its answer. Requests that failed
+    /// before a decision are not counted.
+    pub fn request_took(&self, outcome: Outcome, took: std::time::Duration) {
+        let i = match outcome {
+            Outcome::Allowed => 0,
+            Outcome::Blocked(_) | Outcome::NotReady => 1,
+            Outcome::Monitored(_) => 2,
+            Outcome::Pending => return,
+        };
+        self.durations[i].observe(took.as_secs_f64());
+    }
+
     pub fn connect_failed(&self) {
         self.upstream_errors[0].inc();
     }

@@ -2,6 +2,7 @@
 //! admin listener, the sync worker and, for the demo, the demo origin.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use icp_gate_config::{ListenerSettings, LogFormat, LogSettings, Protocol, Settings};
@@ -11,9 +12,10 @@ use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use pingora::services::ServiceHandle;
 
 use crate::accept::{Limited, TransparentListener};
 use crate::access_log::AccessLog;
@@ -23,11 +25,14 @@ use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::readiness::{Health, Supervisor, Watched};
 use crate::sync_service::{report, SyncService};
 use crate::tls::certs::{CertStore, CertWatcher};
 use crate::tls::terminate::Termination;
 use crate::tls::tickets::FileTicketer;
 use crate::tls::TlsApp;
+use crate::upgrade::SafeShutdownSignals;
 
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -67,47 +72,68 @@ fn gate_proxy(server: &Server, gate: &Arc<Gate>) -> pingora::proxy::HttpProxy<Ga
 }
 
 /// Adds a listener's service: on a Pingora listener, or on a socket of our own for a
-/// transparent (TPROXY) one.
+/// transparent (TPROXY) one (bound here, so it is up before the server starts).
 fn add_listener<A: ServerApp + Send + Sync + 'static>(
     server: &mut Server,
+    health: &Arc<Health>,
     name: String,
     listener: &ListenerSettings,
     app: A,
     buffers: L4BufferSettings,
     threads: usize,
-) -> anyhow::Result<()> {
-    if listener.transparent {
+) -> anyhow::Result<ServiceHandle> {
+    Ok(if listener.transparent {
         let socket = TransparentListener::bind(&listener.name, listener.address)?;
         let mut service = background_service(&name, socket.serve(app));
         service.threads = Some(threads);
-        server.add_service(service);
+        server.add_service(Watched::new(service, health))
     } else {
         let mut service = Service::new(name, app);
         service.add_listener(ListenerConfig::tcp(listener.address.to_string()).l4_buffer(buffers));
-        server.add_service(service);
+        server.add_service(Watched::new(service, health))
+    })
+}
+
+/// Puts the first registry in service and reports it. A new process taking over from a running
+/// gate starts from the registry that gate kept in `state_dir` (the one it serves, with no
+/// wait on the source), and syncs from the source once it serves; any other start reads the
+/// source first and falls back on `state_dir`.
+fn first_load(syncer: &mut Syncer, registry: &RegistryHandle, metrics: &Metrics, upgrade: bool) {
+    // The source (for a new process taking over: the snapshot the running gate kept in
+    // state_dir first); if it is down or bad, the last snapshot this gate accepted; then the
+    // deltas it applied before it stopped, kept in state_dir over the snapshot they chain from:
+    // a restart comes back at the newest serial it had.
+    for (from, outcome) in syncer.load_at_start(true, upgrade) {
+        report(&outcome, registry, metrics, &from);
     }
-    Ok(())
 }
 
 /// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast).
 pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let registry = RegistryHandle::new();
+    let notifier = Notifier::from_env();
+    let health = Health::new();
+    let upgrade = options.upgrade;
 
     // First load before the listeners open, so a gate with a reachable source is ready at once.
+    notifier.status("loading the registry");
     let mut syncer = Syncer::new(settings.registry.source.clone(), registry.clone())
         .with_state_dir(settings.registry.state_dir.clone())
         .with_gates(settings.registry.gates.clone())
         .with_http(settings.registry.http.clone())
         .with_delta_source(settings.registry.delta_source.clone());
     let source = syncer.source().to_string();
-    // The source; if it is down or bad, the last snapshot this gate accepted; then the deltas
-    // it applied before it stopped, kept in state_dir over the snapshot they chain from: a
-    // restart comes back at the newest serial it had.
-    for (from, outcome) in syncer.load_at_start(true) {
-        report(&outcome, &registry, &metrics, &from);
-    }
+    first_load(&mut syncer, &registry, &metrics, upgrade);
     if !registry.is_ready() {
+        if upgrade {
+            // The running gate serves with a registry; a process without one must not take
+            // its listeners (it would answer 503 to everything).
+            anyhow::bail!(
+                "no registry could be loaded (registry.state_dir nor {source}): this process \
+                 does not take the listeners over, the running gate keeps serving"
+            );
+        }
         tracing::warn!(
             source,
             "no registry loaded: the gate answers 503 and forwards nothing until one is"
@@ -129,11 +155,13 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         ..ServerConf::default()
     };
     let opt = Opt {
-        upgrade: options.upgrade,
+        upgrade,
         ..Opt::default()
     };
+    // Bootstrapped at the end, once everything that can fail has: in an upgrade, that is when
+    // this process takes the listeners over.
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    let mut listening: Vec<ServiceHandle> = Vec::new();
 
     let pages = Arc::new(BlockPages::new(&settings.block_page.templates));
     let request_ids = Arc::new(RequestIds::new());
@@ -158,13 +186,16 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 None => None,
             };
             let store = Arc::new(store);
-            server.add_service(background_service(
-                "tls certificates",
-                CertWatcher {
-                    store: store.clone(),
-                    tickets: tickets.clone(),
-                    interval: tls.check_interval,
-                },
+            server.add_service(Watched::new(
+                background_service(
+                    "tls certificates",
+                    CertWatcher {
+                        store: store.clone(),
+                        tickets: tickets.clone(),
+                        interval: tls.check_interval,
+                    },
+                ),
+                &health,
             ));
             (Some(store), tickets)
         }
@@ -208,7 +239,15 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 // head and body leave in one write when they fit (Pingora's default, 1460
                 // bytes, is smaller than a block page).
                 let buffers = L4BufferSettings::new(0, listener.write_buffer_bytes);
-                add_listener(&mut server, service_name, listener, app, buffers, threads)?;
+                listening.push(add_listener(
+                    &mut server,
+                    &health,
+                    service_name,
+                    listener,
+                    app,
+                    buffers,
+                    threads,
+                )?);
             }
             Protocol::Tls => {
                 let termination = match &certs {
@@ -235,7 +274,15 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 // The hello is read into its own buffer, and relayed bytes must leave as they
                 // come: nothing buffered below.
                 let buffers = L4BufferSettings::unbuffered();
-                add_listener(&mut server, service_name, listener, app, buffers, threads)?;
+                listening.push(add_listener(
+                    &mut server,
+                    &health,
+                    service_name,
+                    listener,
+                    app,
+                    buffers,
+                    threads,
+                )?);
             }
         }
         tracing::info!(
@@ -262,7 +309,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             },
         );
         service.add_tcp(&admin.to_string());
-        server.add_service(service);
+        listening.push(server.add_service(Watched::new(service, &health)));
         tracing::info!(
             address = %admin,
             "admin listener configured (/metrics /healthz /readyz /registry /explain, POST /sync)"
@@ -280,21 +327,56 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         server.add_service(service);
     }
 
-    server.add_service(background_service(
-        "registry sync",
-        SyncService {
-            syncer,
-            registry,
-            interval: settings.registry.refresh_interval,
-            delta_interval: settings
-                .registry
-                .delta_source
-                .is_some()
-                .then_some(settings.registry.delta_interval),
-            metrics,
-        },
+    server.add_service(Watched::new(
+        background_service(
+            "registry sync",
+            SyncService {
+                syncer,
+                registry: registry.clone(),
+                interval: settings.registry.refresh_interval,
+                delta_interval: settings
+                    .registry
+                    .delta_source
+                    .is_some()
+                    .then_some(settings.registry.delta_interval),
+                metrics,
+                // A process that started from state_dir catches up with the source at once.
+                sync_at_start: upgrade,
+            },
+        ),
+        &health,
     ));
 
+    let handing_over = Arc::new(AtomicBool::new(false));
+    let supervisor = server.add_service(background_service(
+        "supervisor",
+        Supervisor {
+            notifier: notifier.clone(),
+            registry,
+            health,
+            upgraded: upgrade,
+            handing_over: handing_over.clone(),
+        },
+    ));
+    supervisor.add_dependencies(&listening);
+
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "icp-gate starting");
-    server.run_forever();
+    if upgrade {
+        notifier.prepared("prepared: waiting for the running gate's listeners");
+        tracing::info!(
+            upgrade_sock = settings.server.upgrade_sock,
+            "prepared to take the listeners over: waiting for them on server.upgrade_sock"
+        );
+    } else {
+        notifier.status("starting the listeners");
+    }
+    server.bootstrap();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(SafeShutdownSignals {
+            upgrade_sock: settings.server.upgrade_sock.clone(),
+            notifier,
+            handing_over,
+        }),
+    });
+    std::process::exit(0)
 }

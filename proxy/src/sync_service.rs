@@ -18,6 +18,9 @@ pub struct SyncService {
     /// Pause between two polls of the delta feed, when one is configured.
     pub delta_interval: Option<Duration>,
     pub metrics: Arc<Metrics>,
+    /// Sync as soon as the service starts, not one interval later (a process that started from
+    /// the registry kept in `state_dir`).
+    pub sync_at_start: bool,
 }
 
 /// Which feeds one sync reads.
@@ -238,7 +241,10 @@ impl BackgroundService for SyncService {
             }
         };
         let far = Duration::from_secs(365 * 24 * 3600);
-        let mut next_snapshot = tokio::time::Instant::now() + self.interval;
+        let mut next_snapshot = tokio::time::Instant::now();
+        if !self.sync_at_start {
+            next_snapshot += self.interval;
+        }
         let mut next_delta = tokio::time::Instant::now() + self.delta_interval.unwrap_or(far);
         loop {
             let feed = tokio::select! {

@@ -464,17 +464,29 @@ impl Syncer {
     /// What a gate does as it starts: a sync from the source (skipped when `read_source` is
     /// false: an offline tool whose source is http(s)), then, if that put nothing in service, the
     /// last accepted snapshot in `state_dir`, then the deltas kept there that chain from the
-    /// serial in service. Each step with where it came from.
-    pub fn load_at_start(&mut self, read_source: bool) -> Vec<(String, SyncOutcome)> {
+    /// serial in service. With `state_first` (a new process taking over from a running gate)
+    /// the snapshot in `state_dir`, the one the running gate serves, comes before the source,
+    /// which is read only when `state_dir` has none. Each step with where it came from.
+    pub fn load_at_start(
+        &mut self,
+        read_source: bool,
+        state_first: bool,
+    ) -> Vec<(String, SyncOutcome)> {
         let mut steps = Vec::new();
-        if read_source {
-            steps.push((self.source.to_string(), self.sync_once()));
-        }
-        if !self.handle.is_ready() {
-            if let Some(outcome) = self.restore_from_state() {
-                let kept = self.state_file().expect("state_dir is set");
+        let restore = |syncer: &mut Self, steps: &mut Vec<(String, SyncOutcome)>| {
+            if let Some(outcome) = syncer.restore_from_state() {
+                let kept = syncer.state_file().expect("state_dir is set");
                 steps.push((kept.display().to_string(), outcome));
             }
+        };
+        if state_first {
+            restore(self, &mut steps);
+        }
+        if read_source && !self.handle.is_ready() {
+            steps.push((self.source.to_string(), self.sync_once()));
+        }
+        if !state_first && !self.handle.is_ready() {
+            restore(self, &mut steps);
         }
         steps.extend(self.replay_state_deltas());
         steps

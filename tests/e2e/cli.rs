@@ -19,11 +19,47 @@ fn repo(path: &str) -> String {
     format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `icp-gate.toml` key of the ConfigMap in a Kubernetes manifest: the block scalar's lines,
+/// without their indentation.
+fn configmap_toml(manifest: &str) -> String {
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "icp-gate.toml: |");
+    let key = lines.next().expect("an icp-gate.toml key in the ConfigMap");
+    let key_indent = key.len() - key.trim_start().len();
+    let mut out = String::new();
+    for line in lines {
+        let indent = line.len() - line.trim_start().len();
+        if !line.trim().is_empty() && indent <= key_indent {
+            break;
+        }
+        out.push_str(line.get(key_indent + 2..).unwrap_or(""));
+        out.push('\n');
+    }
+    out
+}
+
 #[test]
 fn shipped_example_configs_pass_the_check() {
-    let (code, out) = run(&["-t", "-c", &repo("examples/icp-gate.toml")]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("valid"));
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = dir.path().join("daemonset-configmap.toml");
+    let manifest = std::fs::read_to_string(repo("deploy/kubernetes/daemonset.yaml")).unwrap();
+    let toml = configmap_toml(&manifest);
+    assert!(
+        toml.contains("[[listener]]") && toml.contains("[registry]"),
+        "{toml}"
+    );
+    std::fs::write(&k8s, toml).unwrap();
+    for config in [
+        repo("examples/icp-gate.toml"),
+        // What the .deb installs as /etc/icp-gate/icp-gate.toml.
+        repo("deploy/debian/icp-gate.toml"),
+        k8s.display().to_string(),
+    ] {
+        let (code, out) = run(&["-t", "-c", &config]);
+        assert_eq!(code, 0, "{config}: {out}");
+        assert!(out.contains("valid"), "{out}");
+    }
 }
 
 #[test]

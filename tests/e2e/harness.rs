@@ -812,6 +812,23 @@ level = "info"
         self.child.as_ref().expect("running").id()
     }
 
+    /// The configuration file the gate runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("icp-gate.toml")
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        let child = self.child.as_mut().expect("started");
+        child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits for the process to exit by itself (after a hand-over, say); returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("started");
+        wait_for("the gate to exit", timeout, || child.try_wait().unwrap())
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();

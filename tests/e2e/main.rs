@@ -3,13 +3,16 @@
 
 mod cli;
 mod decisions;
+mod deploy;
 mod explain;
 mod harness;
 mod hostile;
 mod publish;
 mod registry_sync;
+mod supervision;
 mod terminate;
 mod tls;
 mod tls_harness;
 mod transparency;
 mod transparent;
+mod upgrade;

@@ -230,13 +230,9 @@ impl ServerApp for GateApp {
             let first_deadline = (c.served == 0).then(|| accepted + self.header_timeout);
             match self.read_head(&mut c, first_deadline, since).await {
                 Head::Simple(req) => {
-                    // The access line's duration needs the precise clock; the keep-alive wait
-                    // does not.
-                    let started = if self.gate.access_log.wants_line() {
-                        Instant::now()
-                    } else {
-                        clock::coarse_now()
-                    };
+                    // The request's duration (a histogram, and the access line) needs the
+                    // precise clock.
+                    let started = Instant::now();
                     since = started;
                     let outcome = self.gate.decide(&c.host);
                     let open = match outcome {
@@ -595,7 +591,10 @@ impl GateApp {
         }
     }
 
+    /// Counts the request's duration and writes its access line.
     fn log(&self, c: &mut Conn, line: LogLine<'_>) {
+        let took = line.started.elapsed();
+        self.gate.counters.request_took(line.outcome, took);
         if !self.gate.access_log.wants_line() {
             return;
         }
@@ -611,7 +610,7 @@ impl GateApp {
             invalid: line.invalid,
             outcome: line.outcome,
             status: line.status,
-            duration: line.started.elapsed(),
+            duration: took,
             request_id: Some(line.id.as_str()),
             error: line.error,
         });
