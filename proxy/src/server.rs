@@ -4,14 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use icp_gate_config::{ListenerSettings, LogFormat, LogSettings, Protocol, Settings};
+use icp_gate_config::{
+    AccessLogFormat, ListenerSettings, LogFormat, LogSettings, Protocol, Settings,
+};
 use icp_gate_registry::{RegistryHandle, Syncer};
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -22,6 +24,8 @@ use crate::block_page::BlockPages;
 use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
+use crate::log_line::Style;
+use crate::log_writer::{hold_sigusr1, LogWriter, ReopenOnSignal};
 use crate::metrics::Metrics;
 use crate::sync_service::{report, SyncService};
 use crate::tls::certs::{CertStore, CertWatcher};
@@ -89,8 +93,57 @@ fn add_listener<A: ServerApp + Send + Sync + 'static>(
     Ok(())
 }
 
-/// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast).
+/// The log files' writers (`[log] audit_log`, `access_log_file`) and the access log that
+/// writes through them.
+struct LogFiles {
+    writers: Vec<LogWriter>,
+    access_log: AccessLog,
+}
+
+impl LogFiles {
+    fn open(log: &LogSettings, metrics: &Metrics, threads: usize) -> anyhow::Result<LogFiles> {
+        // About two shards per thread that logs: threads rarely meet on one.
+        let shards = threads * 2;
+        let open = |key: &str, path: &std::path::Path, counters| {
+            LogWriter::open(key, path, shards, log.flush_interval, counters)
+                .map_err(|e| anyhow::anyhow!("log.{key}: cannot open `{}`: {e}", path.display()))
+        };
+        let mut writers = Vec::new();
+        let mut access_log = AccessLog::new(log.access_log, log.access_log_sample);
+        if let Some(path) = &log.audit_log {
+            let writer = open("audit_log", path, metrics.audit_log.clone())?;
+            access_log = access_log.with_audit(writer.sink());
+            writers.push(writer);
+        }
+        if let Some(path) = &log.access_log_file {
+            let writer = open("access_log_file", path, metrics.access_log_file.clone())?;
+            let style = match log.access_log_format {
+                AccessLogFormat::Json => Style::Json,
+                AccessLogFormat::Text => Style::Text,
+            };
+            access_log = access_log.with_file(writer.sink(), style);
+            writers.push(writer);
+        }
+        Ok(LogFiles {
+            writers,
+            access_log,
+        })
+    }
+
+    /// Writes every line out and stops the writers.
+    fn shutdown(&mut self) {
+        for writer in &mut self.writers {
+            writer.shutdown();
+        }
+    }
+}
+
+/// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast), then writes out
+/// every log line and exits.
 pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+    // Before the registry loads (which can take seconds): logrotate's SIGUSR1 must not end the
+    // process before the reopen service listens.
+    hold_sigusr1();
     let metrics = Metrics::new();
     let registry = RegistryHandle::new();
 
@@ -137,8 +190,10 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
 
     let pages = Arc::new(BlockPages::new(&settings.block_page.templates));
     let request_ids = Arc::new(RequestIds::new());
-    let access_log = AccessLog::new(settings.log.access_log, settings.log.access_log_sample);
     let threads = settings.server.threads;
+    // The writer threads start here, after Pingora's bootstrap and before its runtimes (the
+    // gate never daemonizes, which would fork them away).
+    let mut logs = LogFiles::open(&settings.log, &metrics, threads * settings.listeners.len())?;
     // The certificates TLS listeners terminate with (none: every TLS connection is passed
     // through or refused).
     let (certs, tickets) = match &settings.tls {
@@ -189,7 +244,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             settings.upstream.clone(),
             pages.clone(),
             counters,
-            access_log,
+            logs.access_log.clone(),
             request_ids.clone(),
             own_addresses.clone(),
         ));
@@ -295,6 +350,20 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         },
     ));
 
+    if !logs.writers.is_empty() {
+        server.add_service(background_service(
+            "log files",
+            ReopenOnSignal {
+                sinks: logs.writers.iter().map(LogWriter::sink).collect(),
+            },
+        ));
+    }
+
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "icp-gate starting");
-    server.run_forever();
+    // Returns once the runtimes are down (after the grace period on SIGTERM): nothing logs any
+    // more, so the last lines can be written.
+    server.run(RunArgs::default());
+    logs.shutdown();
+    tracing::info!("log files flushed; exiting");
+    std::process::exit(0)
 }
