@@ -110,12 +110,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The form of the lines of `[log] access_log_file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line, OpenTelemetry HTTP semantic-convention field names.
+    Json,
+    /// The same fields as `key=value` text.
+    Text,
+}
+
 #[derive(Clone, Debug)]
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
     pub access_log_sample: f64,
+    /// Access lines go to this file (through the buffered writer) instead of standard error.
+    pub access_log_file: Option<PathBuf>,
+    pub access_log_format: AccessLogFormat,
+    /// The audit log: a JSON line per blocked or monitored decision.
+    pub audit_log: Option<PathBuf>,
+    /// The longest a line waits in memory before it is written.
+    pub flush_interval: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -379,7 +395,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
             }
         }
     }
-    let log = v.log(&log);
+    let log = v.log(&log, base);
     let block_page = v.block_page(&block_page, base);
     let server = v.server(&server);
     let tls = tls.and_then(|t| v.tls(&t, base));
@@ -397,6 +413,15 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
         server,
         tls,
     })
+}
+
+/// Whether two paths name the same file (both exist: `log_file` opened them).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => a == b,
+    }
 }
 
 /// `a.b.c.d/n`, `v6/n`, or a bare address (a prefix of one address).
@@ -840,7 +865,7 @@ impl Validator {
         })
     }
 
-    fn log(&mut self, l: &LogFile) -> LogSettings {
+    fn log(&mut self, l: &LogFile, base: &Path) -> LogSettings {
         if !["error", "warn", "info", "debug", "trace"].contains(&l.level.as_str()) {
             self.error(
                 "log.level",
@@ -856,6 +881,40 @@ impl Validator {
                 format!("{} is not a fraction from 0.0 to 1.0", l.access_log_sample),
             );
         }
+        if !(1..=1000).contains(&l.flush_interval_ms) {
+            self.error(
+                "log.flush_interval_ms",
+                format!("{} is out of range (1 to 1000)", l.flush_interval_ms),
+            );
+        }
+        let access_log_file = l
+            .access_log_file
+            .as_deref()
+            .and_then(|f| self.log_file("log.access_log_file", f, base));
+        let audit_log = l
+            .audit_log
+            .as_deref()
+            .and_then(|f| self.log_file("log.audit_log", f, base));
+        if l.access_log_file.is_some() && !l.access_log {
+            self.error(
+                "log.access_log_file",
+                "is set while access_log = false: remove one of them",
+            );
+        }
+        if l.access_log_format.is_some() && l.access_log_file.is_none() {
+            self.error(
+                "log.access_log_format",
+                "applies to access_log_file, which is not set (lines on standard error follow log.format)",
+            );
+        }
+        if let (Some(a), Some(b)) = (&access_log_file, &audit_log) {
+            if same_file(a, b) {
+                self.error(
+                    "log.audit_log",
+                    format!("`{}` is also log.access_log_file", b.display()),
+                );
+            }
+        }
         LogSettings {
             level: l.level.clone(),
             format: match l.format {
@@ -864,6 +923,46 @@ impl Validator {
             },
             access_log: l.access_log,
             access_log_sample: l.access_log_sample,
+            access_log_file,
+            access_log_format: match l.access_log_format {
+                None | Some(AccessLogFormatFile::Json) => AccessLogFormat::Json,
+                Some(AccessLogFormatFile::Text) => AccessLogFormat::Text,
+            },
+            audit_log,
+            flush_interval: Duration::from_millis(l.flush_interval_ms.clamp(1, 1000)),
+        }
+    }
+
+    /// A log file: joined to the configuration's directory when relative, and opened to append
+    /// (created, mode 0640, when missing) as the running gate will, so that `-t` reports a
+    /// directory that does not exist or a file the gate may not write (as `nginx -t` does).
+    fn log_file(&mut self, key: &str, file: &str, base: &Path) -> Option<PathBuf> {
+        if file.is_empty() {
+            self.error(key, "must name a file");
+            return None;
+        }
+        let path = base.join(file);
+        if path.is_dir() {
+            self.error(key, format!("`{}` is a directory", path.display()));
+            return None;
+        }
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(&path)
+        };
+        match opened {
+            Ok(_) => Some(path),
+            Err(e) => {
+                self.error(
+                    key,
+                    format!("cannot open `{}` to append: {e}", path.display()),
+                );
+                None
+            }
         }
     }
 
@@ -1011,6 +1110,68 @@ source = "file:///var/lib/icp-gate/registry.tsv"
         assert_eq!(s.registry.refresh_interval, Duration::from_secs(30));
         assert!(s.admin.is_none());
         assert!(s.log.access_log);
+    }
+
+    #[test]
+    fn log_files_are_joined_to_the_base_opened_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!(
+            "{MINIMAL}\n[log]\naccess_log_file = \"access.log\"\naudit_log = \"{}/audit.log\"\nflush_interval_ms = 50\n",
+            dir.path().display()
+        );
+        let s = parse(&ok, dir.path()).unwrap();
+        assert_eq!(s.log.access_log_file, Some(dir.path().join("access.log")));
+        assert_eq!(s.log.audit_log, Some(dir.path().join("audit.log")));
+        assert_eq!(s.log.access_log_format, AccessLogFormat::Json);
+        assert_eq!(s.log.flush_interval, Duration::from_millis(50));
+        // Created as the running gate would.
+        assert!(dir.path().join("audit.log").is_file());
+        let defaults = parse(MINIMAL, dir.path()).unwrap();
+        assert_eq!(defaults.log.access_log_file, None);
+        assert_eq!(defaults.log.audit_log, None);
+        assert_eq!(defaults.log.flush_interval, Duration::from_millis(200));
+
+        let bad = |log: &str| -> Vec<String> {
+            parse(&format!("{MINIMAL}\n[log]\n{log}\n"), dir.path())
+                .expect_err("must be invalid")
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        let has = |errs: &[String], want: &str| errs.iter().any(|e| e.starts_with(want));
+        let e = bad("audit_log = \"no/such/dir/audit.log\"");
+        assert!(has(&e, "log.audit_log: cannot open"), "{e:?}");
+        let e = bad("access_log_file = \".\"");
+        assert!(has(&e, "log.access_log_file: `"), "{e:?}");
+        let e = bad("access_log_format = \"text\"");
+        assert!(
+            has(&e, "log.access_log_format: applies to access_log_file"),
+            "{e:?}"
+        );
+        let e = bad("access_log_format = \"xml\"\naccess_log_file = \"a.log\"");
+        assert!(has(&e, "log.access_log_format"), "{e:?}");
+        let e = bad("access_log = false\naccess_log_file = \"a.log\"");
+        assert!(
+            has(&e, "log.access_log_file: is set while access_log = false"),
+            "{e:?}"
+        );
+        let e = bad("audit_log = \"a.log\"\naccess_log_file = \"./a.log\"");
+        assert!(has(&e, "log.audit_log: `"), "{e:?}");
+        let e = bad("flush_interval_ms = 0");
+        assert!(has(&e, "log.flush_interval_ms: 0 is out of range"), "{e:?}");
+        let e = bad("flush_interval_ms = 5000");
+        assert!(
+            has(&e, "log.flush_interval_ms: 5000 is out of range"),
+            "{e:?}"
+        );
+        let text = parse(
+            &format!(
+                "{MINIMAL}\n[log]\naccess_log_file = \"t.log\"\naccess_log_format = \"text\"\n"
+            ),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(text.log.access_log_format, AccessLogFormat::Text);
     }
 
     #[test]

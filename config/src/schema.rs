@@ -260,6 +260,15 @@ pub struct LogFile {
     /// Fraction of requests (0.0 to 1.0) that get an access line.
     #[serde(default = "default_sample")]
     pub access_log_sample: f64,
+    /// Write access lines to this file (buffered) instead of standard error.
+    pub access_log_file: Option<String>,
+    /// The form of the lines in `access_log_file`.
+    pub access_log_format: Option<AccessLogFormatFile>,
+    /// One JSON line per blocked or monitored decision, to this file.
+    pub audit_log: Option<String>,
+    /// How long a line may wait in memory before it is written to its file.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
 }
 
 impl Default for LogFile {
@@ -269,6 +278,10 @@ impl Default for LogFile {
             format: default_format(),
             access_log: true,
             access_log_sample: default_sample(),
+            access_log_file: None,
+            access_log_format: None,
+            audit_log: None,
+            flush_interval_ms: default_flush_interval_ms(),
         }
     }
 }
@@ -280,6 +293,16 @@ pub enum LogFormatFile {
     Json,
 }
 
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormatFile {
+    Json,
+    Text,
+}
+
+fn default_flush_interval_ms() -> u64 {
+    200
+}
 fn default_level() -> String {
     "info".into()
 }

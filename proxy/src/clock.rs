@@ -29,6 +29,11 @@ pub fn coarse_now() -> Instant {
     base + read(libc::CLOCK_MONOTONIC_COARSE).saturating_sub(base_coarse)
 }
 
+/// Now since the unix epoch, to within a scheduler tick: log timestamps.
+pub fn realtime_coarse() -> Duration {
+    read(libc::CLOCK_REALTIME_COARSE)
+}
+
 /// Now in unix seconds, to within a scheduler tick: what a filing's expiry is compared with.
 pub fn unix_seconds() -> i64 {
     read(libc::CLOCK_REALTIME_COARSE).as_secs() as i64

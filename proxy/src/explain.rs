@@ -78,7 +78,7 @@ pub fn explain(
     let walk = loaded.registry.explain(&host);
     let outcomes: Vec<Outcome> = listeners
         .iter()
-        .map(|l| decide(Some(loaded), l, &host, now))
+        .map(|l| decide(Some(loaded), l, &host, now).outcome)
         .collect();
     let matched = walk.matched();
     let candidates: Vec<Value> = walk

@@ -156,32 +156,62 @@ impl Outcome {
     }
 }
 
+/// A decision and the lookup behind it: what the audit log records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decided {
+    pub outcome: Outcome,
+    /// Where the record that decided starts in the host's text (`Host::Domain`'s bytes; 0 for
+    /// an IP record); None when no record covers the host, or nothing was looked up.
+    pub matched: Option<u8>,
+    /// The serial of the registry that decided; None when none is loaded, or nothing was
+    /// looked up (an unusable host).
+    pub serial: Option<u64>,
+}
+
+impl Decided {
+    /// An outcome reached without a registry lookup.
+    pub fn without_lookup(outcome: Outcome) -> Self {
+        Decided {
+            outcome,
+            matched: None,
+            serial: None,
+        }
+    }
+}
+
 /// What `listener` does with `host` at `now` (unix seconds), against the registry in service
 /// (None: none loaded yet): the registry's decision for the listener's requirement, then its
-/// mode. The gate's one decision: every request, every TLS connection and `explain` get theirs
-/// here.
+/// mode, with the record that decided and the registry's serial (one lookup). The gate's one
+/// decision: every request, every TLS connection and `explain` get theirs here.
 #[inline]
 pub fn decide(
     loaded: Option<&LoadedRegistry>,
     listener: &ListenerSettings,
     host: &Host,
     now: i64,
-) -> Outcome {
+) -> Decided {
     let Some(loaded) = loaded else {
-        return Outcome::NotReady;
+        return Decided::without_lookup(Outcome::NotReady);
     };
-    match loaded.registry.decide(host, listener.require, now) {
+    let (decision, matched) = loaded.registry.decide_at(host, listener.require, now);
+    let outcome = match decision {
         Decision::Allow => Outcome::Allowed,
         Decision::Block(reason) => match listener.mode {
             Mode::Enforce => Outcome::Blocked(reason),
             Mode::Monitor => Outcome::Monitored(reason),
         },
+    };
+    Decided {
+        outcome,
+        // A name is at most 253 bytes.
+        matched: matched.map(|at| at as u8),
+        serial: Some(loaded.serial),
     }
 }
 
 pub struct RequestCtx {
     started: Instant,
-    pub outcome: Outcome,
+    pub decided: Decided,
     pub host: Option<Host>,
     pub invalid: Option<InvalidHost>,
     request_id: Option<String>,
@@ -237,7 +267,7 @@ impl Gate {
         }
     }
 
-    pub fn decide(&self, host: &Host) -> Outcome {
+    pub fn decide(&self, host: &Host) -> Decided {
         // The guard lives only for this lookup: nothing about the request keeps a snapshot alive.
         let guard = self.registry.load();
         decide(
@@ -483,7 +513,7 @@ impl ProxyHttp for GateProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            outcome: Outcome::Pending,
+            decided: Decided::without_lookup(Outcome::Pending),
             host: None,
             invalid: None,
             request_id: None,
@@ -518,16 +548,16 @@ impl ProxyHttp for GateProxy {
             Err(invalid) => {
                 // Not a filing decision, so monitor mode does not forward it either.
                 ctx.invalid = Some(invalid);
-                ctx.outcome = Outcome::Blocked(BlockReason::InvalidHost);
-                self.count(ctx.outcome);
+                ctx.decided = Decided::without_lookup(Outcome::Blocked(BlockReason::InvalidHost));
+                self.count(ctx.decided.outcome);
                 let shown = raw_host(session.req_header());
                 self.respond_blocked(session, ctx, BlockReason::InvalidHost, &shown)
                     .await?;
                 return Ok(true);
             }
         };
-        let outcome = self.decide(&host);
-        ctx.outcome = outcome;
+        ctx.decided = self.decide(&host);
+        let outcome = ctx.decided.outcome;
         self.count(outcome);
         let terminated = session
             .digest()
@@ -566,7 +596,10 @@ impl ProxyHttp for GateProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Belt and braces: nothing undecided or blocked is ever given a peer.
-        if !matches!(ctx.outcome, Outcome::Allowed | Outcome::Monitored(_)) {
+        if !matches!(
+            ctx.decided.outcome,
+            Outcome::Allowed | Outcome::Monitored(_)
+        ) {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "upstream requested for a request that was not allowed",
@@ -800,20 +833,35 @@ impl ProxyHttp for GateProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let took = ctx.started.elapsed();
-        self.counters.request_took(ctx.outcome, took);
-        self.access_log.record(crate::access_log::AccessRecord {
-            listener: &self.listener.name,
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            method: session.req_header().method.as_str(),
-            host: ctx.host.as_ref(),
-            raw_host: || raw_host(session.req_header()),
-            invalid: ctx.invalid,
-            outcome: ctx.outcome,
-            status,
-            duration: took,
-            request_id: ctx.request_id.as_deref(),
-            error: e,
-        });
+        self.counters.request_took(ctx.decided.outcome, took);
+        let req = session.req_header();
+        let path = if self.access_log.wants_path() {
+            let raw = req.raw_path();
+            &raw[..memchr::memchr(b'?', raw).unwrap_or(raw.len())]
+        } else {
+            &[]
+        };
+        self.access_log.record(
+            crate::access_log::AccessRecord {
+                listener: &self.listener.name,
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                method: req.method.as_str(),
+                path,
+                version: match req.version {
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                },
+                host: ctx.host.as_ref(),
+                invalid: ctx.invalid,
+                decided: ctx.decided,
+                status,
+                duration: took,
+                request_id: ctx.request_id.as_deref(),
+                error: e,
+            },
+            || raw_host(req),
+        );
     }
 }
 

@@ -11,6 +11,8 @@ pub mod destination;
 pub mod explain;
 pub mod front;
 pub mod gate;
+pub mod log_line;
+pub mod log_writer;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

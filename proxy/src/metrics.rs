@@ -12,6 +12,7 @@ use prometheus::{
 
 use crate::destination::DestinationError;
 use crate::gate::Outcome;
+use crate::log_writer::LogCounters;
 use crate::tls::hello::HelloFailure;
 
 /// `reason` label when the gate answers before any registry is loaded.
@@ -62,6 +63,10 @@ pub struct Metrics {
     tls_certificate_reloads: IntCounterVec,
     tls_ticket_key_reloads: IntCounterVec,
     request_duration: HistogramVec,
+    /// The audit log's writer (`[log] audit_log`).
+    pub audit_log: LogCounters,
+    /// The access log file's writer (`[log] access_log_file`).
+    pub access_log_file: LogCounters,
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -152,6 +157,7 @@ impl Metrics {
         .unwrap();
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).unwrap();
         let fgauge = |name: &str, help: &str| Gauge::new(name, help).unwrap();
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).unwrap();
         let m = Metrics {
             registry_entries: gauge(
                 "icp_gate_registry_entries",
@@ -355,6 +361,37 @@ impl Metrics {
                 &["listener", "decision"],
             )
             .unwrap(),
+            audit_log: LogCounters {
+                lines: counter(
+                    "icp_gate_audit_lines_total",
+                    "Lines written to the audit log (one per blocked or monitored decision)",
+                ),
+                backpressure: counter(
+                    "icp_gate_audit_backpressure_total",
+                    "Times a request waited because the audit log's writer was behind (no line \
+                     is ever dropped; any increase is a problem to look into)",
+                ),
+                write_errors: counter(
+                    "icp_gate_audit_write_errors_total",
+                    "Failed writes, fsyncs and reopens of the audit log (a failed write is \
+                     retried: its lines are kept)",
+                ),
+            },
+            access_log_file: LogCounters {
+                lines: counter(
+                    "icp_gate_access_log_lines_total",
+                    "Lines written to the access log file",
+                ),
+                backpressure: counter(
+                    "icp_gate_access_log_backpressure_total",
+                    "Times a request waited because the access log's writer was behind",
+                ),
+                write_errors: counter(
+                    "icp_gate_access_log_write_errors_total",
+                    "Failed writes, fsyncs and reopens of the access log file (a failed write \
+                     is retried: its lines are kept)",
+                ),
+            },
             requests,
             registry,
         };
@@ -400,6 +437,11 @@ impl Metrics {
         r.register(Box::new(m.tls_ticket_key_reloads.clone()))
             .unwrap();
         r.register(Box::new(m.request_duration.clone())).unwrap();
+        for log in [&m.audit_log, &m.access_log_file] {
+            r.register(Box::new(log.lines.clone())).unwrap();
+            r.register(Box::new(log.backpressure.clone())).unwrap();
+            r.register(Box::new(log.write_errors.clone())).unwrap();
+        }
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use icp_gate_config::{ListenerSettings, LogFormat, LogSettings, Protocol, Settings};
+use icp_gate_config::{
+    AccessLogFormat, ListenerSettings, LogFormat, LogSettings, Protocol, Settings,
+};
 use icp_gate_registry::{RegistryHandle, Syncer};
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
@@ -24,6 +26,8 @@ use crate::block_page::BlockPages;
 use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
 use crate::gate::{Gate, GateProxy, RequestIds};
+use crate::log_line::Style;
+use crate::log_writer::{hold_sigusr1, LogWriter, ReopenOnSignal};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::readiness::{Health, Supervisor, Watched};
@@ -108,8 +112,57 @@ fn first_load(syncer: &mut Syncer, registry: &RegistryHandle, metrics: &Metrics,
     }
 }
 
-/// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast).
+/// The log files' writers (`[log] audit_log`, `access_log_file`) and the access log that
+/// writes through them.
+struct LogFiles {
+    writers: Vec<LogWriter>,
+    access_log: AccessLog,
+}
+
+impl LogFiles {
+    fn open(log: &LogSettings, metrics: &Metrics, threads: usize) -> anyhow::Result<LogFiles> {
+        // About two shards per thread that logs: threads rarely meet on one.
+        let shards = threads * 2;
+        let open = |key: &str, path: &std::path::Path, counters| {
+            LogWriter::open(key, path, shards, log.flush_interval, counters)
+                .map_err(|e| anyhow::anyhow!("log.{key}: cannot open `{}`: {e}", path.display()))
+        };
+        let mut writers = Vec::new();
+        let mut access_log = AccessLog::new(log.access_log, log.access_log_sample);
+        if let Some(path) = &log.audit_log {
+            let writer = open("audit_log", path, metrics.audit_log.clone())?;
+            access_log = access_log.with_audit(writer.sink());
+            writers.push(writer);
+        }
+        if let Some(path) = &log.access_log_file {
+            let writer = open("access_log_file", path, metrics.access_log_file.clone())?;
+            let style = match log.access_log_format {
+                AccessLogFormat::Json => Style::Json,
+                AccessLogFormat::Text => Style::Text,
+            };
+            access_log = access_log.with_file(writer.sink(), style);
+            writers.push(writer);
+        }
+        Ok(LogFiles {
+            writers,
+            access_log,
+        })
+    }
+
+    /// Writes every line out and stops the writers.
+    fn shutdown(&mut self) {
+        for writer in &mut self.writers {
+            writer.shutdown();
+        }
+    }
+}
+
+/// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast), then writes out
+/// every log line and exits.
 pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+    // Before the registry loads (which can take seconds): logrotate's SIGUSR1 must not end the
+    // process before the reopen service listens.
+    hold_sigusr1();
     let metrics = Metrics::new();
     let registry = RegistryHandle::new();
     let notifier = Notifier::from_env();
@@ -165,8 +218,10 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
 
     let pages = Arc::new(BlockPages::new(&settings.block_page.templates));
     let request_ids = Arc::new(RequestIds::new());
-    let access_log = AccessLog::new(settings.log.access_log, settings.log.access_log_sample);
     let threads = settings.server.threads;
+    // The writer threads start here, after Pingora's bootstrap and before its runtimes (the
+    // gate never daemonizes, which would fork them away).
+    let mut logs = LogFiles::open(&settings.log, &metrics, threads * settings.listeners.len())?;
     // The certificates TLS listeners terminate with (none: every TLS connection is passed
     // through or refused).
     let (certs, tickets) = match &settings.tls {
@@ -220,7 +275,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             settings.upstream.clone(),
             pages.clone(),
             counters,
-            access_log,
+            logs.access_log.clone(),
             request_ids.clone(),
             own_addresses.clone(),
         ));
@@ -347,6 +402,18 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         &health,
     ));
 
+    if !logs.writers.is_empty() {
+        server.add_service(Watched::new(
+            background_service(
+                "log files",
+                ReopenOnSignal {
+                    sinks: logs.writers.iter().map(LogWriter::sink).collect(),
+                },
+            ),
+            &health,
+        ));
+    }
+
     let handing_over = Arc::new(AtomicBool::new(false));
     let supervisor = server.add_service(background_service(
         "supervisor",
@@ -371,6 +438,8 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         notifier.status("starting the listeners");
     }
     server.bootstrap();
+    // Returns once the runtimes are down (after the grace period on SIGTERM, or once the
+    // listeners are handed over): nothing logs any more, so the last lines can be written.
     server.run(RunArgs {
         shutdown_signal: Box::new(SafeShutdownSignals {
             upgrade_sock: settings.server.upgrade_sock.clone(),
@@ -378,5 +447,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
             handing_over,
         }),
     });
+    logs.shutdown();
+    tracing::info!("log files flushed; exiting");
     std::process::exit(0)
 }

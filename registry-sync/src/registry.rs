@@ -345,13 +345,19 @@ impl Registry {
     /// The record that covers `host`: for a domain the most specific record among the name and
     /// its parents (label boundaries only); for an IP the record of that exact address.
     pub fn covering(&self, host: &Host) -> Option<Entry> {
+        self.covering_at(host).map(|(entry, _)| entry)
+    }
+
+    /// `covering`, and which name the record is filed under: where it starts in the host's text
+    /// (`DomainName::as_bytes`; 0 for an IP record, which is the address itself).
+    pub fn covering_at(&self, host: &Host) -> Option<(Entry, usize)> {
         match host {
             Host::Domain(d) => self.covering_domain(d),
-            Host::Ip(ip) => self.ips.get(ip).copied(),
+            Host::Ip(ip) => self.ips.get(ip).map(|e| (*e, 0)),
         }
     }
 
-    fn covering_domain(&self, name: &DomainName) -> Option<Entry> {
+    fn covering_domain(&self, name: &DomainName) -> Option<(Entry, usize)> {
         if !self.overlay.is_empty() {
             return self.covering_domain_with_overlay(name);
         }
@@ -371,29 +377,45 @@ impl Registry {
         }
         for &(start, hash) in &batch[..n] {
             if let Some(f) = domains.get_hashed(&bytes[start..], hash) {
-                return Some(entry_of(f));
+                return Some((entry_of(f), start));
             }
         }
-        starts.find_map(|start| domains.get(&bytes[start..]).map(entry_of))
+        starts.find_map(|start| domains.get(&bytes[start..]).map(|f| (entry_of(f), start)))
     }
 
     /// The walk when deltas changed some names: at each name, the overlay first (a removed
     /// record lets the walk go on to the parent), then the index.
     #[inline(never)]
-    fn covering_domain_with_overlay(&self, name: &DomainName) -> Option<Entry> {
-        name.self_and_parents()
-            .find_map(|candidate| self.get_domain(candidate.as_bytes()))
+    fn covering_domain_with_overlay(&self, name: &DomainName) -> Option<(Entry, usize)> {
+        let bytes = name.as_bytes();
+        name.candidate_starts()
+            .find_map(|start| self.get_domain(&bytes[start..]).map(|e| (e, start)))
     }
 
     /// The decision for `host` on a listener requiring `require`, at `now` (unix seconds).
     pub fn decide(&self, host: &Host, require: Requirement, now: i64) -> Decision {
-        let Some(entry) = self.covering(host) else {
-            return Decision::Block(match host {
-                Host::Domain(_) => BlockReason::Unfiled,
-                Host::Ip(_) => BlockReason::IpUnfiled,
-            });
+        self.decide_at(host, require, now).0
+    }
+
+    /// `decide`, and where the record that decided starts in the host's text (as
+    /// `covering_at`), or None when no record covers the host: the same lookup, so a log line
+    /// can name the record without a second one.
+    pub fn decide_at(
+        &self,
+        host: &Host,
+        require: Requirement,
+        now: i64,
+    ) -> (Decision, Option<usize>) {
+        let Some((entry, start)) = self.covering_at(host) else {
+            return (
+                Decision::Block(match host {
+                    Host::Domain(_) => BlockReason::Unfiled,
+                    Host::Ip(_) => BlockReason::IpUnfiled,
+                }),
+                None,
+            );
         };
-        match (entry.status_at(now), require) {
+        let decision = match (entry.status_at(now), require) {
             (Status::Connected, _) => Decision::Allow,
             (Status::Unconnected | Status::AccessCancelled, Requirement::Filed) => Decision::Allow,
             (Status::Unconnected | Status::AccessCancelled, Requirement::Connected) => {
@@ -401,7 +423,8 @@ impl Registry {
             }
             (Status::Revoked, _) => Decision::Block(BlockReason::Revoked),
             (Status::Denied, _) => Decision::Block(BlockReason::Denied),
-        }
+        };
+        (decision, Some(start))
     }
 
     /// Records per status, in `Status::ALL` order.
@@ -502,5 +525,57 @@ mod tests {
         assert_eq!(decide(&r, "203.0.113.7", c), Allow);
         assert_eq!(decide(&r, "203.0.113.8", c), Block(IpUnfiled));
         assert_eq!(decide(&r, "[2001:db8::1]", c), Block(IpUnfiled));
+    }
+
+    /// The name `decide_at` reports is the record that decided, with and without a delta's
+    /// overlay in front of the index.
+    #[test]
+    fn decide_at_names_the_record_that_decided() {
+        let base = registry(&[
+            ("example.com", Status::Connected, None),
+            ("bad.example.com", Status::Denied, None),
+            ("203.0.113.7", Status::Revoked, None),
+        ]);
+        let overlaid = base
+            .apply(&[Change::Upsert(
+                Key::Domain(b"new.example.com".to_vec().into_boxed_slice()),
+                Entry {
+                    status: Status::Revoked,
+                    expires_at: None,
+                },
+            )])
+            .unwrap();
+        assert!(overlaid.overlay_len() > 0);
+        let matched = |r: &Registry, host: &str| {
+            let host = parse_authority(host.as_bytes()).unwrap();
+            let (decision, at) = r.decide_at(&host, Requirement::Connected, 1_000);
+            let text = host.to_string();
+            (decision, at.map(|i| text[i..].to_owned()))
+        };
+        use BlockReason::*;
+        use Decision::*;
+        for r in [&base, &overlaid] {
+            assert_eq!(
+                matched(r, "a.www.example.com"),
+                (Allow, Some("example.com".into()))
+            );
+            assert_eq!(
+                matched(r, "x.bad.example.com"),
+                (Block(Denied), Some("bad.example.com".into()))
+            );
+            assert_eq!(matched(r, "unfiled.cn"), (Block(Unfiled), None));
+            assert_eq!(
+                matched(r, "203.0.113.7"),
+                (Block(Revoked), Some("203.0.113.7".into()))
+            );
+        }
+        assert_eq!(
+            matched(&overlaid, "w.new.example.com"),
+            (Block(Revoked), Some("new.example.com".into()))
+        );
+        assert_eq!(
+            matched(&base, "w.new.example.com"),
+            (Allow, Some("example.com".into()))
+        );
     }
 }

@@ -654,6 +654,8 @@ pub struct GateOptions {
     pub upstream_extra: String,
     /// Environment variables set on the gate process.
     pub env: Vec<(String, String)>,
+    /// `[server] grace_period_seconds`.
+    pub grace_period_seconds: u64,
 }
 
 impl Default for GateOptions {
@@ -672,6 +674,7 @@ impl Default for GateOptions {
             source: None,
             upstream_extra: String::new(),
             env: Vec::new(),
+            grace_period_seconds: 1,
         }
     }
 }
@@ -725,7 +728,7 @@ address = "127.0.0.1:{admin_port}"
 
 [server]
 threads = 2
-grace_period_seconds = 1
+grace_period_seconds = {grace}
 shutdown_timeout_seconds = 1
 pid_file = "{dir}/icp-gate.pid"
 upgrade_sock = "{dir}/upgrade.sock"
@@ -743,6 +746,7 @@ level = "info"
                 .clone()
                 .unwrap_or_else(|| format!("file://{}", registry_path.display())),
             refresh = opts.refresh_seconds,
+            grace = opts.grace_period_seconds,
             dir = dir.path().display(),
             extra = opts.extra,
             listener_extra = opts.listener_extra,

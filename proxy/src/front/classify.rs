@@ -20,6 +20,8 @@ pub(super) struct SimpleRequest {
     pub(super) json: bool,
     pub(super) keep_alive: bool,
     pub(super) http11: bool,
+    /// Where the target's path (up to any `?`) is in the head, for the access log.
+    pub(super) path: std::ops::Range<usize>,
 }
 
 /// A request whose host cannot be used, as much of it as the answer and the log need.
@@ -30,6 +32,7 @@ pub(super) struct InvalidRequest {
     pub(super) method: &'static str,
     pub(super) head_only: bool,
     pub(super) json: bool,
+    pub(super) http11: bool,
 }
 
 // Both live on the stack for one request; boxing the request would cost an allocation each.
@@ -140,6 +143,7 @@ pub(super) fn parse(buf: &[u8], host_out: &mut Host) -> Parsed {
                 method: known.unwrap_or("OTHER"),
                 head_only: method == "HEAD",
                 json: wants_json(accept),
+                http11: version == 1,
             });
         }
     };
@@ -147,6 +151,9 @@ pub(super) fn parse(buf: &[u8], host_out: &mut Host) -> Parsed {
         return Parsed::Complex;
     }
     let method = known.expect("an unknown method is complex");
+    // httparse's `path` borrows from `buf`: its place there, without a search.
+    let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let path_len = memchr::memchr(b'?', path.as_bytes()).unwrap_or(path.len());
     Parsed::Simple(SimpleRequest {
         head_len,
         method,
@@ -154,6 +161,7 @@ pub(super) fn parse(buf: &[u8], host_out: &mut Host) -> Parsed {
         json: wants_json(accept),
         keep_alive: !close,
         http11: version == 1,
+        path: path_at..path_at + path_len,
     })
 }
 

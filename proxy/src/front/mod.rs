@@ -52,7 +52,7 @@ use io::write_all;
 use crate::access_log::AccessRecord;
 use crate::clock;
 use crate::destination::ConnAddrs;
-use crate::gate::{Gate, GateProxy, Outcome, RequestId};
+use crate::gate::{Decided, Gate, GateProxy, Outcome, RequestId};
 use crate::metrics::BadRequest;
 use crate::policy::{PlainAnswer, TargetRefusal};
 use crate::socket::{linger_close, raw_fd};
@@ -112,6 +112,8 @@ struct Conn {
     /// The current request's host, written in place by `parse` (see `resolve_host_into`).
     host: Host,
     shown_host: String,
+    /// The current request's path, for the access log (only when it logs paths).
+    path: Vec<u8>,
     /// The request head for the origin, and the origin's bytes on their way.
     up_head: Vec<u8>,
     up_buf: BytesMut,
@@ -149,10 +151,11 @@ impl Conn {
 /// What an access line says about one request the front end answered.
 struct LogLine<'a> {
     method: &'static str,
+    http11: bool,
     /// Whether `Conn::host` holds the request's host.
     has_host: bool,
     invalid: Option<InvalidHost>,
-    outcome: Outcome,
+    decided: Decided,
     status: u16,
     started: Instant,
     id: RequestId,
@@ -162,16 +165,17 @@ struct LogLine<'a> {
 impl<'a> LogLine<'a> {
     fn new(
         req: &'a SimpleRequest,
-        outcome: Outcome,
+        decided: Decided,
         status: u16,
         started: Instant,
         id: RequestId,
     ) -> Self {
         LogLine {
             method: req.method,
+            http11: req.http11,
             has_host: true,
             invalid: None,
-            outcome,
+            decided,
             status,
             started,
             id,
@@ -213,6 +217,7 @@ impl ServerApp for GateApp {
             block: LastBlock::default(),
             host: Host::Ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
             shown_host: String::new(),
+            path: Vec::new(),
             up_head: Vec::new(),
             up_buf: BytesMut::new(),
             client: None,
@@ -234,7 +239,12 @@ impl ServerApp for GateApp {
                     // precise clock.
                     let started = Instant::now();
                     since = started;
-                    let outcome = self.gate.decide(&c.host);
+                    if self.gate.access_log.wants_path() {
+                        c.path.clear();
+                        c.path.extend_from_slice(&c.buf[req.path.clone()]);
+                    }
+                    let decided = self.gate.decide(&c.host);
+                    let outcome = decided.outcome;
                     let open = match outcome {
                         // On a terminated connection an allowed Host its certificate does not
                         // cover is misdirected (RFC 9110 §15.5.20): the client retries on a
@@ -252,7 +262,7 @@ impl ServerApp for GateApp {
                                 .await;
                             self.log(
                                 &mut c,
-                                LogLine::new(&req, outcome, answer.status(), started, id),
+                                LogLine::new(&req, decided, answer.status(), started, id),
                             );
                             written && keep_alive
                         }
@@ -265,7 +275,7 @@ impl ServerApp for GateApp {
                                 self.answer_block(&mut c, &req, reason, keep_alive).await;
                             c.buf.advance(req.head_len);
                             let status = reason.http_status();
-                            self.log(&mut c, LogLine::new(&req, outcome, status, started, id));
+                            self.log(&mut c, LogLine::new(&req, decided, status, started, id));
                             written && keep_alive
                         }
                         Outcome::Allowed | Outcome::Monitored(_)
@@ -276,7 +286,7 @@ impl ServerApp for GateApp {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
                             self.gate.count(outcome);
                             let open = self
-                                .forward(&mut c, &req, outcome, keep_alive, started)
+                                .forward(&mut c, &req, decided, keep_alive, started)
                                 .await;
                             // An origin may take its time: the idle wait starts after it.
                             since = clock::coarse_now();
@@ -305,6 +315,7 @@ impl ServerApp for GateApp {
                     let started = Instant::now();
                     let outcome = Outcome::Blocked(BlockReason::InvalidHost);
                     c.served += 1;
+                    c.path.clear();
                     c.shown_host.clear();
                     c.shown_host.push_str(&req.shown);
                     self.gate.count(outcome);
@@ -322,9 +333,10 @@ impl ServerApp for GateApp {
                         &mut c,
                         LogLine {
                             method: req.method,
+                            http11: req.http11,
                             has_host: false,
                             invalid: Some(req.invalid),
-                            outcome,
+                            decided: Decided::without_lookup(outcome),
                             status: 400,
                             started,
                             id,
@@ -396,7 +408,7 @@ impl GateApp {
         &self,
         c: &mut Conn,
         req: &SimpleRequest,
-        outcome: Outcome,
+        decided: Decided,
         keep_alive: bool,
         started: Instant,
     ) -> bool {
@@ -438,7 +450,7 @@ impl GateApp {
                 );
                 let error =
                     pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
-                let line = LogLine::new(req, outcome, 0, started, id);
+                let line = LogLine::new(req, decided, 0, started, id);
                 return self.fail(c, PlainAnswer::BadGateway, line, &error).await;
             }
         };
@@ -454,7 +466,7 @@ impl GateApp {
         };
         match exchange.run(&mut c.stream, WRITE_TIMEOUT).await {
             Ok(relayed) => {
-                self.log(c, LogLine::new(req, outcome, relayed.status, started, id));
+                self.log(c, LogLine::new(req, decided, relayed.status, started, id));
                 relayed.client_open
             }
             Err(e) => {
@@ -481,7 +493,7 @@ impl GateApp {
                     ),
                 };
                 let error = pingora::Error::explain(etype, e.to_string());
-                let line = LogLine::new(req, outcome, 0, started, id);
+                let line = LogLine::new(req, decided, 0, started, id);
                 self.fail(c, answer, line, &error).await
             }
         }
@@ -594,25 +606,26 @@ impl GateApp {
     /// Counts the request's duration and writes its access line.
     fn log(&self, c: &mut Conn, line: LogLine<'_>) {
         let took = line.started.elapsed();
-        self.gate.counters.request_took(line.outcome, took);
-        if !self.gate.access_log.wants_line() {
-            return;
-        }
+        self.gate.counters.request_took(line.decided.outcome, took);
         let client = c.client();
         let c = &*c;
         let shown = &c.shown_host;
-        self.gate.access_log.record(AccessRecord {
-            listener: &self.gate.listener.name,
-            client,
-            method: line.method,
-            host: line.has_host.then_some(&c.host),
-            raw_host: || shown.clone(),
-            invalid: line.invalid,
-            outcome: line.outcome,
-            status: line.status,
-            duration: took,
-            request_id: Some(line.id.as_str()),
-            error: line.error,
-        });
+        self.gate.access_log.record(
+            AccessRecord {
+                listener: &self.gate.listener.name,
+                client,
+                method: line.method,
+                path: &c.path,
+                version: if line.http11 { "1.1" } else { "1.0" },
+                host: line.has_host.then_some(&c.host),
+                invalid: line.invalid,
+                decided: line.decided,
+                status: line.status,
+                duration: took,
+                request_id: Some(line.id.as_str()),
+                error: line.error,
+            },
+            || shown.clone(),
+        );
     }
 }

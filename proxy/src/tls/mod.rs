@@ -28,9 +28,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access_log::escape_for_log;
+use crate::access_log::{TlsFacts, TlsRecord};
 use crate::destination::{ConnAddrs, Destinations};
-use crate::gate::{Gate, Outcome};
+use crate::gate::{Decided, Gate, Outcome};
 use crate::metrics::TlsCounters;
 use hello::{Hello, HelloFailure};
 use relay::{relay, ByteCounters};
@@ -48,14 +48,15 @@ pub struct TlsApp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
     /// A filing decision (or not ready) on the SNI or the destination address.
-    Decided(Outcome),
+    Decided(Decided),
     /// No usable ClientHello: refused whatever the mode, as an unusable Host is on HTTP.
     NoHello(HelloFailure),
 }
 
 /// What the log line of a decided connection says about its hello.
 struct HelloFacts {
-    sni: Option<String>,
+    /// The SNI as sent.
+    sni: Option<Vec<u8>>,
     alpn: String,
     ech: bool,
     bytes: usize,
@@ -93,23 +94,26 @@ impl TlsApp {
 
     /// Decides a complete hello: on its SNI, or with none (or an IP literal) on the address the
     /// client connected to. An SNI that is not a usable host name is refused, as an unusable
-    /// Host is on HTTP listeners, in monitor mode too.
-    fn decide(&self, hello: &Hello, addrs: &ConnAddrs) -> Verdict {
+    /// Host is on HTTP listeners, in monitor mode too. Also says what it decided on.
+    fn decide(&self, hello: &Hello, addrs: &ConnAddrs) -> (Verdict, Option<Host>) {
         let message = hello.message();
         let parsed = match hello::walk(&message) {
             Ok(p) => p,
-            Err(failure) => return Verdict::NoHello(failure),
+            Err(failure) => return (Verdict::NoHello(failure), None),
         };
+        let invalid = Verdict::Decided(Decided::without_lookup(Outcome::Blocked(
+            BlockReason::InvalidHost,
+        )));
         let host = match parsed.sni.map(parse_sni) {
             Some(Ok(Some(name))) => Host::Domain(name),
             // No SNI, or an IP literal (which counts as none).
             None | Some(Ok(None)) => match self.destinations().destination_ip(addrs) {
                 Some(ip) => Host::Ip(ip),
-                None => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
+                None => return (invalid, None),
             },
-            Some(Err(_)) => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
+            Some(Err(_)) => return (invalid, None),
         };
-        Verdict::Decided(self.gate.decide(&host))
+        (Verdict::Decided(self.gate.decide(&host)), Some(host))
     }
 
     /// What a log line says about a hello (only built for the lines: refusals and monitored
@@ -117,14 +121,14 @@ impl TlsApp {
     fn facts(hello: &Hello) -> HelloFacts {
         let message = hello.message();
         let parsed = hello::walk(&message).ok();
-        let lossy = |b: &[u8]| escape_for_log(&String::from_utf8_lossy(b));
         HelloFacts {
-            sni: parsed.as_ref().and_then(|p| p.sni).map(lossy),
+            sni: parsed.as_ref().and_then(|p| p.sni).map(<[u8]>::to_vec),
             alpn: parsed
                 .as_ref()
                 .map(|p| {
-                    let names: Vec<String> = p.alpn().map(lossy).collect();
-                    escape_for_log(&names.join(","))
+                    let names: Vec<std::borrow::Cow<'_, str>> =
+                        p.alpn().map(String::from_utf8_lossy).collect();
+                    names.join(",")
                 })
                 .unwrap_or_default(),
             ech: parsed.as_ref().is_some_and(|p| p.has_ech),
@@ -136,11 +140,13 @@ impl TlsApp {
     fn count(&self, verdict: Verdict) {
         let c = &self.counters;
         match verdict {
-            Verdict::Decided(Outcome::Allowed) => c.allowed.inc(),
-            Verdict::Decided(Outcome::Blocked(r)) => c.blocked[r.index()].inc(),
-            Verdict::Decided(Outcome::Monitored(r)) => c.monitored[r.index()].inc(),
-            Verdict::Decided(Outcome::NotReady) => c.not_ready.inc(),
-            Verdict::Decided(Outcome::Pending) => {}
+            Verdict::Decided(d) => match d.outcome {
+                Outcome::Allowed => c.allowed.inc(),
+                Outcome::Blocked(r) => c.blocked[r.index()].inc(),
+                Outcome::Monitored(r) => c.monitored[r.index()].inc(),
+                Outcome::NotReady => c.not_ready.inc(),
+                Outcome::Pending => {}
+            },
             Verdict::NoHello(f) => match f.index() {
                 Some(i) => c.hello[i].inc(),
                 None => c.abandoned.inc(),
@@ -148,32 +154,63 @@ impl TlsApp {
         }
     }
 
-    fn log_refusal(
+    /// The lines of a decided connection: its audit line (refused or monitored), and a
+    /// refusal's access line (`crate::access_log`).
+    fn log_decided(
         &self,
         verdict: Verdict,
+        host: Option<&Host>,
         facts: Option<&HelloFacts>,
         client: Option<SocketAddr>,
         destination: Option<SocketAddr>,
+        refused: bool,
     ) {
-        let (decision, reason, detail) = match verdict {
-            Verdict::Decided(o) => (o.decision_label(), o.reason_label(), ""),
-            Verdict::NoHello(f) => ("blocked", f.reason(), f.detail()),
+        let id = self.gate.request_ids.next_id();
+        let detail = match verdict {
+            Verdict::NoHello(f) => f.detail(),
+            Verdict::Decided(_) => "",
         };
-        tracing::info!(
-            target: "icp_gate::tls",
-            listener = self.listener(),
-            client = client.map(|c| c.to_string()).unwrap_or_default(),
-            sni = facts.and_then(|f| f.sni.as_deref()).unwrap_or(""),
-            alpn = facts.map(|f| f.alpn.as_str()).unwrap_or(""),
-            ech = facts.is_some_and(|f| f.ech),
-            client_hello_bytes = facts.map_or(0, |f| f.bytes),
-            records = facts.map_or(0, |f| f.records),
-            decision,
-            reason,
+        let record = self.record(verdict, host, facts, client, id.as_str());
+        let facts = TlsFacts {
+            alpn: facts.map(|f| f.alpn.as_str()).unwrap_or(""),
+            ech: facts.is_some_and(|f| f.ech),
+            client_hello_bytes: facts.map_or(0, |f| f.bytes),
+            records: facts.map_or(0, |f| f.records),
             detail,
-            original_dst = destination.map(|d| d.to_string()).unwrap_or_default(),
-            "tls connection refused"
-        );
+            original_dst: destination,
+            relayed: None,
+        };
+        self.gate.access_log.tls_decided(&record, &facts, refused);
+    }
+
+    /// What the lines of a connection say it was decided on and how.
+    fn record<'a>(
+        &'a self,
+        verdict: Verdict,
+        host: Option<&'a Host>,
+        facts: Option<&'a HelloFacts>,
+        client: Option<SocketAddr>,
+        request_id: &'a str,
+    ) -> TlsRecord<'a> {
+        let (sni, ip) = match host {
+            Some(Host::Domain(name)) => (Some(name.as_bytes()), None),
+            Some(Host::Ip(ip)) => (None, Some(*ip)),
+            // Not a usable name: as sent.
+            None => (facts.and_then(|f| f.sni.as_deref()), None),
+        };
+        TlsRecord {
+            listener: self.listener(),
+            client,
+            sni,
+            ip,
+            decision: verdict_decision(verdict),
+            reason: verdict_reason(verdict),
+            decided: match verdict {
+                Verdict::Decided(d) => Some(d),
+                Verdict::NoHello(_) => None,
+            },
+            request_id,
+        }
     }
 
     /// Connects to the first candidate that answers and writes the hello bytes to it.
@@ -251,37 +288,54 @@ impl ServerApp for TlsApp {
         // SO_ORIGINAL_DST (a system call) only where the listener forwards to it; a connection
         // without SNI is otherwise decided on the listener's local address.
         let addrs = ConnAddrs::of(&stream, self.destinations().is_original_destination());
-        let verdict = match &read {
+        let (verdict, host) = match &read {
             Ok(hello) => self.decide(hello, &addrs),
-            Err(failure) => Verdict::NoHello(*failure),
+            Err(failure) => (Verdict::NoHello(*failure), None),
         };
         self.count(verdict);
         let pass = matches!(
             verdict,
-            Verdict::Decided(Outcome::Allowed | Outcome::Monitored(_))
+            Verdict::Decided(Decided {
+                outcome: Outcome::Allowed | Outcome::Monitored(_),
+                ..
+            })
         );
+        let client = ConnAddrs::peer(&stream);
         if !pass {
             if verdict == Verdict::NoHello(HelloFailure::Closed) {
                 return None;
             }
-            let client = ConnAddrs::peer(&stream);
             let facts = read.as_ref().ok().map(Self::facts);
-            self.log_refusal(
+            self.log_decided(
                 verdict,
+                host.as_ref(),
                 facts.as_ref(),
                 client,
                 self.destinations().original_destination(&addrs),
+                true,
             );
             refuse::refuse(stream, listener.refuse).await;
             return None;
         }
         let hello = read.expect("a decided connection has its hello");
-        if let Verdict::Decided(Outcome::Monitored(_)) = verdict {
+        let monitored = matches!(
+            verdict,
+            Verdict::Decided(Decided {
+                outcome: Outcome::Monitored(_),
+                ..
+            })
+        );
+        if monitored {
             let facts = Self::facts(&hello);
+            self.log_decided(verdict, host.as_ref(), Some(&facts), client, None, false);
             tracing::info!(
                 target: "icp_gate::tls",
                 listener = self.listener(),
-                sni = facts.sni.as_deref().unwrap_or(""),
+                sni = facts
+                    .sni
+                    .as_deref()
+                    .map(|s| crate::access_log::escape_for_log(&String::from_utf8_lossy(s)))
+                    .unwrap_or_default(),
                 reason = verdict_reason(verdict),
                 "tls connection monitored (passed through)"
             );
@@ -291,13 +345,11 @@ impl ServerApp for TlsApp {
             return None;
         };
         // What the access line needs of the hello, taken before its buffer goes.
-        let access = self.gate.access_log.this_one().then(|| {
-            (
-                Self::facts(&hello).sni,
-                ConnAddrs::peer(&stream),
-                Instant::now(),
-            )
-        });
+        let access = self
+            .gate
+            .access_log
+            .this_one()
+            .then(|| (Self::facts(&hello), Instant::now()));
         let hello_bytes = hello.bytes.len() as u64;
         drop(hello);
         crate::socket::set_nodelay(&stream);
@@ -314,19 +366,25 @@ impl ServerApp for TlsApp {
         .await;
         // One access line per passed-through connection, when it ends (as nginx's stream
         // access log), under the same switch as HTTP access lines.
-        if let Some((sni, client, started)) = access {
-            tracing::info!(
-                target: "icp_gate::access",
-                listener = self.listener(),
-                client = client.map(|c| c.to_string()).unwrap_or_default(),
-                sni = sni.as_deref().unwrap_or(""),
-                decision = verdict_decision(verdict),
-                reason = verdict_reason(verdict),
-                to_upstream = hello_bytes + relayed.to_upstream,
-                to_client = relayed.to_client,
-                end = relayed.end.as_str(),
-                duration_us = started.elapsed().as_micros() as u64,
-                "tls connection"
+        if let Some((facts, started)) = access {
+            let id = self.gate.request_ids.next_id();
+            let record = self.record(verdict, host.as_ref(), Some(&facts), client, id.as_str());
+            self.gate.access_log.tls_passed(
+                &record,
+                &TlsFacts {
+                    alpn: &facts.alpn,
+                    ech: facts.ech,
+                    client_hello_bytes: facts.bytes,
+                    records: facts.records,
+                    detail: "",
+                    original_dst: None,
+                    relayed: Some((
+                        hello_bytes + relayed.to_upstream,
+                        relayed.to_client,
+                        relayed.end.as_str(),
+                        started.elapsed(),
+                    )),
+                },
             );
         }
         None
@@ -335,14 +393,14 @@ impl ServerApp for TlsApp {
 
 fn verdict_decision(v: Verdict) -> &'static str {
     match v {
-        Verdict::Decided(o) => o.decision_label(),
+        Verdict::Decided(d) => d.outcome.decision_label(),
         Verdict::NoHello(_) => "blocked",
     }
 }
 
 fn verdict_reason(v: Verdict) -> &'static str {
     match v {
-        Verdict::Decided(o) => o.reason_label(),
+        Verdict::Decided(d) => d.outcome.reason_label(),
         Verdict::NoHello(f) => f.reason(),
     }
 }
