@@ -832,6 +832,9 @@ impl ProxyHttp for GateProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        if !self.access_log.logs(ctx.decided.outcome) {
+            return;
+        }
         let req = session.req_header();
         let path = if self.access_log.wants_path() {
             let raw = req.raw_path();
@@ -854,7 +857,7 @@ impl ProxyHttp for GateProxy {
                 invalid: ctx.invalid,
                 decided: ctx.decided,
                 status,
-                duration: ctx.started.elapsed(),
+                started: ctx.started,
                 request_id: ctx.request_id.as_deref(),
                 error: e,
             },

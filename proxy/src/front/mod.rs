@@ -608,6 +608,9 @@ impl GateApp {
     }
 
     fn log(&self, c: &mut Conn, line: LogLine<'_>) {
+        if !self.gate.access_log.logs(line.decided.outcome) {
+            return;
+        }
         let client = c.client();
         let c = &*c;
         let shown = &c.shown_host;
@@ -622,7 +625,7 @@ impl GateApp {
                 invalid: line.invalid,
                 decided: line.decided,
                 status: line.status,
-                duration: line.started.elapsed(),
+                started: line.started,
                 request_id: Some(line.id.as_str()),
                 error: line.error,
             },
