@@ -9,7 +9,8 @@
 #
 # Environment (defaults in brackets): PATHS ["block forward"], DURATION [5], RECORDS [2000],
 # BASE_PORT [18280] (uses BASE_PORT..BASE_PORT+2), SKIP_BUILD [0], KEEP [0] (keep the callgrind
-# output in the printed directory; open it with callgrind_annotate).
+# output in the printed directory; open it with callgrind_annotate), LOGS [on] (the gate's logs:
+# on, off or stderr, as in lib.sh).
 #
 # The gate runs under valgrind with instrumentation off while it starts and loads its registry;
 # it is switched on (callgrind_control -i on) after a 1 s warm-up of wrk, for one wrk run of
@@ -30,6 +31,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
+check_logs
 require_integers DURATION RECORDS BASE_PORT
 for p in $PATHS; do
     [[ $p == block || $p == forward ]] || die "PATHS may name block and forward (got '$p')"
@@ -50,7 +52,7 @@ PIDS+=($!)
 
 write_gate_conf "$OUT/icp-gate.toml" "$OUT" "$GATE_PORT" "$ADMIN_PORT" "$ORIGIN_PORT" "$OUT/registry.tsv"
 
-echo "icp-gate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $RECORDS records, wrk -t1 -c64 for ${DURATION}s per path, user-space instructions (callgrind Ir)"
+echo "icp-gate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $RECORDS records, logs $LOGS, wrk -t1 -c64 for ${DURATION}s per path, user-space instructions (callgrind Ir)"
 for path in $PATHS; do
     host=$BLOCK_HOST
     [[ $path == forward ]] && host=$FORWARD_HOST

@@ -72,8 +72,30 @@ CONF
     } >"$dir/nginx.conf"
 }
 
+# LOGS (on, off or stderr): how the gate under test (and nginx in run.sh) log. `on` (the default)
+# as an operator runs them: the gate's access log and audit log to files (`[log]
+# access_log_file`, `audit_log`, through its buffered writers), nginx's `access_log FILE combined
+# buffer=64k`. `off`: no access log on either side (the comparison before logs were on).
+# `stderr`: the gate's access lines as `tracing` events on standard error (redirected to a
+# file), no audit log, as the gate logged before it had log files; nginx as with `on`.
+LOGS=${LOGS:-on}
+check_logs() {
+    [[ $LOGS == on || $LOGS == off || $LOGS == stderr ]] || die "LOGS must be on, off or stderr (got '$LOGS')"
+}
+
+# gate_log_section DIR: the gate's [log] section for LOGS; its files are DIR/gate-access.log and
+# DIR/gate-audit.log.
+gate_log_section() {
+    local dir=$1
+    case $LOGS in
+        on) printf '[log]\nlevel = "info"\naccess_log_file = "%s/gate-access.log"\naudit_log = "%s/gate-audit.log"\n' "$dir" "$dir" ;;
+        stderr) printf '[log]\nlevel = "info"\naccess_log = true\n' ;;
+        off) printf '[log]\nlevel = "warn"\naccess_log = false\n' ;;
+    esac
+}
+
 # write_gate_conf FILE DIR GATE_PORT ADMIN_PORT ORIGIN_PORT REGISTRY: the gate under test, one
-# thread, access log off, a `require = "connected"` listener, no reconnects in a round.
+# thread, logging as LOGS says, a `require = "connected"` listener, no reconnects in a round.
 write_gate_conf() {
     local file=$1 dir=$2 gate_port=$3 admin_port=$4 origin_port=$5 registry=$6
     cat >"$file" <<CONF
@@ -96,9 +118,7 @@ refresh_interval_seconds = 86400
 [admin]
 address = "127.0.0.1:$admin_port"
 
-[log]
-level = "warn"
-access_log = false
+$(gate_log_section "$dir")
 
 [server]
 threads = 1

@@ -8,7 +8,8 @@
 #
 # Environment (defaults in brackets): PATH_KIND [block] (block or forward), DURATION [10],
 # RECORDS [1000000], BASE_PORT [18180] (uses BASE_PORT..BASE_PORT+2), PROXY_CPU [0], LOAD_CPU [1],
-# SKIP_BUILD [0], OUT [a temporary directory, removed unless KEEP=1].
+# SKIP_BUILD [0], OUT [a temporary directory, removed unless KEEP=1], LOGS [on] (the gate's logs:
+# on, off or stderr, as in lib.sh).
 #
 # perf's default event (cycles) needs a PMU, which VMs often lack: the script samples cpu-clock,
 # which works everywhere. Needs perf (Debian: linux-perf), nginx (the origin) and wrk.
@@ -30,6 +31,7 @@ KEEP=${KEEP:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 [[ $PATH_KIND == block || $PATH_KIND == forward ]] || die "PATH_KIND must be block or forward"
+check_logs
 require_integers DURATION RECORDS BASE_PORT PROXY_CPU LOAD_CPU
 require_tools "apt-get install -y linux-perf nginx wrk" perf nginx wrk taskset curl awk
 
@@ -56,7 +58,7 @@ for ((i = 0; i < 1200; i++)); do
     sleep 0.1
 done
 status=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "http://127.0.0.1:$GATE_PORT/")
-echo "path $PATH_KIND, Host: $HOST -> $status"
+echo "path $PATH_KIND, Host: $HOST -> $status, logs $LOGS"
 
 taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s -H "Host: $HOST" "http://127.0.0.1:$GATE_PORT/" >/dev/null
 read -r u1 s1 < <(awk '{ print $14, $15 }' "/proc/$GATE_PID/stat")

@@ -11,7 +11,13 @@
 # (uses BASE_PORT..BASE_PORT+4), PROXY_CPU [0], LOAD_CPU [1], ORIGIN_CPU [LOAD_CPU, or "none"],
 # BLOCK_HOST [unfiled-load-test.cn], FORWARD_HOST [a connected name from the registry],
 # NGINX_BLOCK [auto: inline return when the page fits, else file], SKIP_BUILD [0], KEEP_TMP [0],
-# RESULTS [benches/load/results-latest.txt].
+# RESULTS [benches/load/results-latest.txt], LOGS [on] (on: the gate's access and audit logs to
+# files, nginx's access_log buffer=64k; off: no access log on either side; stderr: the gate's
+# access lines through tracing on stderr, see lib.sh).
+#
+# With LOGS=on, after every icp-gate run the audit log must hold exactly one line per block the
+# gate counted (and at least one per block wrk read): anything else is a PROBLEM and the script
+# exits 1.
 #
 # Everything runs on 127.0.0.1 in a temporary directory; every process started here is stopped
 # when the script exits, however it exits.
@@ -46,6 +52,7 @@ note() { echo "run.sh: $*" >&2; }
 # Checks before anything is started.
 
 require_integers ROUNDS DURATION WARMUP CONNECTIONS RECORDS BASE_PORT PROXY_CPU LOAD_CPU
+check_logs
 [[ $ORIGIN_CPU == none || $ORIGIN_CPU =~ ^[0-9]+$ ]] ||
     die "ORIGIN_CPU must be a CPU number or 'none' (got '$ORIGIN_CPU')"
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
@@ -225,6 +232,13 @@ wait_http origin "$ORIGIN_PID" "http://127.0.0.1:$ORIGIN_PORT/"
 # icp-gate.
 
 write_gate_conf "$TMP/icp-gate.toml" "$TMP" "$GATE_PORT" "$ADMIN_PORT" "$ORIGIN_PORT" "$REGISTRY"
+GATE_AUDIT=$TMP/gate-audit.log
+GATE_ACCESS=$TMP/gate-access.log
+case $LOGS in
+    on) LOGS_NOTE="on: icp-gate access log (JSON) and audit log to files, [log] level info; nginx access_log combined buffer=64k; passthrough none" ;;
+    stderr) LOGS_NOTE="stderr: icp-gate access lines through tracing (text) on stderr to a file, no audit log; nginx access_log combined buffer=64k; passthrough none" ;;
+    off) LOGS_NOTE="off: no access log on either side" ;;
+esac
 "$GATE" -t -c "$TMP/icp-gate.toml" >/dev/null || die "the generated icp-gate configuration is invalid"
 note "starting icp-gate on 127.0.0.1:$GATE_PORT (admin $ADMIN_PORT), cpu $PROXY_CPU"
 start icp-gate INT "$PROXY_CPU" "$GATE" -c "$TMP/icp-gate.toml"
@@ -297,6 +311,11 @@ $BLOCK_HEADERS
         }"
 fi
 
+# nginx's access log as operators run it (its default combined format, 64 KiB buffer).
+NGINX_ACCESS_LOG=""
+if [[ $LOGS != off ]]; then
+    NGINX_ACCESS_LOG="        access_log $NGX/access.log combined buffer=64k;"
+fi
 {
     nginx_preamble "$NGX"
     cat <<EOF
@@ -321,6 +340,7 @@ fi
     server {
         listen 127.0.0.1:$NGINX_PORT;
         server_name _;
+$NGINX_ACCESS_LOG
         default_type "text/html; charset=utf-8";
 $BLOCK_LOCATION
         location / {
@@ -432,6 +452,30 @@ gate_counter() {
             END { printf "%d\n", v }'
 }
 
+# gate_sum NAME [DECISION]: the sum of every series of the gate's metric NAME (of one decision).
+gate_sum() {
+    curl -s -m 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk -v n="$1" -v d="${2:-}" '
+            index($0, n "{") == 1 || index($0, n " ") == 1 {
+                if (d == "" || index($0, "decision=\"" d "\"")) s += $NF
+            }
+            END { printf "%d\n", s }'
+}
+
+# gate_settled: waits (up to 5 s) until the gate has written the audit line of every block and
+# the access line of every request it counted, so that a log file emptied now gets no line
+# from before.
+gate_settled() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        (($(gate_sum icp_gate_audit_lines_total) == $(gate_sum icp_gate_requests_total blocked))) &&
+            (($(gate_sum icp_gate_access_log_lines_total) == $(gate_sum icp_gate_requests_total))) &&
+            return 0
+        sleep 0.1
+    done
+    note "warning: the gate's log writers did not catch up with its counters within 5 s"
+}
+
 # wrk output -> "req/s p50(us) p99(us) requests non-2xx/3xx socket-errors"
 parse_wrk() {
     awk '
@@ -463,13 +507,23 @@ RAW=$TMP/rounds.tsv
 # load ROUND PROXY PATH: one wrk run; ROUND "warmup" is not recorded.
 load() {
     local round=$1 proxy=$2 path=$3 port host pid out before after c0 c1
-    local log log_before
+    local log log_before lines_before=0 lines_file=""
     case $proxy in
         icp-gate) port=$GATE_PORT pid=$GATE_PID log=$TMP/icp-gate.out ;;
         nginx) port=$NGINX_PORT pid=$NGINX_PID log=$NGX/error.log ;;
         passthrough) port=$PASS_PORT pid=$PASS_PID log=$TMP/passthrough.out ;;
     esac
     log_before=$(wc -l <"$log")
+    # The log files under test (emptied after each run: a round writes gigabytes).
+    case $proxy in
+        icp-gate) [[ $LOGS == on ]] && lines_file=$GATE_AUDIT ;;
+        nginx) [[ $LOGS != off ]] && lines_file=$NGX/access.log ;;
+    esac
+    if [[ $proxy == icp-gate && $LOGS == on ]]; then
+        gate_settled
+        : >"$GATE_ACCESS"
+    fi
+    if [[ -n $lines_file ]]; then : >"$lines_file"; fi
     case $path in
         block) host=$BLOCK_HOST ;;
         forward) host=$FORWARD_HOST ;;
@@ -522,11 +576,42 @@ load() {
             problems+=("the gate counted $counted ${path} decisions for $req answers wrk read")
         fi
     fi
+    # Every block the gate counted has exactly one audit line, and every request an access
+    # line: waited for (the writers flush within [log] flush_interval_ms), then compared.
+    local audited="" accessed=""
+    if [[ $proxy == icp-gate && $LOGS == on && -n $counted ]]; then
+        local want_audit=0 i
+        [[ $path == block ]] && want_audit=$counted
+        for ((i = 0; i < 50; i++)); do
+            audited=$(wc -l <"$GATE_AUDIT")
+            accessed=$(wc -l <"$GATE_ACCESS")
+            ((audited >= want_audit && accessed >= counted)) && break
+            sleep 0.1
+        done
+        sleep 0.3 # anything beyond the expected count would show now
+        audited=$(wc -l <"$GATE_AUDIT")
+        accessed=$(wc -l <"$GATE_ACCESS")
+        if ((audited != want_audit)); then
+            problems+=("AUDIT LOG MISMATCH: $audited audit lines for $want_audit blocks the gate counted ($non non-2xx answers wrk read)")
+            note "AUDIT LOG MISMATCH in round $round ($path): $audited lines, $want_audit blocks counted, $non blocked answers read by wrk"
+        elif [[ $path == block ]] && ((audited < non || audited > non + CONNECTIONS)); then
+            problems+=("AUDIT LOG MISMATCH: $audited audit lines for $non blocked answers wrk read")
+            note "AUDIT LOG MISMATCH in round $round: $audited lines for $non blocked answers read by wrk"
+        fi
+        if ((accessed != counted)); then
+            problems+=("access log: $accessed lines for $counted requests the gate counted")
+        fi
+    fi
+    local logged_lines=""
+    if [[ $proxy == nginx && -n $lines_file ]]; then
+        logged_lines=$(wc -l <"$lines_file")
+    fi
 
     # What the proxy logged during the run. A client that closes its connection with a request
     # in flight (wrk does, when it stops) is logged by Pingora at ERROR level: counted apart.
     local logged hangups others
-    logged=$(tail -n +$((log_before + 1)) "$log")
+    # (With LOGS=stderr the gate's access lines are in this file too: left out.)
+    logged=$(tail -n +$((log_before + 1)) "$log" | grep -v ' icp_gate::access: ' || true)
     hangups=$(grep -cE "$HANGUP_PATTERN" <<<"$logged" || true)
     others=$(grep -vE "$HANGUP_PATTERN" <<<"$logged" | grep -ciE 'error|panic|\[(crit|alert|emerg)\]' || true)
     HANGUP_LINES=$((HANGUP_LINES + hangups))
@@ -560,6 +645,15 @@ load() {
         if (p == "forward" && r > 0) printf "  origin queued %.1fus/answer", q / r / 1000 }')
     line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s  %s' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu" "$wire")
+    # CPU time of the proxy's core per answer (the core is the proxy's alone during the run).
+    local cpu_us
+    cpu_us=$(awk -v b="$before" -v a="$after" -v r="$req" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        if (r > 0) printf "%.2f", (y[3] - x[3]) / hz * 1e6 / r }')
+    line+="  cpu ${cpu_us:--}us/answer"
+    if [[ -n $audited ]]; then line+="  audit $audited lines, access $accessed lines"; fi
+    if [[ -n $logged_lines ]]; then line+="  access.log $logged_lines lines (64k buffer pending)"; fi
+    if [[ -n $lines_file ]]; then : >"$lines_file"; fi
     if ((${#problems[@]})); then
         line+="  PROBLEM: $(
             IFS=';'
@@ -569,7 +663,7 @@ load() {
     fi
     echo "$line"
     ROUND_LINES+=("$line")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" "$per_core" >>"$RAW"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" "$per_core" "$cpu_us" >>"$RAW"
 }
 
 SEQUENCE=("icp-gate block" "nginx block" "icp-gate forward" "nginx forward" "passthrough forward")
@@ -586,6 +680,7 @@ machine: $CPUS CPUs ($CPU_MODEL), $(uname -sr), $NGINX_VERSION, wrk $WRK_VERSION
 registry: $RECORDS records (nginx map: $MAP_ENTRIES entries, hostnames)
 load: wrk -t1 -c$CONNECTIONS, keep-alive, $ROUNDS rounds x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s
 pinning: proxies on cpu $PROXY_CPU (one at a time under load), wrk on cpu $LOAD_CPU, origin on cpu $ORIGIN_CPU
+logs: $LOGS_NOTE
 block path: Host $BLOCK_HOST -> 403 unfiled, body $BLOCK_BYTES bytes (nginx: $NGINX_BLOCK_STYLE)
   response header+body bytes: icp-gate $GATE_BLOCK_SIZES, nginx $NGINX_BLOCK_SIZES
 forward path: Host $FORWARD_HOST -> origin 200
@@ -624,14 +719,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
 cell() { # FIELD PROXY PATH
     local v
     v=$(median "$1" "$2" "$3")
-    if [[ -z $v ]]; then echo "-"; elif [[ $1 == 3 || $1 == 6 ]]; then printf '%.0f' "$v"; else fmt_lat "$v"; fi
+    if [[ -z $v ]]; then echo "-"; elif [[ $1 == 3 || $1 == 6 ]]; then printf '%.0f' "$v"; elif [[ $1 == 7 ]]; then printf '%.2fus' "$v"; else fmt_lat "$v"; fi
 }
 
 TABLE=$(
     printf '%-8s %-12s %12s %12s %12s %12s %17s\n' path metric icp-gate nginx passthrough gate/nginx gate/passthrough
     for path in block forward; do
-        for f in 3 6 4 5; do
-            case $f in 3) metric="req/s" ;; 6) metric="req/core-s" ;; 4) metric="p50 latency" ;; 5) metric="p99 latency" ;; esac
+        for f in 3 6 7 4 5; do
+            case $f in 3) metric="req/s" ;; 6) metric="req/core-s" ;; 7) metric="cpu/answer" ;; 4) metric="p50 latency" ;; 5) metric="p99 latency" ;; esac
             g=$(median $f icp-gate $path)
             n=$(median $f nginx $path)
             p=$(median $f passthrough $path)
@@ -643,6 +738,7 @@ TABLE=$(
     echo
     echo "medians over $ROUNDS round(s). req/s ratio above 1: icp-gate serves more; latency ratio below 1: icp-gate answers faster."
     echo "req/core-s: req/s divided by the busy share of the proxy's core (what one fully busy core would serve, if the load generator kept up)."
+    echo "cpu/answer: busy time of the proxy's core per answer (user and kernel); below 1x the gate spends less CPU per answer."
     if ((HANGUP_LINES > 0)); then
         echo "note: $HANGUP_LINES ERROR lines logged by icp-gate for clients that closed a connection with a request in flight (wrk stopping); not counted as problems."
     fi

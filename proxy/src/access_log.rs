@@ -14,12 +14,13 @@
 //! bloat a line.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use icp_gate_registry::{Host, InvalidHost};
 
 use crate::gate::{Decided, Outcome};
-use crate::log_line::{Line, Style};
+use crate::key;
+use crate::log_line::{ClientText, Line, Stamp, Style};
 use crate::log_writer::LogSink;
 
 const MAX_LOGGED_HOST: usize = 256;
@@ -50,9 +51,18 @@ pub struct AccessRecord<'a> {
     pub invalid: Option<InvalidHost>,
     pub decided: Decided,
     pub status: u16,
-    pub duration: Duration,
+    /// When the gate took the request (a precise clock read when access lines are written; the
+    /// access line's duration is taken from it).
+    pub started: Instant,
     pub request_id: Option<&'a str>,
     pub error: Option<&'a pingora::Error>,
+}
+
+/// What both lines of a request share, made once: the time, the client as text, the host.
+pub struct Common<'a> {
+    pub stamp: Stamp,
+    pub client: Option<ClientText>,
+    pub host: Shown<'a>,
 }
 
 /// What was decided for a TLS connection on its ClientHello, as its lines tell it.
@@ -73,6 +83,8 @@ pub struct TlsRecord<'a> {
 /// What a passed-through or refused connection's access line adds about its hello and relay.
 #[derive(Default)]
 pub struct TlsFacts<'a> {
+    /// The SNI as sent (the record's `sni` is the name decided on).
+    pub sni: Option<&'a [u8]>,
     pub alpn: &'a str,
     pub ech: bool,
     pub client_hello_bytes: usize,
@@ -125,6 +137,12 @@ impl AccessLog {
                 || tracing::enabled!(target: "icp_gate::access", tracing::Level::INFO))
     }
 
+    /// Whether `record` writes anything for a request with this outcome (lets a caller skip
+    /// gathering the record).
+    pub fn logs(&self, outcome: Outcome) -> bool {
+        (self.audit.is_some() && audited(outcome)) || self.wants_line()
+    }
+
     /// Whether access lines carry the request's path (those written to a file).
     pub fn wants_path(&self) -> bool {
         self.enabled && self.file.is_some()
@@ -139,29 +157,37 @@ impl AccessLog {
         if audit.is_none() && !access {
             return;
         }
-        // The host as decided, or, when none could be read, as sent.
+        // The host as decided (normalized: nothing to escape), or, when none could be read, as
+        // sent.
         let raw;
-        let host: &[u8] = match r.host {
-            Some(Host::Domain(name)) => name.as_bytes(),
+        let host = match r.host {
+            Some(Host::Domain(name)) => Shown::plain(name.as_bytes()),
             Some(host @ Host::Ip(_)) => {
                 raw = host.to_string();
-                raw.as_bytes()
+                Shown::plain(raw.as_bytes())
             }
             None => {
                 raw = raw_host();
-                raw.as_bytes()
+                Shown::as_sent(raw.as_bytes())
             }
         };
         let key = shard_key(r.client);
+        let common = Common {
+            stamp: Stamp::now(),
+            client: r.client.map(ClientText::new),
+            host,
+        };
         if let Some(audit) = audit {
-            audit.write_line(key, |out| audit_request_line(out, &r, host));
+            audit.write_line(key, |out| audit_request_line(out, &common, &r));
         }
         if !access {
             return;
         }
         match &self.file {
-            Some((sink, style)) => sink.write_line(key, |out| access_line(out, *style, &r, host)),
-            None => trace_request(&r, host),
+            Some((sink, style)) => {
+                sink.write_line(key, |out| access_line(out, *style, &common, &r))
+            }
+            None => trace_request(&r, host.text),
         }
     }
 
@@ -171,8 +197,9 @@ impl AccessLog {
     pub fn tls_decided(&self, r: &TlsRecord<'_>, facts: &TlsFacts<'_>, refused: bool) {
         let key = shard_key(r.client);
         let audit = r.decided.is_none_or(|d| audited(d.outcome));
+        let stamp = Stamp::now();
         if let (Some(sink), true) = (&self.audit, audit) {
-            sink.write_line(key, |out| audit_tls_line(out, r));
+            sink.write_line(key, |out| audit_tls_line(out, &stamp, r));
         }
         if !refused {
             return;
@@ -180,7 +207,7 @@ impl AccessLog {
         match &self.file {
             Some((sink, style)) => {
                 if self.sampled() {
-                    sink.write_line(key, |out| tls_access_line(out, *style, r, facts));
+                    sink.write_line(key, |out| tls_access_line(out, *style, &stamp, r, facts));
                 }
             }
             // Without a file every refusal has its line, at INFO under `icp_gate::tls`, as
@@ -194,7 +221,7 @@ impl AccessLog {
     pub fn tls_passed(&self, r: &TlsRecord<'_>, facts: &TlsFacts<'_>) {
         match &self.file {
             Some((sink, style)) => sink.write_line(shard_key(r.client), |out| {
-                tls_access_line(out, *style, r, facts)
+                tls_access_line(out, *style, &Stamp::now(), r, facts)
             }),
             None => trace_tls(r, facts, "tls connection"),
         }
@@ -222,147 +249,222 @@ fn shard_key(client: Option<SocketAddr>) -> u64 {
     }
 }
 
+/// A host as a line shows it: the name decided on (made by the gate: nothing to escape), or
+/// the value as sent (escaped).
+#[derive(Clone, Copy)]
+pub struct Shown<'a> {
+    pub text: &'a [u8],
+    pub plain: bool,
+}
+
+impl<'a> Shown<'a> {
+    /// A normalized host (or an IP address as text).
+    pub fn plain(text: &'a [u8]) -> Self {
+        Shown { text, plain: true }
+    }
+
+    /// A value as the client sent it.
+    pub fn as_sent(text: &'a [u8]) -> Self {
+        Shown { text, plain: false }
+    }
+
+    #[inline(always)]
+    fn write<const JSON: bool>(self, line: &mut Line<'_, JSON>, key: crate::log_line::Key) {
+        if self.plain {
+            line.plain(key, self.text);
+        } else {
+            line.bytes(key, self.text);
+        }
+    }
+
+    /// The part from `at` on (the record that decided, in the decided host's text).
+    fn from(self, at: usize) -> Option<Shown<'a>> {
+        Some(Shown {
+            text: self.text.get(at..)?,
+            plain: self.plain,
+        })
+    }
+}
+
 /// The record that decided, by name: where it starts in the decided host's text.
-fn matched_name<'h>(host: &'h [u8], decided: &Decided, is_ip: bool) -> Option<&'h [u8]> {
+fn matched_name<'h>(host: Shown<'h>, decided: &Decided, is_ip: bool) -> Option<Shown<'h>> {
     let at = decided.matched? as usize;
     if is_ip {
         // An IP record is the address itself (without the brackets of a v6 Host).
-        let trimmed = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]"));
-        return Some(trimmed.unwrap_or(host));
+        let text = host.text;
+        let trimmed = text.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]"));
+        return Some(Shown {
+            text: trimmed.unwrap_or(text),
+            plain: host.plain,
+        });
     }
-    host.get(at..)
+    host.from(at)
 }
 
-fn opt_uint(line: &mut Line<'_>, key: &str, value: Option<u64>) {
-    match value {
-        Some(v) => line.uint(key, v),
-        None => line.null(key),
+/// Appends a request's audit line to `out` (`record` writes it through the audit log's writer;
+/// public for the formatting bench, `benches/log_line.rs`).
+pub fn audit_request_line(out: &mut Vec<u8>, common: &Common<'_>, r: &AccessRecord<'_>) {
+    let host = common.host;
+    let mut line = Line::<true>::start(out, &common.stamp);
+    line.str(key!("listener"), r.listener);
+    match &common.client {
+        Some(c) => line.plain(key!("client"), c.full()),
+        None => line.null(key!("client")),
     }
-}
-
-fn audit_request_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, host: &[u8]) {
-    let mut line = Line::start(out, Style::Json);
-    line.str("listener", r.listener);
-    match r.client {
-        Some(c) => line.socket_addr("client", c),
-        None => line.null("client"),
-    }
-    line.bytes("host", host);
-    line.label("decision", r.decided.outcome.decision_label());
-    line.label("reason", r.decided.outcome.reason_label());
+    host.write(&mut line, key!("host"));
+    line.label(key!("decision"), r.decided.outcome.decision_label());
+    line.label(key!("reason"), r.decided.outcome.reason_label());
     let is_ip = matches!(r.host, Some(Host::Ip(_)));
     match matched_name(host, &r.decided, is_ip) {
-        Some(name) => line.bytes("matched", name),
-        None => line.null("matched"),
+        Some(name) => name.write(&mut line, key!("matched")),
+        None => line.null(key!("matched")),
     }
-    opt_uint(&mut line, "serial", r.decided.serial);
+    match r.decided.serial {
+        Some(serial) => line.uint(key!("serial"), serial),
+        None => line.null(key!("serial")),
+    }
     match r.request_id {
-        Some(id) => line.str("request_id", id),
-        None => line.null("request_id"),
+        Some(id) => line.id(key!("request_id"), id),
+        None => line.null(key!("request_id")),
     }
-    line.str("method", r.method);
-    line.uint("status", u64::from(r.status));
+    line.str(key!("method"), r.method);
+    line.uint(key!("status"), u64::from(r.status));
     if let Some(invalid) = r.invalid {
-        line.label("invalid_host", invalid.code());
+        line.label(key!("invalid_host"), invalid.code());
     }
     line.finish();
 }
 
-fn access_line(out: &mut Vec<u8>, style: Style, r: &AccessRecord<'_>, host: &[u8]) {
-    let mut line = Line::start(out, style);
-    line.str("icp_gate.listener", r.listener);
-    if let Some(c) = r.client {
-        line.ip("client.address", c.ip());
-        line.uint("client.port", u64::from(c.port()));
+/// Appends a request's access line to `out`, as `audit_request_line` does its audit line.
+pub fn access_line(out: &mut Vec<u8>, style: Style, common: &Common<'_>, r: &AccessRecord<'_>) {
+    match style {
+        Style::Json => access_fields::<true>(out, common, r),
+        Style::Text => access_fields::<false>(out, common, r),
     }
-    line.str("http.request.method", r.method);
-    line.bytes("server.address", host);
+}
+
+fn access_fields<const JSON: bool>(out: &mut Vec<u8>, common: &Common<'_>, r: &AccessRecord<'_>) {
+    let mut line = Line::<JSON>::start(out, &common.stamp);
+    line.str(key!("icp_gate.listener"), r.listener);
+    if let Some(c) = &common.client {
+        line.plain(key!("client.address"), c.ip());
+        line.uint(key!("client.port"), u64::from(c.port));
+    }
+    line.str(key!("http.request.method"), r.method);
+    common.host.write(&mut line, key!("server.address"));
     if !r.path.is_empty() {
-        line.bytes("url.path", r.path);
+        line.bytes(key!("url.path"), r.path);
     }
-    line.label("network.protocol.version", r.version);
+    line.label(key!("network.protocol.version"), r.version);
     if r.status != 0 {
-        line.uint("http.response.status_code", u64::from(r.status));
+        line.uint(key!("http.response.status_code"), u64::from(r.status));
     }
-    line.label("icp_gate.decision", r.decided.outcome.decision_label());
-    line.label("icp_gate.reason", r.decided.outcome.reason_label());
+    line.label(
+        key!("icp_gate.decision"),
+        r.decided.outcome.decision_label(),
+    );
+    line.label(key!("icp_gate.reason"), r.decided.outcome.reason_label());
     if let Some(invalid) = r.invalid {
-        line.label("icp_gate.invalid_host", invalid.code());
+        line.label(key!("icp_gate.invalid_host"), invalid.code());
     }
     if let Some(id) = r.request_id {
-        line.str("icp_gate.request_id", id);
+        line.id(key!("icp_gate.request_id"), id);
     }
-    line.uint("icp_gate.duration_us", r.duration.as_micros() as u64);
+    line.uint(
+        key!("icp_gate.duration_us"),
+        r.started.elapsed().as_micros() as u64,
+    );
     if let Some(e) = r.error {
-        line.label("error.type", e.etype().as_str());
-        line.str("icp_gate.error", e.to_string().trim());
+        line.label(key!("error.type"), e.etype().as_str());
+        line.str(key!("icp_gate.error"), e.to_string().trim());
     }
     line.finish();
 }
 
-fn audit_tls_line(out: &mut Vec<u8>, r: &TlsRecord<'_>) {
-    let mut line = Line::start(out, Style::Json);
-    line.str("listener", r.listener);
+fn audit_tls_line(out: &mut Vec<u8>, stamp: &Stamp, r: &TlsRecord<'_>) {
+    let mut line = Line::<true>::start(out, stamp);
+    line.str(key!("listener"), r.listener);
     match r.client {
-        Some(c) => line.socket_addr("client", c),
-        None => line.null("client"),
+        Some(c) => line.socket_addr(key!("client"), c),
+        None => line.null(key!("client")),
     }
     match r.sni {
-        Some(sni) => line.bytes("sni", sni),
-        None => line.null("sni"),
+        Some(sni) => line.bytes(key!("sni"), sni),
+        None => line.null(key!("sni")),
     }
     if let Some(ip) = r.ip {
-        line.ip("address", ip);
+        line.ip(key!("address"), ip);
     }
-    line.label("decision", r.decision);
-    line.label("reason", r.reason);
+    line.label(key!("decision"), r.decision);
+    line.label(key!("reason"), r.reason);
     // An IP record is the address itself; a name's, where it starts in the decided name.
     match (r.decided.and_then(|d| d.matched), r.ip, r.sni) {
-        (Some(_), Some(ip), _) => line.ip("matched", ip),
+        (Some(_), Some(ip), _) => line.ip(key!("matched"), ip),
         (Some(at), None, Some(sni)) if (at as usize) < sni.len() => {
-            line.bytes("matched", &sni[at as usize..])
+            line.bytes(key!("matched"), &sni[at as usize..])
         }
-        _ => line.null("matched"),
+        _ => line.null(key!("matched")),
     }
-    opt_uint(&mut line, "serial", r.decided.and_then(|d| d.serial));
-    line.str("request_id", r.request_id);
+    match r.decided.and_then(|d| d.serial) {
+        Some(serial) => line.uint(key!("serial"), serial),
+        None => line.null(key!("serial")),
+    }
+    line.id(key!("request_id"), r.request_id);
     line.finish();
 }
 
-fn tls_access_line(out: &mut Vec<u8>, style: Style, r: &TlsRecord<'_>, f: &TlsFacts<'_>) {
-    let mut line = Line::start(out, style);
-    line.str("icp_gate.listener", r.listener);
-    if let Some(c) = r.client {
-        line.ip("client.address", c.ip());
-        line.uint("client.port", u64::from(c.port()));
+fn tls_access_line(
+    out: &mut Vec<u8>,
+    style: Style,
+    stamp: &Stamp,
+    r: &TlsRecord<'_>,
+    f: &TlsFacts<'_>,
+) {
+    match style {
+        Style::Json => tls_access_fields::<true>(out, stamp, r, f),
+        Style::Text => tls_access_fields::<false>(out, stamp, r, f),
     }
-    if let Some(sni) = r.sni {
-        line.bytes("tls.client.server_name", sni);
+}
+
+fn tls_access_fields<const JSON: bool>(
+    out: &mut Vec<u8>,
+    stamp: &Stamp,
+    r: &TlsRecord<'_>,
+    f: &TlsFacts<'_>,
+) {
+    let mut line = Line::<JSON>::start(out, stamp);
+    line.str(key!("icp_gate.listener"), r.listener);
+    if let Some(c) = r.client {
+        line.ip(key!("client.address"), c.ip());
+        line.uint(key!("client.port"), u64::from(c.port()));
+    }
+    if let Some(sni) = f.sni {
+        line.bytes(key!("tls.client.server_name"), sni);
     }
     if let Some(ip) = r.ip {
-        line.ip("server.address", ip);
+        line.ip(key!("server.address"), ip);
     }
-    line.label("icp_gate.decision", r.decision);
-    line.label("icp_gate.reason", r.reason);
-    line.str("icp_gate.request_id", r.request_id);
-    line.str("tls.client.alpn", f.alpn);
-    line.bool("icp_gate.tls.ech", f.ech);
+    line.label(key!("icp_gate.decision"), r.decision);
+    line.label(key!("icp_gate.reason"), r.reason);
+    line.id(key!("icp_gate.request_id"), r.request_id);
+    line.str(key!("tls.client.alpn"), f.alpn);
+    line.bool(key!("icp_gate.tls.ech"), f.ech);
     line.uint(
-        "icp_gate.tls.client_hello_bytes",
+        key!("icp_gate.tls.client_hello_bytes"),
         f.client_hello_bytes as u64,
     );
-    line.uint("icp_gate.tls.client_hello_records", f.records as u64);
+    line.uint(key!("icp_gate.tls.client_hello_records"), f.records as u64);
     if !f.detail.is_empty() {
-        line.str("icp_gate.detail", f.detail);
+        line.str(key!("icp_gate.detail"), f.detail);
     }
     if let Some(dst) = f.original_dst {
-        line.socket_addr("icp_gate.original_destination", dst);
+        line.socket_addr(key!("icp_gate.original_destination"), dst);
     }
     if let Some((up, down, end, duration)) = f.relayed {
-        line.uint("icp_gate.to_upstream_bytes", up);
-        line.uint("icp_gate.to_client_bytes", down);
-        line.str("icp_gate.end", end);
-        line.uint("icp_gate.duration_us", duration.as_micros() as u64);
+        line.uint(key!("icp_gate.to_upstream_bytes"), up);
+        line.uint(key!("icp_gate.to_client_bytes"), down);
+        line.str(key!("icp_gate.end"), end);
+        line.uint(key!("icp_gate.duration_us"), duration.as_micros() as u64);
     }
     line.finish();
 }
@@ -380,7 +482,7 @@ fn trace_request(r: &AccessRecord<'_>, host: &[u8]) {
         reason = r.decided.outcome.reason_label(),
         invalid_host = r.invalid.map(InvalidHost::code).unwrap_or(""),
         status = r.status,
-        duration_us = r.duration.as_micros() as u64,
+        duration_us = r.started.elapsed().as_micros() as u64,
         request_id = r.request_id.unwrap_or(""),
         error = r.error.map(|e| e.to_string()).unwrap_or_default(),
         "request"
@@ -389,7 +491,7 @@ fn trace_request(r: &AccessRecord<'_>, host: &[u8]) {
 
 /// A TLS connection's line on standard error (no `access_log_file`).
 fn trace_tls(r: &TlsRecord<'_>, f: &TlsFacts<'_>, message: &'static str) {
-    let sni = r
+    let sni = f
         .sni
         .map(|s| escape_for_log(&String::from_utf8_lossy(s)))
         .unwrap_or_default();

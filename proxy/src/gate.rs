@@ -834,6 +834,9 @@ impl ProxyHttp for GateProxy {
             .unwrap_or(0);
         let took = ctx.started.elapsed();
         self.counters.request_took(ctx.decided.outcome, took);
+        if !self.access_log.logs(ctx.decided.outcome) {
+            return;
+        }
         let req = session.req_header();
         let path = if self.access_log.wants_path() {
             let raw = req.raw_path();
@@ -856,7 +859,7 @@ impl ProxyHttp for GateProxy {
                 invalid: ctx.invalid,
                 decided: ctx.decided,
                 status,
-                duration: took,
+                started: ctx.started,
                 request_id: ctx.request_id.as_deref(),
                 error: e,
             },

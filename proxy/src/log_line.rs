@@ -21,99 +21,143 @@ pub enum Style {
 /// cut and end in `...`.
 pub const MAX_CLIENT_VALUE: usize = 1024;
 
-/// One line being written into `out`.
-pub struct Line<'a> {
-    out: &'a mut Vec<u8>,
-    style: Style,
-    first: bool,
+/// A field's name as each style writes it after the field before: `,"name":` and ` name=`. Made
+/// at compile time by `key!`, so writing a name is one copy of a constant.
+#[derive(Clone, Copy)]
+pub struct Key {
+    json: &'static str,
+    text: &'static str,
 }
 
-impl<'a> Line<'a> {
+impl Key {
+    pub const fn new(json: &'static str, text: &'static str) -> Key {
+        Key { json, text }
+    }
+}
+
+/// `key!("name")`: the `Key` of a field called `name`.
+#[macro_export]
+macro_rules! key {
+    ($name:literal) => {
+        $crate::log_line::Key::new(concat!(",\"", $name, "\":"), concat!(" ", $name, "="))
+    };
+}
+
+/// The time a line starts with, formatted once for every line of a request.
+#[derive(Clone, Copy)]
+pub struct Stamp([u8; STAMP_LEN]);
+
+/// `2026-11-22T03:00:00.123Z`
+const STAMP_LEN: usize = 24;
+
+impl Stamp {
+    /// Now, from the coarse clock, to within a scheduler tick.
+    pub fn now() -> Stamp {
+        Stamp(stamp_now())
+    }
+}
+
+/// One line being written into `out`, in JSON (`JSON = true`) or text: the style is a constant
+/// so that every field name is a constant-length copy.
+pub struct Line<'a, const JSON: bool> {
+    out: &'a mut Vec<u8>,
+}
+
+/// Room reserved for a line up front: fields then append without growing the buffer.
+const LINE_ROOM: usize = 768;
+
+impl<'a, const JSON: bool> Line<'a, JSON> {
     /// Starts a line with its `time` field.
-    #[inline]
-    pub fn start(out: &'a mut Vec<u8>, style: Style) -> Self {
-        if style == Style::Json {
-            out.push(b'{');
-        }
-        let mut line = Line {
-            out,
-            style,
-            first: true,
-        };
-        line.key("time");
-        line.out.push(b'"');
-        push_time(line.out);
-        line.out.push(b'"');
-        line
+    #[inline(always)]
+    pub fn start(out: &'a mut Vec<u8>, stamp: &Stamp) -> Self {
+        out.reserve(LINE_ROOM);
+        out.extend_from_slice(if JSON { b"{\"time\":\"" } else { b"time=\"" });
+        out.extend_from_slice(&stamp.0);
+        out.push(b'"');
+        Line { out }
     }
 
-    #[inline]
-    fn key(&mut self, key: &str) {
-        match (self.style, self.first) {
-            (Style::Json, true) => self.out.push(b'"'),
-            (Style::Json, false) => self.out.extend_from_slice(b",\""),
-            (Style::Text, true) => {}
-            (Style::Text, false) => self.out.push(b' '),
-        }
-        self.first = false;
-        self.out.extend_from_slice(key.as_bytes());
-        match self.style {
-            Style::Json => self.out.extend_from_slice(b"\":"),
-            Style::Text => self.out.push(b'='),
-        }
+    #[inline(always)]
+    fn key(&mut self, key: Key) {
+        self.out
+            .extend_from_slice(if JSON { key.json } else { key.text }.as_bytes());
     }
 
     /// A string from anywhere (a client, the configuration): escaped, capped.
-    #[inline]
-    pub fn str(&mut self, key: &str, value: &str) {
+    #[inline(always)]
+    pub fn str(&mut self, key: Key, value: &str) {
         self.bytes(key, value.as_bytes());
     }
 
     /// Bytes from anywhere, not necessarily UTF-8: escaped (an invalid sequence becomes
     /// U+FFFD), capped at `MAX_CLIENT_VALUE`.
-    #[inline]
-    pub fn bytes(&mut self, key: &str, value: &[u8]) {
+    #[inline(always)]
+    pub fn bytes(&mut self, key: Key, value: &[u8]) {
         self.key(key);
         self.out.push(b'"');
         escape_into(self.out, value);
         self.out.push(b'"');
     }
 
-    /// A label the gate itself chose (`blocked`, `unfiled`): plain ASCII, written as it is.
-    #[inline]
-    pub fn label(&mut self, key: &str, value: &'static str) {
-        debug_assert!(value.bytes().all(|b| !NEEDS_ESCAPE[b as usize]));
+    /// Text the gate made and knows needs no escaping (a normalized host, a request id, a
+    /// label): copied as it is. Checked in debug builds.
+    #[inline(always)]
+    pub fn plain(&mut self, key: Key, value: &[u8]) {
+        debug_assert!(
+            value.iter().all(|&b| !NEEDS_ESCAPE[b as usize]),
+            "{value:?}"
+        );
         self.key(key);
         self.out.push(b'"');
-        self.out.extend_from_slice(value.as_bytes());
+        self.out.extend_from_slice(value);
         self.out.push(b'"');
     }
 
-    #[inline]
-    pub fn uint(&mut self, key: &str, value: u64) {
+    /// A request id: 24 hex digits (copied as a constant-length block), or any other plain
+    /// text.
+    #[inline(always)]
+    pub fn id(&mut self, key: Key, id: &str) {
+        match <&[u8; 24]>::try_from(id.as_bytes()) {
+            Ok(fixed) => {
+                debug_assert!(fixed.iter().all(u8::is_ascii_hexdigit));
+                self.key(key);
+                self.out.push(b'"');
+                self.out.extend_from_slice(fixed);
+                self.out.push(b'"');
+            }
+            Err(_) => self.str(key, id),
+        }
+    }
+
+    /// A label the gate itself chose (`blocked`, `unfiled`).
+    #[inline(always)]
+    pub fn label(&mut self, key: Key, value: &'static str) {
+        self.plain(key, value.as_bytes());
+    }
+
+    #[inline(always)]
+    pub fn uint(&mut self, key: Key, value: u64) {
         self.key(key);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
-    #[inline]
-    pub fn bool(&mut self, key: &str, value: bool) {
+    #[inline(always)]
+    pub fn bool(&mut self, key: Key, value: bool) {
         self.key(key);
         self.out
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
-    #[inline]
-    pub fn null(&mut self, key: &str) {
+    #[inline(always)]
+    pub fn null(&mut self, key: Key) {
         self.key(key);
-        self.out.extend_from_slice(match self.style {
-            Style::Json => b"null",
-            Style::Text => b"-",
-        });
+        self.out
+            .extend_from_slice(if JSON { b"null" } else { b"-" });
     }
 
     /// An IP address as text (no brackets around IPv6).
-    pub fn ip(&mut self, key: &str, ip: IpAddr) {
+    pub fn ip(&mut self, key: Key, ip: IpAddr) {
         self.key(key);
         self.out.push(b'"');
         push_ip(self.out, ip);
@@ -121,47 +165,102 @@ impl<'a> Line<'a> {
     }
 
     /// `ip:port` (`[v6]:port`), as one string.
-    pub fn socket_addr(&mut self, key: &str, addr: SocketAddr) {
-        self.key(key);
-        self.out.push(b'"');
-        match addr.ip() {
-            IpAddr::V4(ip) => push_ip(self.out, IpAddr::V4(ip)),
-            IpAddr::V6(ip) => {
-                self.out.push(b'[');
-                push_ip(self.out, IpAddr::V6(ip));
-                self.out.push(b']');
-            }
-        }
-        self.out.push(b':');
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(addr.port()).as_bytes());
-        self.out.push(b'"');
+    pub fn socket_addr(&mut self, key: Key, addr: SocketAddr) {
+        self.plain(key, ClientText::new(addr).full());
     }
 
     /// Ends the line.
-    #[inline]
+    #[inline(always)]
     pub fn finish(self) {
-        if self.style == Style::Json {
-            self.out.push(b'}');
-        }
-        self.out.push(b'\n');
+        self.out
+            .extend_from_slice(if JSON { b"}\n" } else { b"\n" });
     }
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(ip) => {
-            let mut buf = itoa::Buffer::new();
-            for (i, octet) in ip.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
+    out.extend_from_slice(ClientText::new(SocketAddr::new(ip, 0)).ip());
+}
+
+/// Each octet's decimal digits, padded to 4 bytes, and how many of them count: an IPv4 address
+/// is four fixed-size copies.
+static OCTETS: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = i as u8;
+        t[i] = if n >= 100 {
+            ([b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10, 0], 3)
+        } else if n >= 10 {
+            ([b'0' + n / 10, b'0' + n % 10, 0, 0], 2)
+        } else {
+            ([b'0' + n, 0, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
+/// A client's address as text, made once for every line of a request: `ip:port`
+/// (`[v6]:port`), with the address and the port apart for the fields that want them so.
+pub struct ClientText {
+    buf: [u8; 56],
+    len: usize,
+    /// Where the address ends (and `:port` starts), and where it starts (after `[`).
+    ip_start: usize,
+    ip_end: usize,
+    pub port: u16,
+}
+
+impl ClientText {
+    pub fn new(addr: SocketAddr) -> ClientText {
+        let mut buf = [0u8; 56];
+        let (ip_start, ip_end) = match addr.ip() {
+            IpAddr::V4(ip) => {
+                let mut n = 0;
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    let (digits, len) = OCTETS[octet as usize];
+                    buf[n..n + 4].copy_from_slice(&digits);
+                    n += len as usize;
                 }
-                out.extend_from_slice(buf.format(*octet).as_bytes());
+                (0, n)
             }
+            IpAddr::V6(ip) => {
+                buf[0] = b'[';
+                let mut cursor = std::io::Cursor::new(&mut buf[1..47]);
+                let _ = write!(cursor, "{ip}");
+                let n = 1 + cursor.position() as usize;
+                buf[n] = b']';
+                (1, n)
+            }
+        };
+        let mut len = ip_end + usize::from(ip_start == 1);
+        buf[len] = b':';
+        len += 1;
+        let mut port = itoa::Buffer::new();
+        let digits = port.format(addr.port()).as_bytes();
+        buf[len..len + digits.len()].copy_from_slice(digits);
+        len += digits.len();
+        ClientText {
+            buf,
+            len,
+            ip_start,
+            ip_end,
+            port: addr.port(),
         }
-        IpAddr::V6(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+    }
+
+    /// `ip:port`, `[v6]:port`.
+    pub fn full(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The address alone, without brackets.
+    pub fn ip(&self) -> &[u8] {
+        &self.buf[self.ip_start..self.ip_end]
     }
 }
 
@@ -186,17 +285,53 @@ pub fn escape_into(out: &mut Vec<u8>, value: &[u8]) {
     } else {
         (value, false)
     };
-    // The common case, a plain ASCII name: one scan, one copy.
-    match value.iter().position(|&b| NEEDS_ESCAPE[b as usize]) {
-        None => out.extend_from_slice(value),
-        Some(first) => {
-            out.extend_from_slice(&value[..first]);
-            escape_slow(out, &value[first..]);
-        }
+    // The common case, plain printable ASCII: checked 8 bytes at a time, copied whole.
+    if is_plain(value) {
+        out.extend_from_slice(value);
+    } else {
+        let first = value
+            .iter()
+            .position(|&b| NEEDS_ESCAPE[b as usize])
+            .unwrap_or(value.len());
+        out.extend_from_slice(&value[..first]);
+        escape_slow(out, &value[first..]);
     }
     if cut {
         out.extend_from_slice(b"...");
     }
+}
+
+/// Whether no byte of `value` needs escaping (`NEEDS_ESCAPE`), a word of 8 bytes at a time.
+#[inline]
+fn is_plain(value: &[u8]) -> bool {
+    let mut words = value.chunks_exact(8);
+    for word in &mut words {
+        if has_special(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
+            return false;
+        }
+    }
+    let tail = words.remainder();
+    // The tail padded with a plain byte.
+    let mut last = [b'a'; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    !has_special(u64::from_le_bytes(last))
+}
+
+/// Whether any byte of the word is below 0x20, a quote, a backslash, 0x7f or from 0x80 up (the classic
+/// "has a zero byte" test, `(x - 0x01..) & !x & 0x80..`, on the word and on it XORed with each
+/// byte looked for: exact for "any", which is all this asks).
+#[inline(always)]
+fn has_special(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
+    (x & HIGH)
+        | below_space
+        | zero(x ^ (b'"' as u64 * ONES))
+        | zero(x ^ (b'\\' as u64 * ONES))
+        | zero(x ^ (0x7f * ONES))
+        != 0
 }
 
 #[cold]
@@ -233,9 +368,9 @@ thread_local! {
     static SECOND: Cell<(u64, [u8; SECONDS_LEN])> = const { Cell::new((u64::MAX, [0; SECONDS_LEN])) };
 }
 
-/// Appends now in UTC as `2026-11-22T03:00:00.123Z`, from the coarse clock (to within a
-/// scheduler tick).
-pub fn push_time(out: &mut Vec<u8>) {
+/// Now in UTC as `2026-11-22T03:00:00.123Z`, from the coarse clock (to within a scheduler
+/// tick); the seconds formatted once per second per thread.
+fn stamp_now() -> [u8; STAMP_LEN] {
     let now = crate::clock::realtime_coarse();
     let secs = now.as_secs();
     let text = SECOND.with(|cell| {
@@ -247,15 +382,17 @@ pub fn push_time(out: &mut Vec<u8>) {
         cell.set((secs, text));
         text
     });
-    out.extend_from_slice(&text);
+    let mut out = [0u8; STAMP_LEN];
+    out[..SECONDS_LEN].copy_from_slice(&text);
     let millis = now.subsec_millis();
-    out.extend_from_slice(&[
+    out[SECONDS_LEN..].copy_from_slice(&[
         b'.',
         b'0' + (millis / 100) as u8,
         b'0' + (millis / 10 % 10) as u8,
         b'0' + (millis % 10) as u8,
         b'Z',
     ]);
+    out
 }
 
 fn seconds_text(unix_seconds: u64) -> [u8; SECONDS_LEN] {
@@ -310,6 +447,44 @@ mod tests {
         }
     }
 
+    /// The word-at-a-time check agrees with the table on every byte at every position, and on
+    /// every length around a word.
+    #[test]
+    fn the_word_check_agrees_with_the_table() {
+        for b in 0..=255u8 {
+            for len in 1..=17 {
+                for at in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(
+                        is_plain(&v),
+                        !NEEDS_ESCAPE[b as usize],
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(is_plain(b""));
+    }
+
+    #[test]
+    fn client_addresses_as_text() {
+        for addr in [
+            "0.0.0.0:0",
+            "1.20.255.9:80",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+            "[::ffff:1.2.3.4]:1",
+        ] {
+            let a: SocketAddr = addr.parse().unwrap();
+            let text = ClientText::new(a);
+            assert_eq!(text.full(), a.to_string().as_bytes());
+            assert_eq!(text.ip(), a.ip().to_string().as_bytes());
+            assert_eq!(text.port, a.port());
+        }
+    }
+
     #[test]
     fn long_values_are_cut() {
         let e = escaped(&[b'a'; 5000]);
@@ -317,20 +492,29 @@ mod tests {
         assert!(e.ends_with("..."));
     }
 
+    fn fields<const JSON: bool>(out: &mut Vec<u8>) {
+        let client: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let mut line = Line::<JSON>::start(out, &Stamp::now());
+        line.str(key!("host"), "evil\"\n.cn");
+        line.label(key!("decision"), "blocked");
+        line.uint(key!("serial"), 42);
+        line.null(key!("matched"));
+        line.bool(key!("ech"), false);
+        line.socket_addr(key!("client"), client);
+        line.ip(key!("ip"), "203.0.113.7".parse().unwrap());
+        line.ip(key!("ip4"), "10.0.100.255".parse().unwrap());
+        line.plain(key!("id"), b"0123abcd");
+        line.finish();
+    }
+
     #[test]
     fn a_line_is_one_json_object_and_its_text_form_has_the_same_fields() {
-        let client: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         let write = |style| {
             let mut out = Vec::new();
-            let mut line = Line::start(&mut out, style);
-            line.str("host", "evil\"\n.cn");
-            line.label("decision", "blocked");
-            line.uint("serial", 42);
-            line.null("matched");
-            line.bool("ech", false);
-            line.socket_addr("client", client);
-            line.ip("ip", "203.0.113.7".parse().unwrap());
-            line.finish();
+            match style {
+                Style::Json => fields::<true>(&mut out),
+                Style::Text => fields::<false>(&mut out),
+            }
             String::from_utf8(out).unwrap()
         };
         let json = write(Style::Json);
@@ -344,6 +528,8 @@ mod tests {
         assert_eq!(v["ech"], false);
         assert_eq!(v["client"], "[2001:db8::1]:443");
         assert_eq!(v["ip"], "203.0.113.7");
+        assert_eq!(v["ip4"], "10.0.100.255");
+        assert_eq!(v["id"], "0123abcd");
         let time = v["time"].as_str().unwrap();
         assert_eq!(time.len(), 24, "{time}");
         assert!(
@@ -353,7 +539,7 @@ mod tests {
         let text = write(Style::Text);
         assert!(text.starts_with("time=\""), "{text}");
         assert!(text.ends_with(
-            " host=\"evil\\\"\\n.cn\" decision=\"blocked\" serial=42 matched=- ech=false client=\"[2001:db8::1]:443\" ip=\"203.0.113.7\"\n"
+            " host=\"evil\\\"\\n.cn\" decision=\"blocked\" serial=42 matched=- ech=false client=\"[2001:db8::1]:443\" ip=\"203.0.113.7\" ip4=\"10.0.100.255\" id=\"0123abcd\"\n"
         ), "{text}");
     }
 

@@ -607,6 +607,9 @@ impl GateApp {
     fn log(&self, c: &mut Conn, line: LogLine<'_>) {
         let took = line.started.elapsed();
         self.gate.counters.request_took(line.decided.outcome, took);
+        if !self.gate.access_log.logs(line.decided.outcome) {
+            return;
+        }
         let client = c.client();
         let c = &*c;
         let shown = &c.shown_host;
@@ -621,7 +624,7 @@ impl GateApp {
                 invalid: line.invalid,
                 decided: line.decided,
                 status: line.status,
-                duration: took,
+                started: line.started,
                 request_id: Some(line.id.as_str()),
                 error: line.error,
             },

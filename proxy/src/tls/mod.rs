@@ -172,6 +172,7 @@ impl TlsApp {
         };
         let record = self.record(verdict, host, facts, client, id.as_str());
         let facts = TlsFacts {
+            sni: facts.and_then(|f| f.sni.as_deref()),
             alpn: facts.map(|f| f.alpn.as_str()).unwrap_or(""),
             ech: facts.is_some_and(|f| f.ech),
             client_hello_bytes: facts.map_or(0, |f| f.bytes),
@@ -372,6 +373,7 @@ impl ServerApp for TlsApp {
             self.gate.access_log.tls_passed(
                 &record,
                 &TlsFacts {
+                    sni: facts.sni.as_deref(),
                     alpn: &facts.alpn,
                     ech: facts.ech,
                     client_hello_bytes: facts.bytes,
