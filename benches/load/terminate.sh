@@ -19,7 +19,8 @@
 # BASE_PORT [18460] (uses BASE_PORT..BASE_PORT+3), PROXY_CPU [0], LOAD_CPU [1],
 # HANDSHAKE_CLIENTS [32], H1_CLIENTS [64], H2_CLIENTS [16], H2_STREAMS [10],
 # BLOCK_HOST [unfiled-load-test.cn], FORWARD_HOST [a connected name from the registry],
-# SKIP_BUILD [0], KEEP_TMP [0], RESULTS [benches/load/results-terminate-latest.txt].
+# LOGS [on: see lib.sh], SKIP_BUILD [0], KEEP_TMP [0],
+# RESULTS [benches/load/results-terminate-latest.txt].
 #
 # It installs nothing. Everything runs on 127.0.0.1 in a temporary directory; every process
 # started here is stopped when the script exits, however it exits.
@@ -52,6 +53,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 note() { echo "terminate.sh: $*" >&2; }
 
+check_logs
 require_integers ROUNDS DURATION WARMUP RECORDS BASE_PORT PROXY_CPU LOAD_CPU HANDSHAKE_CLIENTS \
     H1_CLIENTS H2_CLIENTS H2_STREAMS
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
@@ -134,8 +136,8 @@ ORIGIN_PID=$STARTED_PID
 wait_until origin "$ORIGIN_PID" 60 curl -sf -o /dev/null -m 2 "http://127.0.0.1:$ORIGIN_PORT/"
 
 # ---------------------------------------------------------------------------------------------
-# icp-gate: one `tls` listener terminating with the certificate, one thread, its access log on
-# (level info, text, to a file), as it ships.
+# icp-gate: one `tls` listener terminating with the certificate, one thread, logging as LOGS says
+# (lib.sh: by default the access log and the audit log to files, as an operator runs it).
 
 cat >"$TMP/icp-gate.toml" <<CONF
 [[listener]]
@@ -159,10 +161,7 @@ refresh_interval_seconds = 86400
 [admin]
 address = "127.0.0.1:$ADMIN_PORT"
 
-[log]
-level = "info"
-format = "text"
-access_log = true
+$(gate_log_section "$TMP")
 
 [server]
 threads = 1
@@ -199,7 +198,7 @@ mkdir -p "$NGX"
 {
     nginx_preamble "$NGX"
     cat <<EOF
-    access_log $NGX/access.log combined buffer=64k;
+$([[ $LOGS == off ]] && echo "    access_log off;" || echo "    access_log $NGX/access.log combined buffer=64k;")
     map_hash_max_size 4194304;
     map_hash_bucket_size 128;
     map \$host \$icp_block {
@@ -389,7 +388,7 @@ machine: $CPUS CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuin
 registry: $RECORDS records (nginx map \$host: $MAP_ENTRIES entries, hostnames); certificate ECDSA P-256 for $FORWARD_HOST and $BLOCK_HOST, TLS 1.3
 pinning: proxies on cpu $PROXY_CPU (one at a time under load), h2load and the HTTP origin on cpu $LOAD_CPU
 rounds: $ROUNDS x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s, order alternating (odd rounds icp-gate first)
-logging: icp-gate access log on (level info, text, to a file); nginx access_log combined buffer=64k
+logging: LOGS=$LOGS (on: icp-gate access_log_file + audit_log, nginx access_log combined buffer=64k; off: neither)
 handshake: h2load --h1 -c $HANDSHAKE_CLIENTS, Connection: close (a full handshake per request); h1 and block: h2load --h1 -c $H1_CLIENTS; h2: h2load -c $H2_CLIENTS -m $H2_STREAMS
 EOF
 )
