@@ -242,7 +242,11 @@ impl Gate {
         }
     }
 
-    pub fn count(&self, outcome: Outcome) {
+    /// Counts a decision: the listener's counters, and a blocked or monitored host among the
+    /// blocked names (`/top/blocked`). Every request path counts here; TLS connections count
+    /// in `TlsApp::count`, into the same names.
+    pub fn count(&self, outcome: Outcome, host: Option<&Host>) {
+        self.counters.top.record(outcome, host);
         match outcome {
             Outcome::Allowed => self.counters.allowed.inc(),
             Outcome::Blocked(r) => self.counters.blocked[r.index()].inc(),
@@ -497,7 +501,7 @@ impl ProxyHttp for GateProxy {
                 // Not a filing decision, so monitor mode does not forward it either.
                 ctx.invalid = Some(invalid);
                 ctx.outcome = Outcome::Blocked(BlockReason::InvalidHost);
-                self.count(ctx.outcome);
+                self.count(ctx.outcome, None);
                 let shown = raw_host(session.req_header());
                 self.respond_blocked(session, ctx, BlockReason::InvalidHost, &shown)
                     .await?;
@@ -506,7 +510,7 @@ impl ProxyHttp for GateProxy {
         };
         let outcome = self.decide(&host);
         ctx.outcome = outcome;
-        self.count(outcome);
+        self.count(outcome, Some(&host));
         let terminated = session
             .digest()
             .and_then(|d| d.ssl_digest.as_deref())

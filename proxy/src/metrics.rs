@@ -11,6 +11,7 @@ use prometheus::{
 
 use crate::destination::DestinationError;
 use crate::tls::hello::HelloFailure;
+use crate::top::TopBlocked;
 
 /// `reason` label when the gate answers before any registry is loaded.
 pub const NOT_READY: &str = "registry_not_ready";
@@ -47,6 +48,44 @@ pub struct Metrics {
     tls_certificates_rejected: IntCounterVec,
     pub tls_certificates_loaded: IntGauge,
     tls_certificate_reloads: IntCounterVec,
+    /// The blocked names (`/top/blocked`), shared by every listener's counters.
+    pub top: Arc<TopBlocked>,
+    /// Set at each scrape from `top`.
+    blocked_names: IntGaugeVec,
+    admin_refused: IntCounterVec,
+    admin_token_reloads: IntCounterVec,
+}
+
+/// Why the admin listener refused a request (`icp_gate_admin_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// A token is required and none was sent: 401.
+    TokenMissing,
+    /// The token sent is not the one in `admin.token_file`: 401.
+    TokenWrong,
+    /// The Host is not an IP literal, `localhost` or a name in `admin.allowed_hosts`: 403.
+    HostNotAllowed,
+    /// A browser's Origin on a request that changes something is not the listener's own nor an
+    /// allowed host: 403.
+    OriginNotAllowed,
+}
+
+impl AdminRefusal {
+    pub const ALL: [AdminRefusal; 4] = [
+        AdminRefusal::TokenMissing,
+        AdminRefusal::TokenWrong,
+        AdminRefusal::HostNotAllowed,
+        AdminRefusal::OriginNotAllowed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRefusal::TokenMissing => "token_missing",
+            AdminRefusal::TokenWrong => "token_wrong",
+            AdminRefusal::HostNotAllowed => "host_not_allowed",
+            AdminRefusal::OriginNotAllowed => "origin_not_allowed",
+        }
+    }
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -125,7 +164,13 @@ impl CertReload {
 }
 
 impl Metrics {
+    /// Metrics with a one-shard `/top/blocked` summary of the default capacity (tests).
     pub fn new() -> Arc<Self> {
+        Self::with_top(TopBlocked::new(crate::top::DEFAULT_CAPACITY, 1))
+    }
+
+    /// Metrics whose listeners record blocked names into `top`.
+    pub fn with_top(top: TopBlocked) -> Arc<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -321,6 +366,34 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            top: Arc::new(top),
+            blocked_names: IntGaugeVec::new(
+                Opts::new(
+                    "icp_gate_blocked_names_estimate",
+                    "Distinct names (hosts, SNI names, IP addresses) blocked or monitored since \
+                     start, by decision: a HyperLogLog estimate (0.8 % standard error)",
+                ),
+                &["decision"],
+            )
+            .unwrap(),
+            admin_refused: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_admin_refused_total",
+                    "Admin requests refused, by reason (token_missing, token_wrong, \
+                     host_not_allowed, origin_not_allowed)",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            admin_token_reloads: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_admin_token_reloads_total",
+                    "Reads of admin.token_file after the start (SIGHUP), by result (success, \
+                     error: the token in service stays)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             requests,
             registry,
         };
@@ -363,6 +436,9 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.tls_certificate_reloads.clone()))
             .unwrap();
+        r.register(Box::new(m.blocked_names.clone())).unwrap();
+        r.register(Box::new(m.admin_refused.clone())).unwrap();
+        r.register(Box::new(m.admin_token_reloads.clone())).unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -382,6 +458,15 @@ impl Metrics {
         for result in [CertReload::Success, CertReload::Error] {
             m.tls_certificate_reloads
                 .with_label_values(&[result.as_str()]);
+        }
+        for decision in ["blocked", "monitored"] {
+            m.blocked_names.with_label_values(&[decision]);
+        }
+        for reason in AdminRefusal::ALL {
+            m.admin_refused.with_label_values(&[reason.as_str()]);
+        }
+        for result in ["success", "error"] {
+            m.admin_token_reloads.with_label_values(&[result]);
         }
         let build = IntGauge::with_opts(
             Opts::new("icp_gate_build_info", "Build of the running gate")
@@ -423,6 +508,20 @@ impl Metrics {
         self.tls_certificates_loaded.set(held.len() as i64);
     }
 
+    /// An admin request refused (also logged by the admin listener).
+    pub fn admin_refused(&self, reason: AdminRefusal) {
+        self.admin_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A re-read of the admin token file: `success` or `error`.
+    pub fn admin_token_reload(&self, ok: bool) {
+        self.admin_token_reloads
+            .with_label_values(&[if ok { "success" } else { "error" }])
+            .inc();
+    }
+
     pub fn tls_certificate_reload(&self, result: CertReload) {
         self.tls_certificate_reloads
             .with_label_values(&[result.as_str()])
@@ -446,6 +545,7 @@ impl Metrics {
                 .map(|r| self.upstream_errors.with_label_values(&[listener, r])),
             open_connections: self.open_connections.with_label_values(&[listener]),
             connections_rejected: self.connections_rejected.with_label_values(&[listener]),
+            top: self.top.clone(),
         }
     }
 
@@ -474,6 +574,7 @@ impl Metrics {
             to_client: self
                 .tls_relayed_bytes
                 .with_label_values(&[listener, "to_client"]),
+            top: self.top.clone(),
         }
     }
 
@@ -483,6 +584,11 @@ impl Metrics {
         if let Some(at) = generated_at {
             let now = icp_gate_registry::sync::unix_now();
             self.registry_age.set((now - at).max(0) as f64);
+        }
+        for (decision, monitored) in [("blocked", false), ("monitored", true)] {
+            self.blocked_names
+                .with_label_values(&[decision])
+                .set(self.top.names_estimate(monitored) as i64);
         }
         let mut out = Vec::with_capacity(8 * 1024);
         prometheus::TextEncoder::new()
@@ -503,6 +609,8 @@ pub struct ListenerCounters {
     pub upstream_errors: [IntCounter; 4],
     pub open_connections: IntGauge,
     pub connections_rejected: IntCounter,
+    /// Where blocked and monitored names are counted (`/top/blocked`).
+    pub top: Arc<TopBlocked>,
 }
 
 /// `reason` values of `icp_gate_upstream_errors_total`: a connect that failed on every
@@ -540,4 +648,6 @@ pub struct TlsCounters {
     pub passthrough_open: IntGauge,
     pub to_upstream: IntCounter,
     pub to_client: IntCounter,
+    /// Where refused and monitored SNI names are counted (`/top/blocked`).
+    pub top: Arc<TopBlocked>,
 }

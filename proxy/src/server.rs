@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use icp_gate_config::{ListenerSettings, LogFormat, LogSettings, Protocol, Settings};
+use icp_gate_config::{AdminAddress, ListenerSettings, LogFormat, LogSettings, Protocol, Settings};
 use icp_gate_registry::{RegistryHandle, Syncer};
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::ListenerConfig;
@@ -18,6 +18,7 @@ use pingora::services::listening::Service;
 use crate::accept::{Limited, TransparentListener};
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
+use crate::admin_guard::{AdminGuard, AdminToken, TokenWatcher};
 use crate::block_page::BlockPages;
 use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
@@ -28,6 +29,7 @@ use crate::tls::certs::{CertStore, CertWatcher};
 use crate::tls::terminate::Termination;
 use crate::tls::tickets::FileTicketer;
 use crate::tls::TlsApp;
+use crate::top::TopBlocked;
 
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -91,7 +93,16 @@ fn add_listener<A: ServerApp + Send + Sync + 'static>(
 
 /// Runs the gate until it is told to stop (SIGTERM: graceful, SIGINT: fast).
 pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    // Blocked names are counted for `/top/blocked`, so only with an admin listener: one shard
+    // per worker thread that decides (each listener has its own runtime).
+    let top = match &settings.admin {
+        Some(admin) => TopBlocked::new(
+            admin.top_blocked_capacity,
+            (settings.listeners.len() * settings.server.threads).clamp(1, 64),
+        ),
+        None => TopBlocked::disabled(),
+    };
+    let metrics = Metrics::with_top(top);
     let registry = RegistryHandle::new();
 
     // First load before the listeners open, so a gate with a reachable source is ready at once.
@@ -185,7 +196,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         .listeners
         .iter()
         .map(|l| l.address)
-        .chain(settings.admin)
+        .chain(settings.admin.as_ref().and_then(|a| a.address.tcp()))
         .collect();
     for listener in &settings.listeners {
         let counters = metrics.listener(&listener.name);
@@ -261,20 +272,49 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     }
 
     let syncer = Arc::new(Mutex::new(syncer));
-    if let Some(admin) = settings.admin {
+    if let Some(admin) = &settings.admin {
+        // The token as `-t` read it; a file that went bad since stops the start here.
+        let token = match &admin.token_file {
+            Some(file) => Some(Arc::new(
+                AdminToken::load(file.clone())
+                    .map_err(|e| anyhow::anyhow!("admin.token_file: {e}"))?,
+            )),
+            None => None,
+        };
         let mut service = Service::new(
             "admin".to_string(),
             AdminApp {
                 metrics: metrics.clone(),
                 registry: registry.clone(),
                 syncer: syncer.clone(),
+                guard: AdminGuard::new(admin, token.clone()),
             },
         );
-        service.add_tcp(&admin.to_string());
+        match &admin.address {
+            AdminAddress::Tcp(address) => service.add_tcp(&address.to_string()),
+            AdminAddress::Unix(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                service.add_uds(
+                    &path.to_string_lossy(),
+                    Some(std::fs::Permissions::from_mode(admin.socket_mode)),
+                )
+            }
+        }
         server.add_service(service);
+        if let Some(token) = token {
+            server.add_service(background_service(
+                "admin token",
+                TokenWatcher {
+                    token,
+                    metrics: metrics.clone(),
+                },
+            ));
+        }
         tracing::info!(
-            address = %admin,
-            "admin listener configured (/metrics /healthz /readyz /registry, POST /sync)"
+            address = %admin.address,
+            token = admin.token_file.is_some(),
+            require_token = ?admin.require_token,
+            "admin listener configured (/metrics /healthz /readyz /registry /top/blocked, POST /sync)"
         );
     }
 

@@ -94,22 +94,27 @@ impl TlsApp {
     /// Decides a complete hello: on its SNI, or with none (or an IP literal) on the address the
     /// client connected to. An SNI that is not a usable host name is refused, as an unusable
     /// Host is on HTTP listeners, in monitor mode too.
-    fn decide(&self, hello: &Hello, addrs: &ConnAddrs) -> Verdict {
+    /// Also gives the host decided on, when there was one.
+    fn decide(&self, hello: &Hello, addrs: &ConnAddrs) -> (Verdict, Option<Host>) {
+        let invalid = (
+            Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
+            None,
+        );
         let message = hello.message();
         let parsed = match hello::walk(&message) {
             Ok(p) => p,
-            Err(failure) => return Verdict::NoHello(failure),
+            Err(failure) => return (Verdict::NoHello(failure), None),
         };
         let host = match parsed.sni.map(parse_sni) {
             Some(Ok(Some(name))) => Host::Domain(name),
             // No SNI, or an IP literal (which counts as none).
             None | Some(Ok(None)) => match self.destinations().destination_ip(addrs) {
                 Some(ip) => Host::Ip(ip),
-                None => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
+                None => return invalid,
             },
-            Some(Err(_)) => return Verdict::Decided(Outcome::Blocked(BlockReason::InvalidHost)),
+            Some(Err(_)) => return invalid,
         };
-        Verdict::Decided(self.gate.decide(&host))
+        (Verdict::Decided(self.gate.decide(&host)), Some(host))
     }
 
     /// What a log line says about a hello (only built for the lines: refusals and monitored
@@ -133,8 +138,13 @@ impl TlsApp {
         }
     }
 
-    fn count(&self, verdict: Verdict) {
+    /// Counts a decided connection: the listener's counters, and a refused or monitored SNI
+    /// (or destination address) among the blocked names, as `Gate::count` counts requests.
+    fn count(&self, verdict: Verdict, host: Option<&Host>) {
         let c = &self.counters;
+        if let Verdict::Decided(outcome) = verdict {
+            c.top.record(outcome, host);
+        }
         match verdict {
             Verdict::Decided(Outcome::Allowed) => c.allowed.inc(),
             Verdict::Decided(Outcome::Blocked(r)) => c.blocked[r.index()].inc(),
@@ -251,11 +261,11 @@ impl ServerApp for TlsApp {
         // SO_ORIGINAL_DST (a system call) only where the listener forwards to it; a connection
         // without SNI is otherwise decided on the listener's local address.
         let addrs = ConnAddrs::of(&stream, self.destinations().is_original_destination());
-        let verdict = match &read {
+        let (verdict, host) = match &read {
             Ok(hello) => self.decide(hello, &addrs),
-            Err(failure) => Verdict::NoHello(*failure),
+            Err(failure) => (Verdict::NoHello(*failure), None),
         };
-        self.count(verdict);
+        self.count(verdict, host.as_ref());
         let pass = matches!(
             verdict,
             Verdict::Decided(Outcome::Allowed | Outcome::Monitored(_))
