@@ -177,6 +177,7 @@ impl TopBlocked {
         }
     }
 
+    #[inline]
     fn record_name(
         &self,
         shard: &Mutex<Shard>,
@@ -196,6 +197,20 @@ impl TopBlocked {
                 return;
             }
         }
+        self.record_lookup(shard, name, kind, monitored, domain_start);
+    }
+
+    /// `record_name` for a key other than the last one: out of line, so that the repeated
+    /// key's path stays small.
+    #[inline(never)]
+    fn record_lookup(
+        &self,
+        shard: &mut Shard,
+        name: &[u8],
+        kind: Kind,
+        monitored: bool,
+        domain_start: impl FnOnce() -> usize,
+    ) {
         let hash = self.hasher.hash_one(name);
         let host_slot = match shard.hosts.find(hash, name, kind) {
             Some(slot) => {
@@ -405,7 +420,10 @@ impl Summary {
         let s = &mut self.slots[slot as usize];
         s.count += 1;
         let pos = s.heap_pos as usize;
-        self.sift_down(pos);
+        // A leaf has nothing to sink below (the most counted keys end up there).
+        if 2 * pos + 1 < self.heap.len() {
+            self.sift_down(pos);
+        }
     }
 
     /// Adds a key not held: into a free slot, or in place of the least counted key, whose
