@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hashbrown::HashTable;
 use hyperloglockless::AtomicHyperLogLog;
-use icp_gate_registry::{registered_domain_start, BlockReason, Host};
+use icp_gate_registry::{registered_domain_start, BlockReason, DomainName, Host};
 use parking_lot::Mutex;
 
 use crate::gate::Outcome;
@@ -167,12 +167,10 @@ impl TopBlocked {
         let kind = Kind::new(reason, monitored);
         let shard = &self.shards[thread_shard() % self.shards.len()].0;
         match host {
-            Host::Domain(d) => self.record_name(shard, d.as_bytes(), kind, monitored, || {
-                registered_domain_start(d)
-            }),
+            Host::Domain(d) => self.record_name(shard, d.as_bytes(), kind, monitored, Some(d)),
             Host::Ip(ip) => {
                 let mut text = [0u8; 48];
-                self.record_name(shard, ip_bytes(*ip, &mut text), kind, monitored, || 0)
+                self.record_name(shard, ip_bytes(*ip, &mut text), kind, monitored, None)
             }
         }
     }
@@ -184,7 +182,7 @@ impl TopBlocked {
         name: &[u8],
         kind: Kind,
         monitored: bool,
-        domain_start: impl FnOnce() -> usize,
+        domain: Option<&DomainName>,
     ) {
         let mut guard = shard.lock();
         let shard = &mut *guard;
@@ -197,7 +195,7 @@ impl TopBlocked {
                 return;
             }
         }
-        self.record_lookup(shard, name, kind, monitored, domain_start);
+        self.record_lookup(shard, name, kind, monitored, domain);
     }
 
     /// `record_name` for a key other than the last one: out of line, so that the repeated
@@ -209,7 +207,7 @@ impl TopBlocked {
         name: &[u8],
         kind: Kind,
         monitored: bool,
-        domain_start: impl FnOnce() -> usize,
+        domain: Option<&DomainName>,
     ) {
         let hash = self.hasher.hash_one(name);
         let host_slot = match shard.hosts.find(hash, name, kind) {
@@ -218,25 +216,45 @@ impl TopBlocked {
                 slot
             }
             None => {
-                // New to this shard (maybe not to the process: counting it again is harmless),
-                // and its registered domain is looked up once.
+                // New to this shard (maybe not to the process: counting it again is harmless).
                 self.names[monitored as usize].insert_hash(hash);
-                let start = domain_start();
-                let domain_hash = if start == 0 {
-                    hash
-                } else {
-                    self.hasher.hash_one(&name[start..])
+                let last_domain = shard.last.map_or(u32::MAX, |(_, d)| d);
+                let under_last = domain.and(shard.domains.parent_of(last_domain, name, kind));
+                let (start, domain_hash, domain_slot, registrable) = match (domain, under_last) {
+                    // An IP address: itself.
+                    (None, _) => (0, hash, u32::MAX, false),
+                    // A subdomain of the last key's registered domain has that one as its own
+                    // (the list has no rule below a registrable domain): neither looked up in
+                    // the list nor hashed. A flood of random subdomains takes this path.
+                    (Some(_), Some(start)) => (
+                        start,
+                        shard.domains.slots[last_domain as usize].hash,
+                        last_domain,
+                        true,
+                    ),
+                    (Some(d), None) => match registered_domain_start(d) {
+                        Some(0) => (0, hash, u32::MAX, true),
+                        Some(start) => {
+                            (start, self.hasher.hash_one(&name[start..]), u32::MAX, true)
+                        }
+                        // A public suffix used as a Host (`com.cn`): itself.
+                        None => (0, hash, u32::MAX, false),
+                    },
                 };
-                shard
-                    .hosts
-                    .insert(hash, name, kind, start as u8, domain_hash)
+                let slot =
+                    shard
+                        .hosts
+                        .insert(hash, name, kind, start as u8, domain_hash, registrable);
+                shard.hosts.slots[slot as usize].domain_slot = domain_slot;
+                slot
             }
         };
         let host = &shard.hosts.slots[host_slot as usize];
-        let (start, domain_hash, cached) = (
+        let (start, domain_hash, cached, registrable) = (
             host.domain_start as usize,
             host.domain_hash,
             host.domain_slot,
+            host.registrable,
         );
         let domain = &name[start..];
         // The domain's slot as this host last found it, if no other domain has taken it since.
@@ -249,9 +267,11 @@ impl TopBlocked {
                     shard.domains.increment(slot);
                     slot
                 }
-                None => shard
-                    .domains
-                    .insert(domain_hash, domain, kind, 0, domain_hash),
+                None => {
+                    shard
+                        .domains
+                        .insert(domain_hash, domain, kind, 0, domain_hash, registrable)
+                }
             };
             shard.hosts.slots[host_slot as usize].domain_slot = slot;
             slot
@@ -280,14 +300,13 @@ impl TopBlocked {
             let full_min = summary.full_min();
             full_min_total += full_min;
             for slot in &summary.slots {
-                let m = merged
-                    .entry((slot.name.clone(), slot.kind))
-                    .or_insert(Merged {
-                        count: 0,
-                        error: 0,
-                        held_min: 0,
-                    });
-                m.count += slot.count;
+                let name = String::from_utf8_lossy(&slot.name).into_owned();
+                let m = merged.entry((name, slot.kind)).or_insert(Merged {
+                    count: 0,
+                    error: 0,
+                    held_min: 0,
+                });
+                m.count += summary.count(slot);
                 m.error += slot.error;
                 m.held_min += full_min;
             }
@@ -361,19 +380,25 @@ impl Kind {
 struct Summary {
     capacity: usize,
     slots: Vec<Slot>,
-    /// Slot numbers, a min-heap on their counts: the root is the next to be replaced.
-    heap: Vec<u32>,
+    /// Each slot's count and number, a min-heap on the counts: the root is the next to be
+    /// replaced. The counts live here, beside what the heap compares.
+    heap: Vec<HeapEntry>,
     /// Slot numbers by the hash of their name.
     index: HashTable<u32>,
 }
 
+#[derive(Clone, Copy)]
+struct HeapEntry {
+    count: u64,
+    slot: u32,
+}
+
 struct Slot {
-    /// The name's buffer is kept when the slot is taken over: it only grows, to the longest
-    /// name it has held.
-    name: String,
+    /// The name (ASCII: a normalized domain or an IP address's text). The buffer is kept when
+    /// the slot is taken over: it only grows, to the longest name it has held.
+    name: Vec<u8>,
     kind: Kind,
     hash: u64,
-    count: u64,
     error: u64,
     /// Where this slot sits in `heap`.
     heap_pos: u32,
@@ -382,6 +407,10 @@ struct Slot {
     domain_start: u8,
     domain_hash: u64,
     domain_slot: u32,
+    /// Whether the domain (the domain view's name; the host view's from `domain_start`) is a
+    /// registered domain, not an IP address nor a public suffix: the names below it have it as
+    /// theirs.
+    registrable: bool,
 }
 
 impl Summary {
@@ -396,12 +425,26 @@ impl Summary {
         }
     }
 
+    fn count(&self, slot: &Slot) -> u64 {
+        self.heap[slot.heap_pos as usize].count
+    }
+
     /// Whether `slot` holds this key.
     #[inline]
     fn holds(&self, slot: u32, name: &[u8], kind: Kind) -> bool {
         self.slots
             .get(slot as usize)
-            .is_some_and(|s| s.kind == kind && s.name.as_bytes() == name)
+            .is_some_and(|s| s.kind == kind && s.name == name)
+    }
+
+    /// When `slot` holds a domain of this kind that `name` is a subdomain of: where it starts
+    /// in `name`.
+    #[inline]
+    fn parent_of(&self, slot: u32, name: &[u8], kind: Kind) -> Option<usize> {
+        let s = self.slots.get(slot as usize)?;
+        let start = name.len().checked_sub(s.name.len() + 1)? + 1;
+        (s.registrable && s.kind == kind && name[start - 1] == b'.' && name[start..] == s.name[..])
+            .then_some(start)
     }
 
     #[inline]
@@ -410,16 +453,15 @@ impl Summary {
         self.index
             .find(hash, |&i| {
                 let s = &slots[i as usize];
-                s.kind == kind && s.name.as_bytes() == name
+                s.kind == kind && s.name == name
             })
             .copied()
     }
 
     #[inline]
     fn increment(&mut self, slot: u32) {
-        let s = &mut self.slots[slot as usize];
-        s.count += 1;
-        let pos = s.heap_pos as usize;
+        let pos = self.slots[slot as usize].heap_pos as usize;
+        self.heap[pos].count += 1;
         // A leaf has nothing to sink below (the most counted keys end up there).
         if 2 * pos + 1 < self.heap.len() {
             self.sift_down(pos);
@@ -428,6 +470,7 @@ impl Summary {
 
     /// Adds a key not held: into a free slot, or in place of the least counted key, whose
     /// count it takes (plus this one) as its error. Returns its slot.
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         hash: u64,
@@ -435,44 +478,47 @@ impl Summary {
         kind: Kind,
         domain_start: u8,
         domain_hash: u64,
+        registrable: bool,
     ) -> u32 {
-        // Every name given is ASCII (a normalized domain or an IP address's text).
-        let text = std::str::from_utf8(name).unwrap_or_default();
         if self.slots.len() < self.capacity {
             let i = self.slots.len() as u32;
             self.slots.push(Slot {
-                name: text.to_owned(),
+                name: name.to_vec(),
                 kind,
                 hash,
-                count: 1,
                 error: 0,
                 heap_pos: self.heap.len() as u32,
                 domain_start,
                 domain_hash,
                 domain_slot: u32::MAX,
+                registrable,
             });
-            self.heap.push(i);
+            self.heap.push(HeapEntry { count: 1, slot: i });
             self.sift_up(self.heap.len() - 1);
             let slots = &self.slots;
             self.index
                 .insert_unique(hash, i, |&j| slots[j as usize].hash);
             return i;
         }
-        let victim = self.heap[0];
+        let HeapEntry {
+            count,
+            slot: victim,
+        } = self.heap[0];
         let old_hash = self.slots[victim as usize].hash;
         if let Ok(entry) = self.index.find_entry(old_hash, |&j| j == victim) {
             entry.remove();
         }
         let s = &mut self.slots[victim as usize];
         s.name.clear();
-        s.name.push_str(text);
+        s.name.extend_from_slice(name);
         s.kind = kind;
         s.hash = hash;
-        s.error = s.count;
-        s.count += 1;
+        s.error = count;
         s.domain_start = domain_start;
         s.domain_hash = domain_hash;
         s.domain_slot = u32::MAX;
+        s.registrable = registrable;
+        self.heap[0].count += 1;
         self.sift_down(0);
         let slots = &self.slots;
         self.index
@@ -486,52 +532,50 @@ impl Summary {
         if self.slots.len() < self.capacity {
             0
         } else {
-            self.heap
-                .first()
-                .map_or(0, |&i| self.slots[i as usize].count)
+            self.heap.first().map_or(0, |e| e.count)
         }
     }
 
-    fn count_at(&self, pos: usize) -> u64 {
-        self.slots[self.heap[pos] as usize].count
-    }
-
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.slots[self.heap[a] as usize].heap_pos = a as u32;
-        self.slots[self.heap[b] as usize].heap_pos = b as u32;
+    /// Puts `entry` at `pos` and tells its slot.
+    fn place(&mut self, pos: usize, entry: HeapEntry) {
+        self.heap[pos] = entry;
+        self.slots[entry.slot as usize].heap_pos = pos as u32;
     }
 
     fn sift_up(&mut self, mut pos: usize) {
+        let moving = self.heap[pos];
         while pos > 0 {
             let parent = (pos - 1) / 2;
-            if self.count_at(parent) <= self.count_at(pos) {
+            let above = self.heap[parent];
+            if above.count <= moving.count {
                 break;
             }
-            self.swap(parent, pos);
+            self.place(pos, above);
             pos = parent;
         }
+        self.place(pos, moving);
     }
 
     fn sift_down(&mut self, mut pos: usize) {
         let len = self.heap.len();
+        let moving = self.heap[pos];
         loop {
             let left = 2 * pos + 1;
             if left >= len {
-                return;
+                break;
             }
-            let right = left + 1;
-            let child = if right < len && self.count_at(right) < self.count_at(left) {
-                right
-            } else {
-                left
-            };
-            if self.count_at(pos) <= self.count_at(child) {
-                return;
+            let mut child = left;
+            if left + 1 < len && self.heap[left + 1].count < self.heap[left].count {
+                child = left + 1;
             }
-            self.swap(pos, child);
+            let below = self.heap[child];
+            if moving.count <= below.count {
+                break;
+            }
+            self.place(pos, below);
             pos = child;
         }
+        self.place(pos, moving);
     }
 }
 
@@ -677,18 +721,22 @@ mod tests {
             match s.find(hash, name.as_bytes(), kind) {
                 Some(slot) => s.increment(slot),
                 None => {
-                    s.insert(hash, name.as_bytes(), kind, 0, hash);
+                    s.insert(hash, name.as_bytes(), kind, 0, hash, false);
                 }
             }
-            let min = s.slots.iter().map(|x| x.count).min().unwrap();
-            assert_eq!(s.count_at(0), min);
-            for (pos, &slot) in s.heap.iter().enumerate() {
-                assert_eq!(s.slots[slot as usize].heap_pos as usize, pos);
+            let min = s.slots.iter().map(|x| s.count(x)).min().unwrap();
+            assert_eq!(s.heap[0].count, min);
+            for (pos, entry) in s.heap.iter().enumerate() {
+                assert_eq!(s.slots[entry.slot as usize].heap_pos as usize, pos);
+                if pos > 0 {
+                    assert!(s.heap[(pos - 1) / 2].count <= entry.count);
+                }
             }
         }
         for slot in &s.slots {
-            let truth = counts[&slot.name];
-            assert!(slot.count >= truth && slot.count - slot.error <= truth);
+            let truth = counts[std::str::from_utf8(&slot.name).unwrap()];
+            let count = s.count(slot);
+            assert!(count >= truth && count - slot.error <= truth);
         }
     }
 
@@ -744,6 +792,36 @@ mod tests {
             names(&domains),
             [("big.cn", 20, 0), ("s1.cn", 3, 2)],
             "{domains:?}"
+        );
+    }
+
+    #[test]
+    fn subdomains_of_the_last_domain_and_public_suffixes_as_hosts() {
+        let top = TopBlocked::new(16, 1);
+        // A public suffix as a Host is its own name; the next name below it is not under it.
+        block(&top, "com.cn", BlockReason::Unfiled, 1);
+        block(&top, "foo.com.cn", BlockReason::Unfiled, 1);
+        // Subdomains one after another (the shortcut), of several depths, and another reason.
+        block(&top, "x.example.cn", BlockReason::Unfiled, 1);
+        block(&top, "y.example.cn", BlockReason::Unfiled, 1);
+        block(&top, "a.b.example.cn", BlockReason::Unfiled, 1);
+        block(&top, "z.example.cn", BlockReason::Denied, 1);
+        // A name that ends like the last domain without being below it.
+        block(&top, "badexample.cn", BlockReason::Denied, 1);
+        let domains = top.top(View::Domain, 10, None);
+        let got: Vec<(&str, u64, &str)> = domains
+            .iter()
+            .map(|e| (e.name.as_str(), e.count, e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("example.cn", 3, "unfiled"),
+                ("badexample.cn", 1, "denied"),
+                ("com.cn", 1, "unfiled"),
+                ("example.cn", 1, "denied"),
+                ("foo.com.cn", 1, "unfiled"),
+            ]
         );
     }
 
