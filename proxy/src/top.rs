@@ -15,10 +15,12 @@
 //! The block path is the hot path, so each worker thread records into a shard of its own (a
 //! mutex nobody else takes but the admin listener while it reads): no lock is shared between
 //! threads, and nothing is allocated once a slot's name buffer has grown to the names it holds.
-//! A name already held costs a hash, two table probes and two counter increments; a new name
-//! also costs one Public Suffix List lookup and a HyperLogLog update. A reader merges the shards
-//! as mergeable summaries do (Agarwal et al., 2012): a key's counts add up, and a full shard
-//! that does not hold the key adds its minimum to the count and the error.
+//! The last key is remembered, so a repeated name costs two counter increments; another name
+//! held costs a hash and a table probe; a new name also costs a HyperLogLog update and a Public
+//! Suffix List lookup (none for a subdomain of the last domain counted: a flood of random
+//! subdomains). A reader merges the shards as mergeable summaries do (Agarwal et al., 2012): a
+//! key's counts add up, and a full shard that does not hold the key adds its minimum to the
+//! count and the error.
 //!
 //! Why not a `DashMap` of names: a concurrent map keyed by name has no cheap way to find the
 //! least counted key to evict, and without eviction its memory grows with every distinct host.
