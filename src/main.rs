@@ -72,9 +72,9 @@ enum Command {
     },
     /// Ask a running gate's admin listener whether it is ready (for container health checks).
     Health {
-        /// Admin listener address.
+        /// Admin listener address: IP:port, or unix:/path/to/socket.
         #[arg(default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
+        admin: String,
         /// Path to ask: /readyz (a registry is loaded) or /healthz (the process answers).
         #[arg(long, default_value = "/readyz")]
         path: String,
@@ -212,7 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
-        (Some(Command::Health { admin, path }), _) => health(admin, &path),
+        (Some(Command::Health { admin, path }), _) => health(&admin, &path),
         (
             Some(Command::Explain {
                 hosts,
@@ -581,17 +581,29 @@ fn upgrade(config: &Path, pid: u32, timeout: u64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn health(admin: SocketAddr, path: &str) -> anyhow::Result<ExitCode> {
+/// Asks the admin listener (`IP:port` or `unix:PATH`) for `path`; exit 0 on 200. The probes
+/// need no token and pass the Host check (the Host sent is the IP address, or `localhost`).
+fn health(admin: &str, path: &str) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&admin, timeout)
-        .with_context(|| format!("connecting to the admin listener {admin}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )?;
+    let request =
+        |host: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
+    if let Some(socket) = admin.strip_prefix("unix:") {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)
+            .with_context(|| format!("connecting to the admin socket {socket}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(request("localhost").as_bytes())?;
+        stream.read_to_string(&mut answer)?;
+    } else {
+        let address: SocketAddr = admin.parse().with_context(|| {
+            format!("`{admin}` is neither an IP:port address nor unix:/path/to/socket")
+        })?;
+        let mut stream = TcpStream::connect_timeout(&address, timeout)
+            .with_context(|| format!("connecting to the admin listener {address}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(request(&address.to_string()).as_bytes())?;
+        stream.read_to_string(&mut answer)?;
+    }
     let status_line = answer.lines().next().unwrap_or_default();
     println!("{status_line}");
     Ok(if status_line.split(' ').nth(1) == Some("200") {

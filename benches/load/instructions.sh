@@ -6,6 +6,7 @@
 #
 #   benches/load/instructions.sh                # both paths, 5 s of load each
 #   PATHS=block DURATION=10 benches/load/instructions.sh
+#   PATHS=block-random benches/load/instructions.sh   # every request a new unfiled subdomain
 #
 # Environment (defaults in brackets): PATHS ["block forward"], DURATION [5], RECORDS [2000],
 # BASE_PORT [18280] (uses BASE_PORT..BASE_PORT+2), SKIP_BUILD [0], KEEP [0] (keep the callgrind
@@ -34,7 +35,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 check_logs
 require_integers DURATION RECORDS BASE_PORT
 for p in $PATHS; do
-    [[ $p == block || $p == forward ]] || die "PATHS may name block and forward (got '$p')"
+    [[ $p == block || $p == block-random || $p == forward ]] ||
+        die "PATHS may name block, block-random and forward (got '$p')"
 done
 require_tools "apt-get install -y valgrind nginx wrk" valgrind callgrind_control callgrind_annotate nginx wrk curl awk
 
@@ -53,9 +55,20 @@ PIDS+=($!)
 write_gate_conf "$OUT/icp-gate.toml" "$OUT" "$GATE_PORT" "$ADMIN_PORT" "$ORIGIN_PORT" "$OUT/registry.tsv"
 
 echo "icp-gate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $RECORDS records, logs $LOGS, wrk -t1 -c64 for ${DURATION}s per path, user-space instructions (callgrind Ir)"
+# block-random: a new random subdomain of the block host on every request (the flood that
+# /top/blocked's summaries must absorb: every name is new to them).
+cat >"$OUT/random-host.lua" <<LUA
+math.randomseed(1)
+request = function()
+    local host = string.format("r%08x%08x.$BLOCK_HOST", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+    return wrk.format("GET", "/", { ["Host"] = host })
+end
+LUA
 for path in $PATHS; do
     host=$BLOCK_HOST
-    [[ $path == forward ]] && host=$FORWARD_HOST
+    wrk_args=(-H "Host: $host")
+    [[ $path == forward ]] && host=$FORWARD_HOST && wrk_args=(-H "Host: $host")
+    [[ $path == block-random ]] && wrk_args=(-s "$OUT/random-host.lua")
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.$path.%p" \
         "$GATE" -c "$OUT/icp-gate.toml" >"$OUT/gate.$path.out" 2>&1 &
     vg=$!
@@ -66,9 +79,9 @@ for path in $PATHS; do
         sleep 0.2
     done
     status=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $host" "http://127.0.0.1:$GATE_PORT/")
-    wrk -t1 -c64 -d1s -H "Host: $host" "http://127.0.0.1:$GATE_PORT/" >/dev/null
+    wrk -t1 -c64 -d1s "${wrk_args[@]}" "http://127.0.0.1:$GATE_PORT/" >/dev/null
     callgrind_control -i on "$vg" >/dev/null 2>&1
-    wrk -t1 -c64 -d"${DURATION}s" -H "Host: $host" "http://127.0.0.1:$GATE_PORT/" >"$OUT/wrk.$path.txt"
+    wrk -t1 -c64 -d"${DURATION}s" "${wrk_args[@]}" "http://127.0.0.1:$GATE_PORT/" >"$OUT/wrk.$path.txt"
     callgrind_control -d "$vg" >/dev/null 2>&1
     kill -INT "$vg"
     wait "$vg" 2>/dev/null || true

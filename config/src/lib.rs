@@ -2,6 +2,7 @@
 //! `Settings` the gate runs from. Validation always runs, and reports every problem it finds
 //! with the key path it belongs to, so one `icp-gate -t` run shows everything to fix.
 
+pub mod admin;
 pub mod certs;
 pub mod schema;
 
@@ -18,6 +19,8 @@ use icp_gate_registry::{
 use serde::de::DeserializeOwned;
 
 use schema::*;
+
+pub use admin::{AdminAddress, AdminSettings, RequireToken};
 
 /// Listening behaviour of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,7 +171,7 @@ pub struct Settings {
     pub listeners: Vec<ListenerSettings>,
     pub upstream: UpstreamSettings,
     pub registry: RegistrySettings,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminSettings>,
     pub log: LogSettings,
     pub block_page: BlockPageSettings,
     pub server: ServerSettings,
@@ -372,8 +375,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
     }
     let listeners = v.listeners(&listeners, &upstream.servers);
     let registry = registry.and_then(|r| v.registry(&r));
-    let admin = admin.and_then(|a| v.socket_addr("admin.address", &a.address));
-    if let Some(admin) = admin {
+    let admin = admin.and_then(|a| v.admin(&a, base));
+    let admin_tcp = admin.as_ref().and_then(|a| a.address.tcp());
+    if let Some(admin) = admin_tcp {
         if listeners.iter().any(|l| l.address == admin) {
             v.error(
                 "admin.address",
@@ -382,7 +386,11 @@ pub fn parse(text: &str, base: &Path) -> Result<Settings, Vec<KeyError>> {
         }
     }
     // A listener forwarding to the gate's own address would loop.
-    let own: Vec<SocketAddr> = listeners.iter().map(|l| l.address).chain(admin).collect();
+    let own: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.address)
+        .chain(admin_tcp)
+        .collect();
     for (i, l) in listeners.iter().enumerate() {
         if let Upstream::Servers(servers) = &l.upstream {
             if let Some(s) = servers.iter().find(|s| own.contains(s)) {
@@ -865,6 +873,104 @@ impl Validator {
         })
     }
 
+    /// `[admin]`: the address (TCP or `unix:`), the token file (read now: a gate that would
+    /// start without its token is refused here), and what needs it. A listener others can
+    /// reach needs a token: anyone who reaches it could `POST /sync`.
+    fn admin(&mut self, a: &AdminFile, base: &Path) -> Option<AdminSettings> {
+        let address = match admin::parse_unix(&a.address) {
+            Some(Ok(path)) => Some(AdminAddress::Unix(path)),
+            Some(Err(e)) => {
+                self.error("admin.address", e);
+                None
+            }
+            None => match a.address.parse() {
+                Ok(addr) => Some(AdminAddress::Tcp(addr)),
+                Err(_) => {
+                    self.error(
+                        "admin.address",
+                        format!(
+                            "`{}` is neither an IP:port address (e.g. 127.0.0.1:9090) nor unix:/path/to/socket",
+                            a.address
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let socket_mode = match (&a.socket_mode, &address) {
+            (None, _) => admin::DEFAULT_SOCKET_MODE,
+            (Some(mode), Some(AdminAddress::Tcp(_))) => {
+                self.error(
+                    "admin.socket_mode",
+                    format!("`{mode}`: only applies to a unix: address"),
+                );
+                admin::DEFAULT_SOCKET_MODE
+            }
+            (Some(mode), _) => admin::parse_socket_mode(mode).unwrap_or_else(|e| {
+                self.error("admin.socket_mode", e);
+                admin::DEFAULT_SOCKET_MODE
+            }),
+        };
+        let token_file = a.token_file.as_ref().map(|f| base.join(f));
+        if let Some(file) = &token_file {
+            if let Err(e) = admin::read_token(file) {
+                self.error("admin.token_file", e);
+            }
+        }
+        let require_token = match a.require_token {
+            RequireTokenFile::Mutating => RequireToken::Mutating,
+            RequireTokenFile::All => RequireToken::All,
+        };
+        if require_token == RequireToken::All && token_file.is_none() {
+            self.error(
+                "admin.require_token",
+                "\"all\" needs admin.token_file (the token to require)",
+            );
+        }
+        if let (Some(AdminAddress::Tcp(addr)), None) = (&address, &token_file) {
+            if !addr.ip().to_canonical().is_loopback() {
+                self.error(
+                    "admin.token_file",
+                    format!(
+                        "required: admin.address `{addr}` is not a loopback address, and anyone \
+                         who reaches it could POST /sync (set a token file, or bind the admin \
+                         listener to 127.0.0.1 or a unix: socket)"
+                    ),
+                );
+            }
+        }
+        let mut allowed_hosts = Vec::new();
+        for (i, name) in a.allowed_hosts.iter().enumerate() {
+            let key = format!("admin.allowed_hosts[{i}]");
+            if name.contains(':') {
+                self.error(&key, format!("`{name}`: a host name, without a port"));
+                continue;
+            }
+            match parse_authority(name.as_bytes()) {
+                Ok(icp_gate_registry::Host::Domain(d)) => allowed_hosts.push(d.as_str().to_owned()),
+                Ok(icp_gate_registry::Host::Ip(_)) => self.error(
+                    &key,
+                    format!("`{name}`: IP literals are always allowed; list host names only"),
+                ),
+                Err(e) => self.error(&key, format!("`{name}`: {e}")),
+            }
+        }
+        if !(16..=1 << 20).contains(&a.top_blocked_capacity) {
+            self.error(
+                "admin.top_blocked_capacity",
+                format!("{} is out of range (16 to 1048576)", a.top_blocked_capacity),
+            );
+        }
+        Some(AdminSettings {
+            address: address?,
+            socket_mode,
+            token_file,
+            require_token,
+            allowed_hosts,
+            top_blocked_capacity: a.top_blocked_capacity,
+        })
+    }
+
     fn log(&mut self, l: &LogFile, base: &Path) -> LogSettings {
         if !["error", "warn", "info", "debug", "trace"].contains(&l.level.as_str()) {
             self.error(
@@ -1271,6 +1377,136 @@ nonsense = "x.html"
         let text = MINIMAL.replace("127.0.0.1:8081", "origin:80");
         assert_eq!(errors(&text).len(), 1);
         assert!(errors(&text)[0].starts_with("upstream.servers[0]: `origin:80`"));
+    }
+
+    #[test]
+    fn admin_tokens_sockets_and_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "0123456789abcdef0123\n").unwrap();
+        std::fs::write(dir.path().join("short"), "abc\n").unwrap();
+        let with_admin = |keys: &str| format!("{MINIMAL}\n[admin]\n{keys}\n");
+        let parse_in = |text: &str| parse(text, dir.path());
+        let errs_in = |text: &str| -> Vec<String> {
+            parse_in(text)
+                .expect_err("must be invalid")
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+
+        // Loopback without a token: allowed, and the defaults.
+        let s = parse_in(&with_admin("address = \"127.0.0.1:9090\"")).unwrap();
+        let a = s.admin.unwrap();
+        assert_eq!(
+            a.address,
+            AdminAddress::Tcp("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(a.require_token, RequireToken::Mutating);
+        assert_eq!(a.top_blocked_capacity, 1024);
+        assert!(a.token_file.is_none() && a.allowed_hosts.is_empty());
+        assert!(parse_in(&with_admin("address = \"[::1]:9090\"")).is_ok());
+
+        // Anything else needs a token, named by its key.
+        for address in ["0.0.0.0:9090", "10.0.0.5:9090", "[::]:9090"] {
+            let errs = errs_in(&with_admin(&format!("address = \"{address}\"")));
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+            assert!(
+                errs[0].starts_with(&format!(
+                    "admin.token_file: required: admin.address `{address}` is not a loopback"
+                )),
+                "{errs:#?}"
+            );
+        }
+        let s = parse_in(&with_admin(
+            "address = \"0.0.0.0:9090\"\ntoken_file = \"token\"\nrequire_token = \"all\"\n\
+             allowed_hosts = [\"Gate-Admin.Internal.\"]\ntop_blocked_capacity = 64",
+        ))
+        .unwrap();
+        let a = s.admin.unwrap();
+        assert_eq!(a.token_file, Some(dir.path().join("token")));
+        assert_eq!(a.require_token, RequireToken::All);
+        assert_eq!(a.allowed_hosts, ["gate-admin.internal"]);
+        assert_eq!(a.top_blocked_capacity, 64);
+
+        // A Unix socket: local, so no token needed; its mode.
+        let sock = dir.path().join("admin.sock");
+        let s = parse_in(&with_admin(&format!(
+            "address = \"unix:{}\"\nsocket_mode = \"0600\"",
+            sock.display()
+        )))
+        .unwrap();
+        let a = s.admin.unwrap();
+        assert_eq!(a.address, AdminAddress::Unix(sock.clone()));
+        assert_eq!(a.socket_mode, 0o600);
+
+        // Every mistake, with its key.
+        let errs = errs_in(&with_admin(
+            "address = \"127.0.0.1:9090\"\nsocket_mode = \"0600\"\ntoken_file = \"short\"\n\
+             allowed_hosts = [\"evil.example:80\", \"10.0.0.1\", \"bad..name\"]\n\
+             top_blocked_capacity = 8\nrequire_token = \"everything\"",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].starts_with(
+                "admin.require_token: unknown variant `everything`, expected `mutating` or `all`"
+            ),
+            "{errs:#?}"
+        );
+        let errs = errs_in(&with_admin(
+            "address = \"127.0.0.1:9090\"\nsocket_mode = \"0600\"\ntoken_file = \"short\"\n\
+             allowed_hosts = [\"evil.example:80\", \"10.0.0.1\", \"bad..name\"]\n\
+             top_blocked_capacity = 8",
+        ));
+        let has = |prefix: &str| errs.iter().any(|e| e.starts_with(prefix));
+        assert!(
+            has("admin.socket_mode: `0600`: only applies to a unix: address"),
+            "{errs:#?}"
+        );
+        assert!(has("admin.token_file: `"), "{errs:#?}");
+        assert!(
+            has("admin.allowed_hosts[0]: `evil.example:80`: a host name, without a port"),
+            "{errs:#?}"
+        );
+        assert!(
+            has("admin.allowed_hosts[1]: `10.0.0.1`: IP literals are always allowed"),
+            "{errs:#?}"
+        );
+        assert!(has("admin.allowed_hosts[2]: `bad..name`"), "{errs:#?}");
+        assert!(
+            has("admin.top_blocked_capacity: 8 is out of range"),
+            "{errs:#?}"
+        );
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        let errs = errs_in(&with_admin(
+            "address = \"127.0.0.1:9090\"\nrequire_token = \"all\"",
+        ));
+        assert_eq!(
+            errs,
+            ["admin.require_token: \"all\" needs admin.token_file (the token to require)"]
+        );
+        let errs = errs_in(&with_admin(
+            "address = \"unix:/no/such/dir/admin.sock\"\nsocket_mode = \"999\"",
+        ));
+        assert!(
+            has_prefix(
+                &errs,
+                "admin.address: `unix:/no/such/dir/admin.sock`: the directory"
+            ),
+            "{errs:#?}"
+        );
+        assert!(
+            has_prefix(&errs, "admin.socket_mode: `999` is not a permission mode"),
+            "{errs:#?}"
+        );
+        let errs = errs_in(&with_admin("address = \"admin.local:9090\""));
+        assert!(
+            has_prefix(&errs, "admin.address: `admin.local:9090` is neither"),
+            "{errs:#?}"
+        );
+    }
+
+    fn has_prefix(errs: &[String], prefix: &str) -> bool {
+        errs.iter().any(|e| e.starts_with(prefix))
     }
 
     #[test]

@@ -244,7 +244,38 @@ fn default_refresh() -> u64 {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
+    /// `IP:port`, or `unix:/absolute/path` for a Unix socket.
     pub address: String,
+    /// A Unix socket's permission bits, as octal digits in a string (`"0660"`).
+    pub socket_mode: Option<String>,
+    /// File holding the bearer token (`Authorization: Bearer ...`); relative to the
+    /// configuration file's directory.
+    pub token_file: Option<String>,
+    /// Which endpoints need the token: `mutating` (`POST /sync`) or `all` (every endpoint but
+    /// `/healthz` and `/readyz`).
+    #[serde(default = "default_require_token")]
+    pub require_token: RequireTokenFile,
+    /// Host names (besides IP literals and `localhost`) the admin listener answers to.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Keys each `/top/blocked` summary holds (per view and worker thread).
+    #[serde(default = "default_top_blocked_capacity")]
+    pub top_blocked_capacity: usize,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequireTokenFile {
+    Mutating,
+    All,
+}
+
+fn default_require_token() -> RequireTokenFile {
+    RequireTokenFile::Mutating
+}
+
+fn default_top_blocked_capacity() -> usize {
+    1024
 }
 
 #[derive(Debug, Deserialize, Clone)]

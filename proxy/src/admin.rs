@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics`, `/healthz` (the process answers), `/readyz` (a registry is in
 //! service, so the gate decides), `/registry` (facts about the registry in service),
-//! `/explain?host=` (why a host is allowed or blocked, on every listener) and `POST /sync` (sync
-//! the registry now and say what happened).
+//! `/explain?host=` (why a host is allowed or blocked, on every listener), `/top/blocked` (the
+//! most blocked names since start) and `POST /sync` (sync the registry now and say what
+//! happened). Who may ask is `crate::admin_guard`'s to say.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,8 +13,10 @@ use icp_gate_registry::{RegistryHandle, SyncOutcome, Syncer};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::admin_guard::{Access, AdminGuard, Refused};
 use crate::metrics::Metrics;
 use crate::sync_service::Feed;
+use crate::top::View;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
@@ -21,9 +24,72 @@ pub struct AdminApp {
     pub syncer: Arc<Mutex<Syncer>>,
     /// The gate's listeners, for `/explain`.
     pub listeners: Vec<ListenerSettings>,
+    pub guard: AdminGuard,
 }
 
 impl AdminApp {
+    /// Counts, logs and answers a refused request.
+    fn refuse(&self, session: &ServerSession, refused: Refused) -> Response<Vec<u8>> {
+        self.metrics.admin_refused(refused.reason);
+        let req = session.req_header();
+        tracing::warn!(
+            target: "icp_gate::admin",
+            client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            method = req.method.as_str(),
+            path = req.uri.path(),
+            reason = refused.reason.as_str(),
+            detail = refused.message,
+            "admin request refused"
+        );
+        let mut response = reply(
+            refused.status(),
+            "text/plain; charset=utf-8",
+            format!("{}: {}\n", refused.reason.as_str(), refused.message).into_bytes(),
+        );
+        if let Some(challenge) = refused.challenge() {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
+
+    /// `GET /top/blocked?n=N&by=host|domain&decision=blocked|monitored`.
+    fn top_blocked(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let top = &self.metrics.top;
+        let query = match TopQuery::parse(query, top.capacity()) {
+            Ok(q) => q,
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("{e}\n").into(),
+                )
+            }
+        };
+        let list: Vec<serde_json::Value> = top
+            .top(query.view, query.n, query.monitored)
+            .into_iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name,
+                    "count": e.count,
+                    "error": e.error,
+                    "reason": e.reason.as_str(),
+                    "decision": e.decision(),
+                })
+            })
+            .collect();
+        let mut body = serde_json::to_vec_pretty(&list).expect("JSON");
+        body.push(b'\n');
+        reply(StatusCode::OK, "application/json", body)
+    }
+
     async fn sync_now(&self) -> serde_json::Value {
         let Some(sync) = crate::sync_service::sync_now(
             self.syncer.clone(),
@@ -145,6 +211,14 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
+        let access = match path.as_str() {
+            "/healthz" | "/readyz" => Access::Probe,
+            "/sync" => Access::Mutating,
+            _ => Access::Read,
+        };
+        if let Err(refused) = self.guard.check(session.req_header(), access) {
+            return self.refuse(session, refused);
+        }
         match path.as_str() {
             "/metrics" => reply(
                 StatusCode::OK,
@@ -203,13 +277,115 @@ impl ServeHttp for AdminApp {
                 let query = session.req_header().uri.query().map(str::to_owned);
                 self.explain(query.as_deref())
             }
+            "/top/blocked" => self.top_blocked(session.req_header().uri.query()),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found: try /metrics, /healthz, /readyz, /registry, /explain?host=H or \
-                  POST /sync\n"
+                b"not found: try /metrics, /healthz, /readyz, /registry, /explain?host=H, \
+                  /top/blocked or POST /sync\n"
                     .to_vec(),
             ),
         }
+    }
+}
+
+/// The parameters of `/top/blocked`.
+#[derive(Debug, PartialEq, Eq)]
+struct TopQuery {
+    n: usize,
+    view: View,
+    /// None: blocked and monitored.
+    monitored: Option<bool>,
+}
+
+impl TopQuery {
+    /// Every parameter checked: a bad one is answered 400 with what is wrong.
+    fn parse(query: Option<&str>, capacity: usize) -> Result<Self, String> {
+        let mut q = TopQuery {
+            n: 10.min(capacity),
+            view: View::Host,
+            monitored: None,
+        };
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "n" => {
+                    q.n = match value.parse::<usize>() {
+                        Ok(n) if (1..=capacity).contains(&n) => n,
+                        _ => {
+                            return Err(format!(
+                                "n: `{value}` is not a number from 1 to {capacity} \
+                                 (admin.top_blocked_capacity)"
+                            ))
+                        }
+                    }
+                }
+                "by" => {
+                    q.view = match value {
+                        "host" => View::Host,
+                        "domain" => View::Domain,
+                        _ => return Err(format!("by: `{value}` is neither host nor domain")),
+                    }
+                }
+                "decision" => {
+                    q.monitored = match value {
+                        "blocked" => Some(false),
+                        "monitored" => Some(true),
+                        "all" => None,
+                        _ => {
+                            return Err(format!(
+                                "decision: `{value}` is not one of blocked, monitored, all"
+                            ))
+                        }
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown parameter `{key}` (n, by and decision are known)"
+                    ))
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_queries() {
+        let p = |q: &str| TopQuery::parse(Some(q), 1024);
+        assert_eq!(
+            TopQuery::parse(None, 1024),
+            Ok(TopQuery {
+                n: 10,
+                view: View::Host,
+                monitored: None
+            })
+        );
+        assert_eq!(
+            p("n=3&by=domain&decision=monitored"),
+            Ok(TopQuery {
+                n: 3,
+                view: View::Domain,
+                monitored: Some(true)
+            })
+        );
+        assert_eq!(p("decision=blocked").unwrap().monitored, Some(false));
+        assert_eq!(p("n=1024").unwrap().n, 1024);
+        assert!(p("n=1025").unwrap_err().contains("1 to 1024"));
+        assert!(p("n=0").unwrap_err().starts_with("n: `0`"));
+        assert!(p("n=x").is_err());
+        assert!(p("by=registrar").unwrap_err().contains("host nor domain"));
+        assert!(p("decision=allowed").is_err());
+        assert!(p("limit=5")
+            .unwrap_err()
+            .contains("unknown parameter `limit`"));
     }
 }

@@ -288,7 +288,11 @@ impl Gate {
         }
     }
 
-    pub fn count(&self, outcome: Outcome) {
+    /// Counts a decision: the listener's counters, and a blocked or monitored host among the
+    /// blocked names (`/top/blocked`). Every request path counts here; TLS connections count
+    /// in `TlsApp::count`, into the same names.
+    pub fn count(&self, outcome: Outcome, host: Option<&Host>) {
+        self.counters.top.record(outcome, host);
         match outcome {
             Outcome::Allowed => self.counters.allowed.inc(),
             Outcome::Blocked(r) => self.counters.blocked[r.index()].inc(),
@@ -549,7 +553,7 @@ impl ProxyHttp for GateProxy {
                 // Not a filing decision, so monitor mode does not forward it either.
                 ctx.invalid = Some(invalid);
                 ctx.decided = Decided::without_lookup(Outcome::Blocked(BlockReason::InvalidHost));
-                self.count(ctx.decided.outcome);
+                self.count(ctx.decided.outcome, None);
                 let shown = raw_host(session.req_header());
                 self.respond_blocked(session, ctx, BlockReason::InvalidHost, &shown)
                     .await?;
@@ -558,7 +562,7 @@ impl ProxyHttp for GateProxy {
         };
         ctx.decided = self.decide(&host);
         let outcome = ctx.decided.outcome;
-        self.count(outcome);
+        self.count(outcome, Some(&host));
         let terminated = session
             .digest()
             .and_then(|d| d.ssl_digest.as_deref())

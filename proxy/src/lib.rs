@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod access_log;
 pub mod admin;
+pub mod admin_guard;
 pub mod block_page;
 mod clock;
 pub mod demo_origin;
@@ -22,5 +23,6 @@ pub mod socket;
 pub mod sync_service;
 pub mod tls;
 pub mod upgrade;
+pub mod top;
 
 pub use server::{init_logging, run, RunOptions};

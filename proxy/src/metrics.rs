@@ -14,6 +14,7 @@ use crate::destination::DestinationError;
 use crate::gate::Outcome;
 use crate::log_writer::LogCounters;
 use crate::tls::hello::HelloFailure;
+use crate::top::TopBlocked;
 
 /// `reason` label when the gate answers before any registry is loaded.
 pub const NOT_READY: &str = "registry_not_ready";
@@ -67,6 +68,44 @@ pub struct Metrics {
     pub audit_log: LogCounters,
     /// The access log file's writer (`[log] access_log_file`).
     pub access_log_file: LogCounters,
+    /// The blocked names (`/top/blocked`), shared by every listener's counters.
+    pub top: Arc<TopBlocked>,
+    /// Set at each scrape from `top`.
+    blocked_names: IntGaugeVec,
+    admin_refused: IntCounterVec,
+    admin_token_reloads: IntCounterVec,
+}
+
+/// Why the admin listener refused a request (`icp_gate_admin_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// A token is required and none was sent: 401.
+    TokenMissing,
+    /// The token sent is not the one in `admin.token_file`: 401.
+    TokenWrong,
+    /// The Host is not an IP literal, `localhost` or a name in `admin.allowed_hosts`: 403.
+    HostNotAllowed,
+    /// A browser's Origin on a request that changes something is not the listener's own nor an
+    /// allowed host: 403.
+    OriginNotAllowed,
+}
+
+impl AdminRefusal {
+    pub const ALL: [AdminRefusal; 4] = [
+        AdminRefusal::TokenMissing,
+        AdminRefusal::TokenWrong,
+        AdminRefusal::HostNotAllowed,
+        AdminRefusal::OriginNotAllowed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRefusal::TokenMissing => "token_missing",
+            AdminRefusal::TokenWrong => "token_wrong",
+            AdminRefusal::HostNotAllowed => "host_not_allowed",
+            AdminRefusal::OriginNotAllowed => "origin_not_allowed",
+        }
+    }
 }
 
 /// Why the front end refused to read a request at all (`icp_gate_bad_requests_total`): these
@@ -145,7 +184,13 @@ impl CertReload {
 }
 
 impl Metrics {
+    /// Metrics with a one-shard `/top/blocked` summary of the default capacity (tests).
     pub fn new() -> Arc<Self> {
+        Self::with_top(TopBlocked::new(crate::top::DEFAULT_CAPACITY, 1))
+    }
+
+    /// Metrics whose listeners record blocked names into `top`.
+    pub fn with_top(top: TopBlocked) -> Arc<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -351,6 +396,34 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            top: Arc::new(top),
+            blocked_names: IntGaugeVec::new(
+                Opts::new(
+                    "icp_gate_blocked_names_estimate",
+                    "Distinct names (hosts, SNI names, IP addresses) blocked or monitored since \
+                     start, by decision: a HyperLogLog estimate (0.8 % standard error)",
+                ),
+                &["decision"],
+            )
+            .unwrap(),
+            admin_refused: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_admin_refused_total",
+                    "Admin requests refused, by reason (token_missing, token_wrong, \
+                     host_not_allowed, origin_not_allowed)",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            admin_token_reloads: IntCounterVec::new(
+                Opts::new(
+                    "icp_gate_admin_token_reloads_total",
+                    "Reads of admin.token_file after the start (SIGHUP), by result (success, \
+                     error: the token in service stays)",
+                ),
+                &["result"],
+            )
+            .unwrap(),
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "icp_gate_request_duration_seconds",
@@ -442,6 +515,9 @@ impl Metrics {
             r.register(Box::new(log.backpressure.clone())).unwrap();
             r.register(Box::new(log.write_errors.clone())).unwrap();
         }
+        r.register(Box::new(m.blocked_names.clone())).unwrap();
+        r.register(Box::new(m.admin_refused.clone())).unwrap();
+        r.register(Box::new(m.admin_token_reloads.clone())).unwrap();
         // Every series exists from the start at 0, so alerts on rate() see the first event.
         for result in [
             SyncResult::Success,
@@ -463,6 +539,15 @@ impl Metrics {
                 .with_label_values(&[result.as_str()]);
             m.tls_ticket_key_reloads
                 .with_label_values(&[result.as_str()]);
+        }
+        for decision in ["blocked", "monitored"] {
+            m.blocked_names.with_label_values(&[decision]);
+        }
+        for reason in AdminRefusal::ALL {
+            m.admin_refused.with_label_values(&[reason.as_str()]);
+        }
+        for result in ["success", "error"] {
+            m.admin_token_reloads.with_label_values(&[result]);
         }
         let build = IntGauge::with_opts(
             Opts::new("icp_gate_build_info", "Build of the running gate")
@@ -504,6 +589,20 @@ impl Metrics {
         self.tls_certificates_loaded.set(held.len() as i64);
     }
 
+    /// An admin request refused (also logged by the admin listener).
+    pub fn admin_refused(&self, reason: AdminRefusal) {
+        self.admin_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A re-read of the admin token file: `success` or `error`.
+    pub fn admin_token_reload(&self, ok: bool) {
+        self.admin_token_reloads
+            .with_label_values(&[if ok { "success" } else { "error" }])
+            .inc();
+    }
+
     pub fn tls_certificate_reload(&self, result: CertReload) {
         self.tls_certificate_reloads
             .with_label_values(&[result.as_str()])
@@ -535,6 +634,7 @@ impl Metrics {
             connections_rejected: self.connections_rejected.with_label_values(&[listener]),
             durations: DURATION_DECISIONS
                 .map(|d| self.request_duration.with_label_values(&[listener, d])),
+            top: self.top.clone(),
         }
     }
 
@@ -563,6 +663,7 @@ impl Metrics {
             to_client: self
                 .tls_relayed_bytes
                 .with_label_values(&[listener, "to_client"]),
+            top: self.top.clone(),
         }
     }
 
@@ -572,6 +673,11 @@ impl Metrics {
         if let Some(at) = generated_at {
             let now = icp_gate_registry::sync::unix_now();
             self.registry_age.set((now - at).max(0) as f64);
+        }
+        for (decision, monitored) in [("blocked", false), ("monitored", true)] {
+            self.blocked_names
+                .with_label_values(&[decision])
+                .set(self.top.names_estimate(monitored) as i64);
         }
         let mut out = Vec::with_capacity(8 * 1024);
         prometheus::TextEncoder::new()
@@ -594,6 +700,8 @@ pub struct ListenerCounters {
     pub connections_rejected: IntCounter,
     /// `icp_gate_request_duration_seconds` for allowed, blocked and monitored requests.
     durations: [Histogram; 3],
+    /// Where blocked and monitored names are counted (`/top/blocked`).
+    pub top: Arc<TopBlocked>,
 }
 
 /// `reason` values of `icp_gate_upstream_errors_total`: a connect that failed on every
@@ -643,4 +751,6 @@ pub struct TlsCounters {
     pub passthrough_open: IntGauge,
     pub to_upstream: IntCounter,
     pub to_client: IntCounter,
+    /// Where refused and monitored SNI names are counted (`/top/blocked`).
+    pub top: Arc<TopBlocked>,
 }

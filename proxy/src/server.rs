@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use icp_gate_config::{
-    AccessLogFormat, ListenerSettings, LogFormat, LogSettings, Protocol, Settings,
+    AccessLogFormat, AdminAddress, ListenerSettings, LogFormat, LogSettings, Protocol, Settings,
 };
 use icp_gate_registry::{RegistryHandle, Syncer};
 use pingora::apps::{HttpServerOptions, ServerApp};
@@ -22,6 +22,7 @@ use pingora::services::ServiceHandle;
 use crate::accept::{Limited, TransparentListener};
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
+use crate::admin_guard::{AdminGuard, AdminToken, TokenWatcher};
 use crate::block_page::BlockPages;
 use crate::demo_origin::{DemoOrigin, DemoTlsOrigin};
 use crate::front::GateApp;
@@ -37,6 +38,7 @@ use crate::tls::terminate::Termination;
 use crate::tls::tickets::FileTicketer;
 use crate::tls::TlsApp;
 use crate::upgrade::SafeShutdownSignals;
+use crate::top::TopBlocked;
 
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -163,7 +165,16 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     // Before the registry loads (which can take seconds): logrotate's SIGUSR1 must not end the
     // process before the reopen service listens.
     hold_sigusr1();
-    let metrics = Metrics::new();
+    // Blocked names are counted for `/top/blocked`, so only with an admin listener: one shard
+    // per worker thread that decides (each listener has its own runtime).
+    let top = match &settings.admin {
+        Some(admin) => TopBlocked::new(
+            admin.top_blocked_capacity,
+            (settings.listeners.len() * settings.server.threads).clamp(1, 64),
+        ),
+        None => TopBlocked::disabled(),
+    };
+    let metrics = Metrics::with_top(top);
     let registry = RegistryHandle::new();
     let notifier = Notifier::from_env();
     let health = Health::new();
@@ -261,7 +272,7 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
         .listeners
         .iter()
         .map(|l| l.address)
-        .chain(settings.admin)
+        .chain(settings.admin.as_ref().and_then(|a| a.address.tcp()))
         .collect();
     for listener in &settings.listeners {
         let counters = metrics.listener(&listener.name);
@@ -353,7 +364,15 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     }
 
     let syncer = Arc::new(Mutex::new(syncer));
-    if let Some(admin) = settings.admin {
+    if let Some(admin) = &settings.admin {
+        // The token as `-t` read it; a file that went bad since stops the start here.
+        let token = match &admin.token_file {
+            Some(file) => Some(Arc::new(
+                AdminToken::load(file.clone())
+                    .map_err(|e| anyhow::anyhow!("admin.token_file: {e}"))?,
+            )),
+            None => None,
+        };
         let mut service = Service::new(
             "admin".to_string(),
             AdminApp {
@@ -361,13 +380,37 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                 registry: registry.clone(),
                 syncer: syncer.clone(),
                 listeners: settings.listeners.clone(),
+                guard: AdminGuard::new(admin, token.clone()),
             },
         );
-        service.add_tcp(&admin.to_string());
+        match &admin.address {
+            AdminAddress::Tcp(address) => service.add_tcp(&address.to_string()),
+            AdminAddress::Unix(path) => {
+                use std::os::unix::fs::PermissionsExt;
+                service.add_uds(
+                    &path.to_string_lossy(),
+                    Some(std::fs::Permissions::from_mode(admin.socket_mode)),
+                )
+            }
+        }
         listening.push(server.add_service(Watched::new(service, &health)));
+        if let Some(token) = token {
+            server.add_service(Watched::new(
+                background_service(
+                    "admin token",
+                    TokenWatcher {
+                        token,
+                        metrics: metrics.clone(),
+                    },
+                ),
+                &health,
+            ));
+        }
         tracing::info!(
-            address = %admin,
-            "admin listener configured (/metrics /healthz /readyz /registry /explain, POST /sync)"
+            address = %admin.address,
+            token = admin.token_file.is_some(),
+            require_token = ?admin.require_token,
+            "admin listener configured (/metrics /healthz /readyz /registry /explain /top/blocked, POST /sync)"
         );
     }
 

@@ -13,7 +13,10 @@ pub mod sync;
 pub mod synthetic;
 
 pub use delta::{apply_delta, diff, read_delta, Delta, DeltaHeader, DeltaWriter};
-pub use name::{parse_authority, parse_registry_name, parse_sni, DomainName, Host, InvalidHost};
+pub use name::{
+    parse_authority, parse_registry_name, parse_sni, registered_domain_start, DomainName, Host,
+    InvalidHost,
+};
 pub use registry::{
     BlockReason, Change, Decision, Entry, InsertError, Key, Registry, Requirement, Status,
 };

@@ -609,6 +609,42 @@ pub fn is_public_suffix_bytes(bytes: &[u8]) -> bool {
     }
 }
 
+/// Where the registered domain (主域名) of `name` starts in `name.as_bytes()`: the shortest of
+/// `self_and_parents` that is not a public suffix (ICANN section, as `is_public_suffix`), the
+/// name a filing is made on. None when `name` is itself a public suffix (it has none).
+///
+/// `www.example.com.cn` -> `example.com.cn`; `a.foo.github.io` -> `github.io` (a private-section
+/// suffix is registrable under ICANN rules).
+pub fn registered_domain_start(name: &DomainName) -> Option<usize> {
+    let bytes = name.as_bytes();
+    match psl::suffix(bytes) {
+        // One lookup when the longest suffix is an ICANN one: the label before it.
+        Some(s) if s.typ() != Some(psl::Type::Private) => {
+            let suffix = s.as_bytes().len();
+            if suffix >= bytes.len() {
+                return None;
+            }
+            let head = &bytes[..bytes.len() - suffix - 1];
+            Some(
+                head.iter()
+                    .rposition(|&b| b == b'.')
+                    .map_or(0, |dot| dot + 1),
+            )
+        }
+        // A private-section suffix: walk down to the last name that is not a public suffix.
+        _ => {
+            let mut start = None;
+            for candidate in name.candidate_starts() {
+                if is_public_suffix_bytes(&bytes[candidate..]) {
+                    break;
+                }
+                start = Some(candidate);
+            }
+            start
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,5 +918,27 @@ mod tests {
         assert!(!ps("example.com.cn"));
         // Private-section suffixes are registrable under ICANN rules.
         assert!(!ps("github.io"));
+    }
+
+    #[test]
+    fn registered_domains() {
+        let rd = |s: &str| match parse_registry_name(s).unwrap() {
+            Host::Domain(d) => registered_domain_start(&d).map(|i| d.as_str()[i..].to_owned()),
+            Host::Ip(_) => unreachable!(),
+        };
+        assert_eq!(rd("example.com").as_deref(), Some("example.com"));
+        assert_eq!(rd("www.example.com").as_deref(), Some("example.com"));
+        assert_eq!(rd("a.b.c.example.com").as_deref(), Some("example.com"));
+        assert_eq!(rd("www.example.com.cn").as_deref(), Some("example.com.cn"));
+        assert_eq!(rd("x.例子.中国").as_deref(), Some("xn--fsqu00a.xn--fiqs8s"));
+        assert_eq!(rd("a.foo.github.io").as_deref(), Some("github.io"));
+        assert_eq!(rd("github.io").as_deref(), Some("github.io"));
+        assert_eq!(
+            rd("x.y.unknown-tld-zz").as_deref(),
+            Some("y.unknown-tld-zz")
+        );
+        // A public suffix has none.
+        assert_eq!(rd("com.cn"), None);
+        assert_eq!(rd("localhost"), None);
     }
 }

@@ -656,6 +656,11 @@ pub struct GateOptions {
     pub env: Vec<(String, String)>,
     /// `[server] grace_period_seconds`.
     pub grace_period_seconds: u64,
+    /// Extra keys for `[admin]` (e.g. `token_file = "token"`).
+    pub admin_extra: String,
+    /// Serve the admin listener on this Unix socket instead of a loopback port (`Gate::admin`
+    /// is then an address nothing listens on).
+    pub admin_unix: Option<PathBuf>,
 }
 
 impl Default for GateOptions {
@@ -675,6 +680,8 @@ impl Default for GateOptions {
             upstream_extra: String::new(),
             env: Vec::new(),
             grace_period_seconds: 1,
+            admin_extra: String::new(),
+            admin_unix: None,
         }
     }
 }
@@ -724,7 +731,8 @@ refresh_interval_seconds = {refresh}
 {registry_extra}
 
 [admin]
-address = "127.0.0.1:{admin_port}"
+{admin_address}
+{admin_extra}
 
 [server]
 threads = 2
@@ -750,6 +758,11 @@ level = "info"
             dir = dir.path().display(),
             extra = opts.extra,
             listener_extra = opts.listener_extra,
+            admin_address = match &opts.admin_unix {
+                Some(path) => format!("address = \"unix:{}\"", path.display()),
+                None => format!("address = \"127.0.0.1:{admin_port}\""),
+            },
+            admin_extra = opts.admin_extra,
             registry_extra = opts.registry_extra,
             state_dir = opts
                 .state_dir
@@ -780,15 +793,42 @@ level = "info"
         wait_for("the gate to listen", wait, || {
             TcpStream::connect(gate.addr).ok()
         });
-        wait_for("the admin listener", wait, || {
-            TcpStream::connect(gate.admin).ok()
-        });
-        if opts.wait_ready {
-            wait_for("the gate to be ready", wait, || {
-                (get(gate.admin, "/readyz").status == 200).then_some(())
-            });
+        match &opts.admin_unix {
+            Some(path) => {
+                wait_for("the admin socket", wait, || {
+                    std::os::unix::net::UnixStream::connect(path).ok()
+                });
+                if opts.wait_ready {
+                    wait_for("the gate to be ready", wait, || {
+                        unix_get(path, "/readyz")
+                            .starts_with("HTTP/1.1 200")
+                            .then_some(())
+                    });
+                }
+            }
+            None => {
+                wait_for("the admin listener", wait, || {
+                    TcpStream::connect(gate.admin).ok()
+                });
+                if opts.wait_ready {
+                    wait_for("the gate to be ready", wait, || {
+                        (get(gate.admin, "/readyz").status == 200).then_some(())
+                    });
+                }
+            }
         }
         gate
+    }
+
+    /// The gate's resident memory now (`VmRSS` of /proc/PID/status), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
     }
 
     pub fn log(&self) -> String {
@@ -1008,10 +1048,28 @@ pub fn get_host(addr: SocketAddr, host: &str) -> Response {
     )
 }
 
+/// `GET path` over a Unix socket (`Host: localhost`, as curl sends it); the whole answer as
+/// text.
+pub fn unix_get(socket: &Path, path: &str) -> String {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// `GET path` on a fresh connection, with the address as Host (as curl sends it: the admin
+/// listener refuses a Host that is not an IP address, `localhost` or an allowed name).
 pub fn get(addr: SocketAddr, path: &str) -> Response {
     request(
         addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
 }
 

@@ -2,6 +2,7 @@
 //! checks of both what the client got and what the origin received.
 
 mod audit_log;
+mod admin;
 mod cli;
 mod decisions;
 mod deploy;

@@ -262,7 +262,10 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
     assert_eq!(
         request(
             gate.admin,
-            "GET /sync HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            &format!(
+                "GET /sync HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                gate.admin
+            )
         )
         .status,
         405
@@ -314,7 +317,10 @@ fn safety_gates_refuse_a_90_percent_shrink_and_a_failed_canary() {
 fn post_sync(gate: &Gate) -> serde_json::Value {
     let resp = request(
         gate.admin,
-        "POST /sync HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        &format!(
+            "POST /sync HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            gate.admin
+        ),
     );
     assert_eq!(resp.status, 200);
     serde_json::from_slice(&resp.body).unwrap()

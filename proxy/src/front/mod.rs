@@ -270,7 +270,7 @@ impl ServerApp for GateApp {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
                             // Counted before the answer leaves: a client that reads the
                             // metrics after its answer must see its request in them.
-                            self.gate.count(outcome);
+                            self.gate.count(outcome, Some(&c.host));
                             let (written, id) =
                                 self.answer_block(&mut c, &req, reason, keep_alive).await;
                             c.buf.advance(req.head_len);
@@ -284,7 +284,7 @@ impl ServerApp for GateApp {
                                 && !(c.terminated.is_some() && self.gate.listener.upstream_tls) =>
                         {
                             let keep_alive = self.keep_alive(&mut c, &req, shutdown);
-                            self.gate.count(outcome);
+                            self.gate.count(outcome, Some(&c.host));
                             let open = self
                                 .forward(&mut c, &req, decided, keep_alive, started)
                                 .await;
@@ -318,7 +318,7 @@ impl ServerApp for GateApp {
                     c.path.clear();
                     c.shown_host.clear();
                     c.shown_host.push_str(&req.shown);
-                    self.gate.count(outcome);
+                    self.gate.count(outcome, None);
                     let (written, id) = self
                         .write_block(
                             &mut c,

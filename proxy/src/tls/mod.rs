@@ -137,8 +137,13 @@ impl TlsApp {
         }
     }
 
-    fn count(&self, verdict: Verdict) {
+    /// Counts a decided connection: the listener's counters, and a refused or monitored SNI
+    /// (or destination address) among the blocked names, as `Gate::count` counts requests.
+    fn count(&self, verdict: Verdict, host: Option<&Host>) {
         let c = &self.counters;
+        if let Verdict::Decided(d) = verdict {
+            c.top.record(d.outcome, host);
+        }
         match verdict {
             Verdict::Decided(d) => match d.outcome {
                 Outcome::Allowed => c.allowed.inc(),
@@ -293,7 +298,7 @@ impl ServerApp for TlsApp {
             Ok(hello) => self.decide(hello, &addrs),
             Err(failure) => (Verdict::NoHello(*failure), None),
         };
-        self.count(verdict);
+        self.count(verdict, host.as_ref());
         let pass = matches!(
             verdict,
             Verdict::Decided(Decided {
