@@ -22,7 +22,7 @@ pub mod server;
 pub mod socket;
 pub mod sync_service;
 pub mod tls;
-pub mod upgrade;
 pub mod top;
+pub mod upgrade;
 
 pub use server::{init_logging, run, RunOptions};

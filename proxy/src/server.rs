@@ -37,8 +37,8 @@ use crate::tls::certs::{CertStore, CertWatcher};
 use crate::tls::terminate::Termination;
 use crate::tls::tickets::FileTicketer;
 use crate::tls::TlsApp;
-use crate::upgrade::SafeShutdownSignals;
 use crate::top::TopBlocked;
+use crate::upgrade::SafeShutdownSignals;
 
 #[derive(Clone, Default)]
 pub struct RunOptions {

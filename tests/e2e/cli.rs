@@ -50,6 +50,13 @@ fn shipped_example_configs_pass_the_check() {
         "{toml}"
     );
     std::fs::write(&k8s, toml).unwrap();
+    // The Secret the DaemonSet mounts beside its configuration.
+    std::fs::create_dir_all(dir.path().join("admin")).unwrap();
+    std::fs::write(
+        dir.path().join("admin/token"),
+        "k8s-example-token-0123456789abcdef\n",
+    )
+    .unwrap();
     for config in [
         repo("examples/icp-gate.toml"),
         // What the .deb installs as /etc/icp-gate/icp-gate.toml.

@@ -446,7 +446,7 @@ fn the_admin_explain_agrees_with_the_cli_and_with_what_the_gate_does() {
     }
     let post = request(
         gate.admin,
-        "POST /explain?host=example.com HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "POST /explain?host=example.com HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(post.status, 405);
 }

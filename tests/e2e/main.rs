@@ -1,8 +1,8 @@
 //! End-to-end tests: the real `icp-gate` binary and a real origin on 127.0.0.1, real HTTP, and
 //! checks of both what the client got and what the origin received.
 
-mod audit_log;
 mod admin;
+mod audit_log;
 mod cli;
 mod decisions;
 mod deploy;
