@@ -24,6 +24,7 @@ fn record<'a>(host: Option<&'a Host>, client: SocketAddr) -> AccessRecord<'a> {
     AccessRecord {
         listener: "web",
         client: Some(client),
+        client_text: None,
         method: "GET",
         path: b"/index.html",
         version: "1.1",
@@ -55,6 +56,7 @@ fn formatting(c: &mut Criterion) {
     let r = record(Some(&host), client);
     let common = |host| Common {
         stamp: Stamp::now(),
+        listener: b"web",
         client: Some(ClientText::new(client)),
         host,
     };

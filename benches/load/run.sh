@@ -426,6 +426,17 @@ proxy_sleeps() {
     echo "$n"
 }
 
+# proc_cpu PID: CPU time (user + system, clock ticks) the process and its children (nginx's
+# worker) have used so far, every thread included (the gate's log writer too). Unlike the
+# core's busy time, other processes on the same core do not count.
+proc_cpu() {
+    local p n=0
+    for p in $1 $(pgrep -P "$1" || true); do
+        n=$((n + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$n"
+}
+
 # run_delay PID: nanoseconds the process's threads (and its children's: nginx's workers) have
 # spent runnable but waiting for a CPU so far (/proc/PID/task/*/schedstat, second field).
 run_delay() {
@@ -534,8 +545,9 @@ load() {
     if [[ $proxy == icp-gate ]]; then
         if [[ $path == block ]]; then c0=$(gate_counter blocked unfiled); else c0=$(gate_counter allowed ""); fi
     fi
-    local sleeps0 segs0 queued0
+    local sleeps0 segs0 queued0 ticks0
     sleeps0=$(proxy_sleeps "$pid")
+    ticks0=$(proc_cpu "$pid")
     queued0=$(run_delay "$ORIGIN_PID")
     segs0=$(tcp_segments)
     before=$(cpu_snapshot)
@@ -546,7 +558,8 @@ load() {
     wait "$WRK_PID" || true
     WRK_PID=
     after=$(cpu_snapshot)
-    local sleeps segs queued
+    local sleeps segs queued ticks
+    ticks=$(($(proc_cpu "$pid") - ticks0))
     sleeps=$(($(proxy_sleeps "$pid") - sleeps0))
     queued=$(($(run_delay "$ORIGIN_PID") - queued0))
     segs=$(($(tcp_segments) - segs0))
@@ -645,11 +658,10 @@ load() {
         if (p == "forward" && r > 0) printf "  origin queued %.1fus/answer", q / r / 1000 }')
     line=$(printf 'round %s/%s  %-11s %-7s  %10.1f req/s  p50 %8s  p99 %8s  %9d answers  %s  %s' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rps" "$(fmt_lat "$p50")" "$(fmt_lat "$p99")" "$req" "$cpu" "$wire")
-    # CPU time of the proxy's core per answer (the core is the proxy's alone during the run).
+    # CPU time of the proxy process per answer (all its threads; nginx: its worker).
     local cpu_us
-    cpu_us=$(awk -v b="$before" -v a="$after" -v r="$req" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-        split(b, x, " "); split(a, y, " ")
-        if (r > 0) printf "%.2f", (y[3] - x[3]) / hz * 1e6 / r }')
+    cpu_us=$(awk -v t="$ticks" -v r="$req" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        if (r > 0) printf "%.2f", t / hz * 1e6 / r }')
     line+="  cpu ${cpu_us:--}us/answer"
     if [[ -n $audited ]]; then line+="  audit $audited lines, access $accessed lines"; fi
     if [[ -n $logged_lines ]]; then line+="  access.log $logged_lines lines (64k buffer pending)"; fi
@@ -738,7 +750,7 @@ TABLE=$(
     echo
     echo "medians over $ROUNDS round(s). req/s ratio above 1: icp-gate serves more; latency ratio below 1: icp-gate answers faster."
     echo "req/core-s: req/s divided by the busy share of the proxy's core (what one fully busy core would serve, if the load generator kept up)."
-    echo "cpu/answer: busy time of the proxy's core per answer (user and kernel); below 1x the gate spends less CPU per answer."
+    echo "cpu/answer: CPU time of the proxy process per answer (user and system, every thread; nginx: its worker), from /proc/PID/stat; below 1x the gate spends less CPU per answer."
     if ((HANGUP_LINES > 0)); then
         echo "note: $HANGUP_LINES ERROR lines logged by icp-gate for clients that closed a connection with a request in flight (wrk stopping); not counted as problems."
     fi

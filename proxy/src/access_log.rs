@@ -13,10 +13,12 @@
 //! Everything echoed from the client is escaped (`crate::log_line`), so a Host cannot forge or
 //! bloat a line.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use icp_gate_registry::{Host, InvalidHost};
+use icp_gate_registry::{BlockReason, Host, InvalidHost};
 
 use crate::gate::{Decided, Outcome};
 use crate::key;
@@ -34,12 +36,16 @@ pub struct AccessLog {
     /// Access lines to a file, and their form; None: `tracing` on standard error.
     file: Option<(LogSink, Style)>,
     audit: Option<LogSink>,
+    /// The listener's name as the lines write it (escaped once, `for_listener`).
+    listener: Option<Arc<[u8]>>,
 }
 
 /// One request, as its log lines tell it.
 pub struct AccessRecord<'a> {
     pub listener: &'a str,
     pub client: Option<SocketAddr>,
+    /// `client` as text, when the caller keeps it (the front end, once per connection).
+    pub client_text: Option<&'a ClientText>,
     pub method: &'a str,
     /// The target's path (up to any `?`), as sent; empty when not known.
     pub path: &'a [u8],
@@ -58,9 +64,11 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a pingora::Error>,
 }
 
-/// What both lines of a request share, made once: the time, the client as text, the host.
+/// What both lines of a request share, made once: the time, the listener's name and the client
+/// as text (escaped), the host.
 pub struct Common<'a> {
     pub stamp: Stamp,
+    pub listener: &'a [u8],
     pub client: Option<ClientText>,
     pub host: Shown<'a>,
 }
@@ -104,6 +112,27 @@ impl AccessLog {
             sample,
             file: None,
             audit: None,
+            listener: None,
+        }
+    }
+
+    /// This access log for the listener `name` (its name escaped once for every line).
+    pub fn for_listener(mut self, name: &str) -> Self {
+        let mut text = Vec::new();
+        crate::log_line::escape_into(&mut text, name.as_bytes());
+        self.listener = Some(text.into());
+        self
+    }
+
+    /// The listener's name as the lines write it.
+    fn listener_text<'a>(&'a self, name: &str) -> Cow<'a, [u8]> {
+        match &self.listener {
+            Some(text) => Cow::Borrowed(text),
+            None => {
+                let mut text = Vec::new();
+                crate::log_line::escape_into(&mut text, name.as_bytes());
+                Cow::Owned(text)
+            }
         }
     }
 
@@ -172,9 +201,14 @@ impl AccessLog {
             }
         };
         let key = shard_key(r.client);
+        let listener = self.listener_text(r.listener);
         let common = Common {
             stamp: Stamp::now(),
-            client: r.client.map(ClientText::new),
+            listener: &listener,
+            client: r
+                .client_text
+                .copied()
+                .or_else(|| r.client.map(ClientText::new)),
             host,
         };
         if let Some(audit) = audit {
@@ -286,6 +320,43 @@ impl<'a> Shown<'a> {
     }
 }
 
+/// The decision and reason fields of an outcome, made at compile time: `$open` decision `$mid`
+/// reason `$close` (a unit test holds them to `Outcome::decision_label` and `reason_label`).
+macro_rules! outcome_fields {
+    ($outcome:expr, $open:literal, $mid:literal, $close:literal) => {
+        match $outcome {
+            Outcome::Pending => concat!($open, "undecided", $mid, $close),
+            Outcome::Allowed => concat!($open, "allowed", $mid, $close),
+            Outcome::NotReady => concat!($open, "blocked", $mid, "registry_not_ready", $close),
+            Outcome::Blocked(r) => outcome_fields!(@reason r, "blocked", $open, $mid, $close),
+            Outcome::Monitored(r) => outcome_fields!(@reason r, "monitored", $open, $mid, $close),
+        }
+    };
+    (@reason $r:expr, $decision:literal, $open:literal, $mid:literal, $close:literal) => {
+        match $r {
+            BlockReason::Unfiled => concat!($open, $decision, $mid, "unfiled", $close),
+            BlockReason::Unconnected => concat!($open, $decision, $mid, "unconnected", $close),
+            BlockReason::Revoked => concat!($open, $decision, $mid, "revoked", $close),
+            BlockReason::Denied => concat!($open, $decision, $mid, "denied", $close),
+            BlockReason::IpUnfiled => concat!($open, $decision, $mid, "ip_unfiled", $close),
+            BlockReason::InvalidHost => concat!($open, $decision, $mid, "invalid_host", $close),
+        }
+    };
+}
+
+/// A method as the lines write it: an HTTP token (RFC 9110 §5.6.2: no quote, backslash,
+/// control or non-ASCII byte, which both request parsers enforce), so nothing to escape; anything
+/// else would read `OTHER`.
+#[inline]
+fn method(m: &str) -> &[u8] {
+    let token = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+    if m.bytes().all(token) {
+        m.as_bytes()
+    } else {
+        b"OTHER"
+    }
+}
+
 /// The record that decided, by name: where it starts in the decided host's text.
 fn matched_name<'h>(host: Shown<'h>, decided: &Decided, is_ip: bool) -> Option<Shown<'h>> {
     let at = decided.matched? as usize;
@@ -306,14 +377,18 @@ fn matched_name<'h>(host: Shown<'h>, decided: &Decided, is_ip: bool) -> Option<S
 pub fn audit_request_line(out: &mut Vec<u8>, common: &Common<'_>, r: &AccessRecord<'_>) {
     let host = common.host;
     let mut line = Line::<true>::start(out, &common.stamp);
-    line.str(key!("listener"), r.listener);
+    line.plain(key!("listener"), common.listener);
     match &common.client {
         Some(c) => line.plain(key!("client"), c.full()),
         None => line.null(key!("client")),
     }
     host.write(&mut line, key!("host"));
-    line.label(key!("decision"), r.decided.outcome.decision_label());
-    line.label(key!("reason"), r.decided.outcome.reason_label());
+    line.raw(outcome_fields!(
+        r.decided.outcome,
+        ",\"decision\":\"",
+        "\",\"reason\":\"",
+        "\""
+    ));
     let is_ip = matches!(r.host, Some(Host::Ip(_)));
     match matched_name(host, &r.decided, is_ip) {
         Some(name) => name.write(&mut line, key!("matched")),
@@ -327,8 +402,8 @@ pub fn audit_request_line(out: &mut Vec<u8>, common: &Common<'_>, r: &AccessReco
         Some(id) => line.id(key!("request_id"), id),
         None => line.null(key!("request_id")),
     }
-    line.str(key!("method"), r.method);
-    line.uint(key!("status"), u64::from(r.status));
+    line.plain(key!("method"), method(r.method));
+    line.status(key!("status"), r.status);
     if let Some(invalid) = r.invalid {
         line.label(key!("invalid_host"), invalid.code());
     }
@@ -345,25 +420,35 @@ pub fn access_line(out: &mut Vec<u8>, style: Style, common: &Common<'_>, r: &Acc
 
 fn access_fields<const JSON: bool>(out: &mut Vec<u8>, common: &Common<'_>, r: &AccessRecord<'_>) {
     let mut line = Line::<JSON>::start(out, &common.stamp);
-    line.str(key!("icp_gate.listener"), r.listener);
+    line.plain(key!("icp_gate.listener"), common.listener);
     if let Some(c) = &common.client {
         line.plain(key!("client.address"), c.ip());
         line.uint(key!("client.port"), u64::from(c.port));
     }
-    line.str(key!("http.request.method"), r.method);
+    line.plain(key!("http.request.method"), method(r.method));
     common.host.write(&mut line, key!("server.address"));
     if !r.path.is_empty() {
         line.bytes(key!("url.path"), r.path);
     }
     line.label(key!("network.protocol.version"), r.version);
     if r.status != 0 {
-        line.uint(key!("http.response.status_code"), u64::from(r.status));
+        line.status(key!("http.response.status_code"), r.status);
     }
-    line.label(
-        key!("icp_gate.decision"),
-        r.decided.outcome.decision_label(),
-    );
-    line.label(key!("icp_gate.reason"), r.decided.outcome.reason_label());
+    line.raw(if JSON {
+        outcome_fields!(
+            r.decided.outcome,
+            ",\"icp_gate.decision\":\"",
+            "\",\"icp_gate.reason\":\"",
+            "\""
+        )
+    } else {
+        outcome_fields!(
+            r.decided.outcome,
+            " icp_gate.decision=\"",
+            "\" icp_gate.reason=\"",
+            "\""
+        )
+    });
     if let Some(invalid) = r.invalid {
         line.label(key!("icp_gate.invalid_host"), invalid.code());
     }
@@ -550,6 +635,28 @@ pub fn escape_for_log(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields made at compile time say what the labels say, for every outcome.
+    #[test]
+    fn outcome_fields_match_the_labels() {
+        let mut all = vec![Outcome::Pending, Outcome::Allowed, Outcome::NotReady];
+        for r in [
+            BlockReason::Unfiled,
+            BlockReason::Unconnected,
+            BlockReason::Revoked,
+            BlockReason::Denied,
+            BlockReason::IpUnfiled,
+            BlockReason::InvalidHost,
+        ] {
+            all.push(Outcome::Blocked(r));
+            all.push(Outcome::Monitored(r));
+        }
+        for o in all {
+            let made = outcome_fields!(o, "<", "|", ">");
+            let want = format!("<{}|{}>", o.decision_label(), o.reason_label());
+            assert_eq!(made, want, "{o:?}");
+        }
+    }
 
     #[test]
     fn log_values_cannot_break_lines() {

@@ -254,6 +254,7 @@ impl Gate {
             own_addresses,
             listener.transparent,
         ));
+        let access_log = access_log.for_listener(&listener.name);
         Gate {
             listener,
             registry,
@@ -852,6 +853,7 @@ impl ProxyHttp for GateProxy {
             crate::access_log::AccessRecord {
                 listener: &self.listener.name,
                 client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                client_text: None,
                 method: req.method.as_str(),
                 path,
                 version: match req.version {

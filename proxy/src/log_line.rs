@@ -21,17 +21,30 @@ pub enum Style {
 /// cut and end in `...`.
 pub const MAX_CLIENT_VALUE: usize = 1024;
 
-/// A field's name as each style writes it after the field before: `,"name":` and ` name=`. Made
-/// at compile time by `key!`, so writing a name is one copy of a constant.
+/// A field's name as each style writes it after the field before: `,"name":` and ` name=`, and
+/// the same with the opening quote of a string value. Made at compile time by `key!`, so writing
+/// a name is one copy of a constant.
 #[derive(Clone, Copy)]
 pub struct Key {
     json: &'static str,
     text: &'static str,
+    json_str: &'static str,
+    text_str: &'static str,
 }
 
 impl Key {
-    pub const fn new(json: &'static str, text: &'static str) -> Key {
-        Key { json, text }
+    pub const fn new(
+        json: &'static str,
+        text: &'static str,
+        json_str: &'static str,
+        text_str: &'static str,
+    ) -> Key {
+        Key {
+            json,
+            text,
+            json_str,
+            text_str,
+        }
     }
 }
 
@@ -39,7 +52,12 @@ impl Key {
 #[macro_export]
 macro_rules! key {
     ($name:literal) => {
-        $crate::log_line::Key::new(concat!(",\"", $name, "\":"), concat!(" ", $name, "="))
+        $crate::log_line::Key::new(
+            concat!(",\"", $name, "\":"),
+            concat!(" ", $name, "="),
+            concat!(",\"", $name, "\":\""),
+            concat!(" ", $name, "=\""),
+        )
     };
 }
 
@@ -83,6 +101,13 @@ impl<'a, const JSON: bool> Line<'a, JSON> {
             .extend_from_slice(if JSON { key.json } else { key.text }.as_bytes());
     }
 
+    /// The name, then the opening quote of a string value.
+    #[inline(always)]
+    fn key_str(&mut self, key: Key) {
+        self.out
+            .extend_from_slice(if JSON { key.json_str } else { key.text_str }.as_bytes());
+    }
+
     /// A string from anywhere (a client, the configuration): escaped, capped.
     #[inline(always)]
     pub fn str(&mut self, key: Key, value: &str) {
@@ -93,8 +118,7 @@ impl<'a, const JSON: bool> Line<'a, JSON> {
     /// U+FFFD), capped at `MAX_CLIENT_VALUE`.
     #[inline(always)]
     pub fn bytes(&mut self, key: Key, value: &[u8]) {
-        self.key(key);
-        self.out.push(b'"');
+        self.key_str(key);
         escape_into(self.out, value);
         self.out.push(b'"');
     }
@@ -107,8 +131,7 @@ impl<'a, const JSON: bool> Line<'a, JSON> {
             value.iter().all(|&b| !NEEDS_ESCAPE[b as usize]),
             "{value:?}"
         );
-        self.key(key);
-        self.out.push(b'"');
+        self.key_str(key);
         self.out.extend_from_slice(value);
         self.out.push(b'"');
     }
@@ -120,8 +143,7 @@ impl<'a, const JSON: bool> Line<'a, JSON> {
         match <&[u8; 24]>::try_from(id.as_bytes()) {
             Ok(fixed) => {
                 debug_assert!(fixed.iter().all(u8::is_ascii_hexdigit));
-                self.key(key);
-                self.out.push(b'"');
+                self.key_str(key);
                 self.out.extend_from_slice(fixed);
                 self.out.push(b'"');
             }
@@ -142,6 +164,28 @@ impl<'a, const JSON: bool> Line<'a, JSON> {
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
+    /// An HTTP status: three digits, written without a number formatter.
+    #[inline(always)]
+    pub fn status(&mut self, key: Key, status: u16) {
+        if (100..1000).contains(&status) {
+            self.key(key);
+            self.out.extend_from_slice(&[
+                b'0' + (status / 100) as u8,
+                b'0' + (status / 10 % 10) as u8,
+                b'0' + (status % 10) as u8,
+            ]);
+        } else {
+            self.uint(key, u64::from(status));
+        }
+    }
+
+    /// Text written as it is, with no name of its own: several fields made at compile time
+    /// (`outcome_fields!` in `access_log`).
+    #[inline(always)]
+    pub fn raw(&mut self, text: &'static str) {
+        self.out.extend_from_slice(text.as_bytes());
+    }
+
     #[inline(always)]
     pub fn bool(&mut self, key: Key, value: bool) {
         self.key(key);
@@ -158,8 +202,7 @@ impl<'a, const JSON: bool> Line<'a, JSON> {
 
     /// An IP address as text (no brackets around IPv6).
     pub fn ip(&mut self, key: Key, ip: IpAddr) {
-        self.key(key);
-        self.out.push(b'"');
+        self.key_str(key);
         push_ip(self.out, ip);
         self.out.push(b'"');
     }
@@ -200,8 +243,10 @@ static OCTETS: [([u8; 4], u8); 256] = {
     t
 };
 
-/// A client's address as text, made once for every line of a request: `ip:port`
-/// (`[v6]:port`), with the address and the port apart for the fields that want them so.
+/// A client's address as text, made once for every line of a request (and kept by a connection
+/// for all of its requests): `ip:port` (`[v6]:port`), with the address and the port apart for the
+/// fields that want them so.
+#[derive(Clone, Copy)]
 pub struct ClientText {
     buf: [u8; 56],
     len: usize,
@@ -310,11 +355,13 @@ fn is_plain(value: &[u8]) -> bool {
             return false;
         }
     }
-    let tail = words.remainder();
-    // The tail padded with a plain byte.
-    let mut last = [b'a'; 8];
-    last[..tail.len()].copy_from_slice(tail);
-    !has_special(u64::from_le_bytes(last))
+    // The tail (up to 7 bytes) in a word padded with a plain byte, built without a copy call.
+    let mut last = u64::from_le_bytes([b'a'; 8]);
+    for (i, &b) in words.remainder().iter().enumerate() {
+        let shift = 8 * i;
+        last = (last & !(0xff << shift)) | (u64::from(b) << shift);
+    }
+    !has_special(last)
 }
 
 /// Whether any byte of the word is below 0x20, a quote, a backslash, 0x7f or from 0x80 up (the classic

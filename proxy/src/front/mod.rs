@@ -53,6 +53,7 @@ use crate::access_log::AccessRecord;
 use crate::clock;
 use crate::destination::ConnAddrs;
 use crate::gate::{Decided, Gate, GateProxy, Outcome, RequestId};
+use crate::log_line::ClientText;
 use crate::metrics::BadRequest;
 use crate::policy::{PlainAnswer, TargetRefusal};
 use crate::socket::{linger_close, raw_fd};
@@ -121,6 +122,8 @@ struct Conn {
     /// `X-Forwarded-For`.
     client: Option<Option<std::net::SocketAddr>>,
     client_ip: String,
+    /// The client's address as log lines write it, made at the connection's first line.
+    client_text: Option<ClientText>,
     /// Requests answered on this connection so far.
     served: u32,
     /// The server's shutdown signal: a connection idle between requests closes at once when it
@@ -222,6 +225,7 @@ impl ServerApp for GateApp {
             up_buf: BytesMut::new(),
             client: None,
             client_ip: String::new(),
+            client_text: None,
             served: 0,
             shutdown: shutdown.clone(),
             addrs: None,
@@ -611,12 +615,16 @@ impl GateApp {
             return;
         }
         let client = c.client();
+        if c.client_text.is_none() {
+            c.client_text = client.map(ClientText::new);
+        }
         let c = &*c;
         let shown = &c.shown_host;
         self.gate.access_log.record(
             AccessRecord {
                 listener: &self.gate.listener.name,
                 client,
+                client_text: c.client_text.as_ref(),
                 method: line.method,
                 path: &c.path,
                 version: if line.http11 { "1.1" } else { "1.0" },
