@@ -10,7 +10,7 @@ pub mod snapshot;
 pub mod sync;
 pub mod synthetic;
 
-pub use delta::{apply_delta, diff, read_delta, Delta, DeltaHeader, DeltaWriter};
+pub use delta::{apply_delta, diff, read_delta, should_compact, Delta, DeltaHeader, DeltaWriter};
 pub use name::{parse_authority, parse_registry_name, parse_sni, DomainName, Host, InvalidHost};
 pub use registry::{
     BlockReason, Change, Decision, Entry, InsertError, Key, Registry, RegistryBuilder, Requirement,

@@ -272,10 +272,7 @@ impl Registry {
     pub fn get(&self, key: &Key) -> Option<Entry> {
         match key {
             Key::Ip(ip) => self.ips.get(ip).copied(),
-            Key::Domain(name) => match self.overlay.get(name) {
-                Some(changed) => *changed,
-                None => self.domains.get(name).map(entry_of),
-            },
+            Key::Domain(name) => self.domain_entry(name),
         }
     }
 
@@ -340,6 +337,46 @@ impl Registry {
             ips: self.ips.clone(),
             overlay: Overlay::default(),
             overlay_adjust: 0,
+        }
+    }
+
+    /// This registry's records over `compacted`, the compaction of `base`, an earlier registry
+    /// of this one's line (deltas applied since): `compacted`'s index, with an overlay of what
+    /// differs from it, the changes made since `base`. O(both overlays). None when `base` does
+    /// not share this registry's index (a snapshot replaced it meanwhile): the compaction is of
+    /// no use then.
+    ///
+    /// This is what lets a compaction run beside the deltas: it builds from `base` while later
+    /// deltas go into service over the old index, then `rebase` carries them over.
+    pub fn rebase(&self, base: &Registry, compacted: &Registry) -> Option<Registry> {
+        if !Arc::ptr_eq(&self.domains, &base.domains) {
+            return None;
+        }
+        debug_assert!(compacted.overlay.is_empty());
+        let mut overlay = Overlay::default();
+        // A name either overlay holds may differ between this registry and `compacted`; no
+        // other name does (both agree with the shared index on the rest).
+        for name in base.overlay.keys().chain(self.overlay.keys()) {
+            let here = self.domain_entry(name);
+            if here != compacted.domain_entry(name) {
+                overlay.insert(name.clone(), here);
+            }
+        }
+        let mut next = Registry {
+            domains: compacted.domains.clone(),
+            ips: self.ips.clone(),
+            overlay,
+            overlay_adjust: 0,
+        };
+        next.overlay_adjust = self.len() as isize - next.len() as isize;
+        Some(next)
+    }
+
+    /// The record of exactly this domain name, overlay first.
+    fn domain_entry(&self, name: &[u8]) -> Option<Entry> {
+        match self.overlay.get(name) {
+            Some(changed) => *changed,
+            None => self.domains.get(name).map(entry_of),
         }
     }
 
@@ -485,6 +522,76 @@ mod tests {
 
     fn decide(r: &Registry, host: &str, require: Requirement) -> Decision {
         r.decide(&parse_authority(host.as_bytes()).unwrap(), require, 1_000)
+    }
+
+    #[test]
+    fn rebase_carries_over_the_changes_made_since_the_compacted_base() {
+        let up = |name: &str, status| {
+            Change::Upsert(
+                Key::Domain(name.as_bytes().into()),
+                Entry {
+                    status,
+                    expires_at: None,
+                },
+            )
+        };
+        let rm = |name: &str| Change::Remove(Key::Domain(name.as_bytes().into()));
+        let start = registry(&[
+            ("a.cn", Status::Connected, None),
+            ("b.cn", Status::Connected, None),
+            ("c.cn", Status::Denied, None),
+            ("203.0.113.7", Status::Connected, None),
+        ]);
+        // The changes the compaction folds in.
+        let base = start
+            .apply(&[
+                up("d.cn", Status::Connected),
+                rm("b.cn"),
+                up("c.cn", Status::Connected),
+            ])
+            .unwrap();
+        let compacted = base.compact();
+        // The changes made while it ran: a new name, a folded addition removed, a folded
+        // removal undone, a folded change set back to the old index's value (which drops it
+        // from the overlay over that index), and an IP record.
+        let ip = Key::Ip("203.0.113.8".parse().unwrap());
+        let entry = Entry {
+            status: Status::Connected,
+            expires_at: None,
+        };
+        let now = base
+            .apply(&[
+                up("e.cn", Status::Connected),
+                rm("d.cn"),
+                up("b.cn", Status::Revoked),
+                up("c.cn", Status::Denied),
+                Change::Upsert(ip.clone(), entry),
+            ])
+            .unwrap();
+        let rebased = now.rebase(&base, &compacted).expect("same line");
+        assert_eq!(rebased.len(), now.len());
+        assert_eq!(
+            rebased.overlay_len(),
+            4,
+            "e, d, b and c differ from the compaction"
+        );
+        for name in ["a.cn", "b.cn", "c.cn", "d.cn", "e.cn", "f.cn", "cn"] {
+            let key = Key::Domain(name.as_bytes().into());
+            assert_eq!(rebased.get(&key), now.get(&key), "{name}");
+            for require in [Requirement::Connected, Requirement::Filed] {
+                for host in [name.to_owned(), format!("www.{name}")] {
+                    assert_eq!(
+                        decide(&rebased, &host, require),
+                        decide(&now, &host, require),
+                        "{host}"
+                    );
+                }
+            }
+        }
+        assert_eq!(rebased.get(&ip), Some(entry));
+        assert_eq!(rebased.status_counts(), now.status_counts());
+        // Another line (a snapshot replaced the index meanwhile): nothing to rebase.
+        assert!(now.compact().rebase(&base, &compacted).is_none());
     }
 
     #[test]
