@@ -404,9 +404,6 @@ impl Registry {
     }
 
     fn covering_domain(&self, name: &DomainName) -> Option<Entry> {
-        if !self.overlay.is_empty() {
-            return self.covering_domain_with_overlay(name);
-        }
         // Through the Arc once.
         let domains: &NameIndex = &self.domains;
         let bytes = name.as_bytes();
@@ -421,31 +418,22 @@ impl Registry {
             batch[n] = (start, hash);
             n += 1;
         }
+        // Deltas' changes, when there are any, come first at each name: a changed record is
+        // the answer, a removed one lets the walk go on to the parent. One branch on an empty
+        // map otherwise.
+        let overlay = (!self.overlay.is_empty()).then_some(&self.overlay);
+        let at = |start: usize, hash: u64| -> Option<Entry> {
+            if let Some(changed) = overlay.and_then(|o| o.get(&bytes[start..])) {
+                return *changed;
+            }
+            domains.get_hashed(&bytes[start..], hash).map(entry_of)
+        };
         for &(start, hash) in &batch[..n] {
-            if let Some(f) = domains.get_hashed(&bytes[start..], hash) {
-                return Some(entry_of(f));
+            if let Some(entry) = at(start, hash) {
+                return Some(entry);
             }
         }
-        starts.find_map(|start| domains.get(&bytes[start..]).map(entry_of))
-    }
-
-    /// The walk when deltas changed some names: at each name, the overlay first (a removed
-    /// record lets the walk go on to the parent), then the index.
-    #[inline(never)]
-    fn covering_domain_with_overlay(&self, name: &DomainName) -> Option<Entry> {
-        for candidate in name.self_and_parents() {
-            let candidate = candidate.as_bytes();
-            match self.overlay.get(candidate) {
-                Some(Some(entry)) => return Some(*entry),
-                Some(None) => {}
-                None => {
-                    if let Some(f) = self.domains.get(candidate) {
-                        return Some(entry_of(f));
-                    }
-                }
-            }
-        }
-        None
+        starts.find_map(|start| at(start, domains.hash(&bytes[start..])))
     }
 
     /// The decision for `host` on a listener requiring `require`, at `now` (unix seconds).
