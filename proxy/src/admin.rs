@@ -194,6 +194,9 @@ fn outcome_json(outcome: &SyncOutcome, serial: Option<u64>) -> serde_json::Value
         } => serde_json::json!({
             "result": "applied", "from": from, "serial": to, "entries": entries,
         }),
+        SyncOutcome::Compacted { serial, folded, .. } => serde_json::json!({
+            "result": "compacted", "serial": serial, "folded": folded,
+        }),
     }
 }
 

@@ -348,6 +348,9 @@ fn step_text(outcome: &SyncOutcome) -> String {
         SyncOutcome::DeltaApplied { from, to, .. } => {
             format!("delta applied, serial {from} to {to}")
         }
+        SyncOutcome::Compacted { serial, folded, .. } => {
+            format!("compacted at serial {serial} ({folded} changes folded in)")
+        }
     }
 }
 

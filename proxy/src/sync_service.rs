@@ -185,14 +185,10 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
             upserts,
             removals,
             overlay,
-            compacted,
             duration,
         } => {
             registry_in_service(metrics, now, *to, *entries, *overlay);
             metrics.deltas_applied.inc();
-            if *compacted {
-                metrics.delta_compactions.inc();
-            }
             tracing::info!(
                 source,
                 from,
@@ -201,9 +197,23 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
                 removals,
                 entries,
                 overlay,
-                compacted,
                 duration_us = duration.as_micros() as u64,
                 "registry delta applied"
+            );
+        }
+        SyncOutcome::Compacted {
+            serial,
+            folded,
+            duration,
+        } => {
+            metrics.delta_compactions.inc();
+            metrics.registry_overlay.set(0);
+            tracing::info!(
+                source,
+                serial,
+                folded,
+                duration_ms = duration.as_millis() as u64,
+                "registry compacted"
             );
         }
         SyncOutcome::DeltaRejected(e) => {

@@ -185,10 +185,9 @@ pub(crate) fn parse_delta_header(line: &str) -> Result<DeltaHeader, String> {
     })
 }
 
-/// What applying a delta gave: the new registry, and whether it was compacted.
+/// What applying a delta gave: the new registry, and how long it took.
 pub struct Applied {
     pub registry: Registry,
-    pub compacted: bool,
     pub duration: Duration,
 }
 
@@ -196,6 +195,14 @@ pub struct Applied {
 /// at least this many. Below it, a delta costs O(its changes + the overlay); the compaction
 /// costs as much as loading a snapshot, once per that many changes.
 pub const COMPACT_MIN_OVERLAY: usize = 4096;
+
+/// Whether `registry` holds enough changes over its shared index to be compacted
+/// (`Registry::compact`): more than 1% of its records and more than `COMPACT_MIN_OVERLAY`.
+/// `apply_delta` does not compact: the sync puts the delta's changes in service and compacts on
+/// a thread of its own (`Syncer::sync_deltas`), so that no filing waits seconds for it.
+pub fn should_compact(registry: &Registry) -> bool {
+    registry.overlay_len() > COMPACT_MIN_OVERLAY.max(registry.len() / 100)
+}
 
 /// Checks `delta` against the registry in service (`serial`, `registry`) and applies it:
 /// `delta_gap` when it does not start at `serial`, `delta_mismatch` when it removes a name that
@@ -217,7 +224,7 @@ pub fn apply_delta(
         ));
     }
     let mismatch = |detail: String| SnapshotError::new(RejectReason::DeltaMismatch, None, detail);
-    let mut next = registry.apply(&delta.changes).map_err(mismatch)?;
+    let next = registry.apply(&delta.changes).map_err(mismatch)?;
     if next.len() as u64 != delta.entries {
         return Err(mismatch(format!(
             "applied to serial {serial} it gives {} entries, the trailer says entries={}: \
@@ -226,13 +233,8 @@ pub fn apply_delta(
             delta.entries
         )));
     }
-    let compacted = next.overlay_len() > COMPACT_MIN_OVERLAY.max(next.len() / 100);
-    if compacted {
-        next = next.compact();
-    }
     Ok(Applied {
         registry: next,
-        compacted,
         duration: started.elapsed(),
     })
 }

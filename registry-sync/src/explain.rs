@@ -99,13 +99,12 @@ mod tests {
     }
 
     fn registry(records: &[(&str, Status)]) -> Registry {
-        let mut r = Registry::new();
+        let mut r = crate::registry::RegistryBuilder::new();
         for (name, status) in records {
             r.insert(&parse_registry_name(name).unwrap(), entry(*status))
                 .unwrap();
         }
-        r.finish().unwrap();
-        r
+        r.finish().unwrap()
     }
 
     fn walk(r: &Registry, host: &str) -> Walk {

@@ -12,13 +12,14 @@ pub mod snapshot;
 pub mod sync;
 pub mod synthetic;
 
-pub use delta::{apply_delta, diff, read_delta, Delta, DeltaHeader, DeltaWriter};
+pub use delta::{apply_delta, diff, read_delta, should_compact, Delta, DeltaHeader, DeltaWriter};
 pub use name::{
     parse_authority, parse_registry_name, parse_sni, registered_domain_start, DomainName, Host,
     InvalidHost,
 };
 pub use registry::{
-    BlockReason, Change, Decision, Entry, InsertError, Key, Registry, Requirement, Status,
+    BlockReason, Change, Decision, Entry, InsertError, Key, Registry, RegistryBuilder, Requirement,
+    Status,
 };
 pub use snapshot::{
     read_snapshot, read_snapshot_sized, RejectReason, Snapshot, SnapshotError, SnapshotWriter,

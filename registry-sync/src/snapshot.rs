@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::name::{is_public_suffix_bytes, parse_registry_name_into, Host};
-use crate::registry::{Entry, InsertError, Registry, Status};
+use crate::registry::{Entry, InsertError, Registry, RegistryBuilder, Status};
 
 const MAGIC: &str = "icp-gate-registry";
 const TRAILER_PREFIX: &[u8] = b"end ";
@@ -199,11 +199,11 @@ pub fn read_snapshot_limited<R: Read>(
 ) -> Result<Snapshot, SnapshotError> {
     let started = (Instant::now(), process_cpu_time());
     let mut format = SnapshotFormat {
-        registry: Registry::new(),
+        registry: RegistryBuilder::new(),
         name: Vec::with_capacity(256),
     };
     let framed = read_framed(reader, size_hint, max_bytes, &mut format)?;
-    format.registry.finish().map_err(|name| {
+    let registry = format.registry.finish().map_err(|name| {
         SnapshotError::new(
             RejectReason::DuplicateName,
             None,
@@ -212,7 +212,7 @@ pub fn read_snapshot_limited<R: Read>(
     })?;
     Ok(Snapshot {
         header: framed.header,
-        registry: format.registry,
+        registry,
         sha256: framed.sha256,
         build_time: started.0.elapsed(),
         build_cpu_time: process_cpu_time().saturating_sub(started.1),
@@ -559,7 +559,7 @@ impl<'f, F: Format> Parser<'f, F> {
 
 /// Snapshot format v1: records go into a registry as they are read.
 struct SnapshotFormat {
-    registry: Registry,
+    registry: RegistryBuilder,
     /// Scratch for one normalized name.
     name: Vec<u8>,
 }

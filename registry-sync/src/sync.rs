@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 
 use sha2::{Digest, Sha256};
 
-use crate::delta::{apply_delta, read_delta};
+use crate::delta::{apply_delta, read_delta, should_compact};
 use crate::registry::Registry;
 use crate::snapshot::{read_snapshot_limited, RejectReason, Snapshot, SnapshotError};
 
@@ -34,6 +34,22 @@ pub struct LoadedRegistry {
 }
 
 impl LoadedRegistry {
+    /// The same facts (serial, source, time loaded) with `registry` in place of this one's: for
+    /// a compaction, which changes how the records are held, not which.
+    fn with_registry(&self, registry: Registry) -> Self {
+        LoadedRegistry {
+            registry,
+            serial: self.serial,
+            generated_at: self.generated_at.clone(),
+            generated_at_unix: self.generated_at_unix,
+            sha256: self.sha256,
+            entries: self.entries,
+            loaded_at: self.loaded_at,
+            base_serial: self.base_serial,
+            deltas_applied: self.deltas_applied,
+        }
+    }
+
     pub fn from_snapshot(s: Snapshot) -> Self {
         LoadedRegistry {
             entries: s.registry.len(),
@@ -288,9 +304,16 @@ pub enum SyncOutcome {
         entries: usize,
         upserts: usize,
         removals: usize,
-        /// Domain changes held over the shared index after it (0 after a compaction).
+        /// Domain changes held over the shared index after it.
         overlay: usize,
-        compacted: bool,
+        duration: Duration,
+    },
+    /// The domain changes deltas held over the shared index (`folded` of them) were folded into
+    /// a fresh index (on a thread of its own, while later deltas went on being applied), which
+    /// is now in service at the serial in service, with those later changes over it.
+    Compacted {
+        serial: u64,
+        folded: usize,
         duration: Duration,
     },
     /// A delta failed a check; the registry in service stays (and a full snapshot sync
@@ -360,6 +383,14 @@ const MAX_DELTAS_PER_SYNC: usize = 1000;
 /// and one this large is a snapshot's work.
 pub const MAX_DELTA_BYTES: u64 = 256 << 20;
 
+/// A compaction running on its own thread (see `Syncer::compact`).
+struct Compaction {
+    /// What it compacts: the registry in service when it started (sharing its index).
+    base: Arc<Registry>,
+    started: Instant,
+    done: std::sync::mpsc::Receiver<Registry>,
+}
+
 /// Reads snapshots from a source and swaps good ones into a `RegistryHandle`.
 pub struct Syncer {
     source: SnapshotSource,
@@ -382,6 +413,11 @@ pub struct Syncer {
     /// The delta last rejected: the serial it was asked for, the SHA-256 of its bytes and why.
     /// The same bytes at the same place are not counted (nor fallen back from) again.
     rejected_delta: Option<(u64, [u8; 32], RejectReason)>,
+    /// The compaction running on its own thread, if one is.
+    compaction: Option<Compaction>,
+    /// Unit tests only: a compaction's thread waits here before it starts.
+    #[cfg(test)]
+    hold_compaction: Option<Arc<std::sync::Barrier>>,
     /// Test builds only: the next sync panics (to test that a panic stops no later sync).
     #[cfg(feature = "testing")]
     pub panic_next: bool,
@@ -402,6 +438,9 @@ impl Syncer {
             delta_source: None,
             delta_http: None,
             rejected_delta: None,
+            compaction: None,
+            #[cfg(test)]
+            hold_compaction: None,
             #[cfg(feature = "testing")]
             panic_next: false,
         }
@@ -533,20 +572,114 @@ impl Syncer {
                 break;
             }
         }
+        if let Some(compacted) = self.compact() {
+            out.push((dir.display().to_string(), compacted));
+        }
         out
+    }
+
+    /// Compaction, off the path of the deltas. Puts in service the result of a compaction
+    /// that has finished, with the deltas applied since it started carried over
+    /// (`Registry::rebase`), and returns it; then starts one on its own thread when the
+    /// registry in service calls for it (`should_compact`) and none is running. A compaction
+    /// takes as long as loading a snapshot of that size (seconds at 10 million records): run
+    /// inline, it would hold back every delta published meanwhile.
+    fn compact(&mut self) -> Option<SyncOutcome> {
+        let finished = self.finish_compaction();
+        self.start_compaction();
+        finished
+    }
+
+    fn finish_compaction(&mut self) -> Option<SyncOutcome> {
+        use std::sync::mpsc::TryRecvError;
+        let compacted = match self.compaction.as_ref()?.done.try_recv() {
+            Ok(compacted) => compacted,
+            Err(TryRecvError::Empty) => return None,
+            // Its thread panicked: the registry in service stays as it is, and a later sync
+            // starts another.
+            Err(TryRecvError::Disconnected) => {
+                self.compaction = None;
+                return None;
+            }
+        };
+        let running = self.compaction.take()?;
+        let current = self.handle.current.load_full()?;
+        // None: a snapshot replaced the registry meanwhile, and the compaction is of no use.
+        let rebased = current.registry.rebase(&running.base, &compacted)?;
+        let outcome = SyncOutcome::Compacted {
+            serial: current.serial,
+            folded: running.base.overlay_len(),
+            duration: running.started.elapsed(),
+        };
+        let next = current.with_registry(rebased);
+        // The swap waits for every other holder of the registry in service to let go.
+        drop((current, running, compacted));
+        self.handle.swap_in(next);
+        Some(outcome)
+    }
+
+    fn start_compaction(&mut self) {
+        if self.compaction.is_some() {
+            return;
+        }
+        let Some(current) = self.handle.current.load_full() else {
+            return;
+        };
+        if !should_compact(&current.registry) {
+            return;
+        }
+        // A copy of the registry, not of the `LoadedRegistry` in service: the swap of the next
+        // delta waits for the last holder of that one to let go.
+        let base = Arc::new(current.registry.clone());
+        drop(current);
+        let (done, result) = std::sync::mpsc::channel();
+        let work = base.clone();
+        #[cfg(test)]
+        let hold = self.hold_compaction.clone();
+        let spawned = std::thread::Builder::new()
+            .name("registry-compact".into())
+            .spawn(move || {
+                #[cfg(test)]
+                if let Some(hold) = hold {
+                    hold.wait();
+                }
+                // The receiver may be gone (a syncer dropped): nothing to do then.
+                let _ = done.send(work.compact());
+            });
+        match spawned {
+            Ok(_) => {
+                self.compaction = Some(Compaction {
+                    base,
+                    started: Instant::now(),
+                    done: result,
+                })
+            }
+            Err(e) => tracing::warn!("cannot start a registry compaction: {e}"),
+        }
     }
 
     /// Applies the deltas the delta source has from the serial in service on, one after the
     /// other until it has none (HTTP 404, or no such file): a catch-up. A delta that fails a
     /// check is rejected whole, the registry in service stays, and a full snapshot sync from
-    /// `source` follows (the fallback). Returns each step with where it came from; nothing
-    /// without a delta source or a registry in service. Blocking: run it off the request
-    /// threads.
+    /// `source` follows (the fallback). Then the compaction's turn (`compact`): one that has
+    /// finished is put in service (`SyncOutcome::Compacted`), one is started if the changes held
+    /// over the index call for it. Returns each step with where it came from;
+    /// nothing without a delta source or a registry in service. Blocking: run it off the
+    /// request threads.
     pub fn sync_deltas(&mut self) -> Vec<(String, SyncOutcome)> {
-        let mut out = Vec::new();
         let Some(source) = self.delta_source.clone() else {
-            return out;
+            return Vec::new();
         };
+        let mut out = self.catch_up(&source);
+        if let Some(compacted) = self.compact() {
+            out.push((source.to_string(), compacted));
+        }
+        out
+    }
+
+    /// The deltas of `sync_deltas`, without the compaction.
+    fn catch_up(&mut self, source: &DeltaSource) -> Vec<(String, SyncOutcome)> {
+        let mut out = Vec::new();
         for _ in 0..MAX_DELTAS_PER_SYNC {
             let serial = self.handle.load().as_ref().map(|c| c.serial);
             let Some(serial) = serial else {
@@ -670,7 +803,6 @@ impl Syncer {
             upserts,
             removals,
             overlay: next.registry.overlay_len(),
-            compacted: applied.compacted,
             duration: applied.duration,
         };
         // The swap waits for every other holder of the registry in service to let go.
@@ -1148,6 +1280,108 @@ mod tests {
             w.raw_line(l).unwrap();
         }
         w.finish(entries).unwrap()
+    }
+
+    #[test]
+    fn deltas_go_on_while_a_compaction_runs_and_it_carries_them_over() {
+        use crate::delta::COMPACT_MIN_OVERLAY;
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.tsv");
+        let deltas = dir.path().join("deltas");
+        std::fs::create_dir(&deltas).unwrap();
+        std::fs::write(&source, snapshot(1, &["a.cn", "b.cn"])).unwrap();
+        let handle = RegistryHandle::new();
+        let prefix = DeltaSource::parse(&format!("file://{}/", deltas.display())).unwrap();
+        let mut syncer = Syncer::new(SnapshotSource::File(source.clone()), handle.clone())
+            .with_delta_source(Some(prefix));
+        // The compaction's thread waits for the test before it starts.
+        let hold = Arc::new(std::sync::Barrier::new(2));
+        syncer.hold_compaction = Some(hold.clone());
+        assert!(matches!(syncer.sync_once(), SyncOutcome::Loaded { .. }));
+        let decides = |host: &str| {
+            let current = handle.current.load_full().unwrap();
+            let host = crate::parse_authority(host.as_bytes()).unwrap();
+            current.registry.covering(&host).is_some()
+        };
+
+        // A batch past the compaction threshold, then one more filing: both go into service
+        // with their changes over the index; a compaction starts, and nothing waits for it.
+        let batch = COMPACT_MIN_OVERLAY + 10;
+        let lines: Vec<String> = (0..batch)
+            .map(|i| format!("+\tbatch{i}.cn\tconnected\n"))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let total = 2 + batch as u64;
+        std::fs::write(deltas.join("1"), delta(1, 2, &refs, total)).unwrap();
+        std::fs::write(
+            deltas.join("2"),
+            delta(2, 3, &["+\tlate.cn\tconnected\n"], total + 1),
+        )
+        .unwrap();
+        let steps = syncer.sync_deltas();
+        let outcomes: Vec<&SyncOutcome> = steps.iter().map(|(_, o)| o).collect();
+        assert!(
+            matches!(
+                outcomes[..],
+                [
+                    SyncOutcome::DeltaApplied { to: 2, overlay: o1, .. },
+                    SyncOutcome::DeltaApplied { to: 3, overlay: o2, .. },
+                ] if *o1 == batch && *o2 == batch + 1
+            ),
+            "{outcomes:?}"
+        );
+        assert!(decides("late.cn") && decides("batch0.cn"));
+
+        // A delta published while the compaction runs (held) is applied at once.
+        std::fs::write(
+            deltas.join("3"),
+            delta(3, 4, &["+\tlater.cn\tconnected\n", "-\ta.cn\n"], total + 1),
+        )
+        .unwrap();
+        let steps = syncer.sync_deltas();
+        assert!(
+            matches!(steps[..], [(_, SyncOutcome::DeltaApplied { to: 4, .. })]),
+            "{steps:?}"
+        );
+        assert!(decides("later.cn") && !decides("a.cn"));
+
+        // Let the compaction run; the next syncs put it in service, with delta 3 carried over.
+        hold.wait();
+        let mut compacted = None;
+        for _ in 0..6000 {
+            let steps = syncer.sync_deltas();
+            if let Some((_, c @ SyncOutcome::Compacted { .. })) = steps.last() {
+                compacted = Some(format!("{c:?}"));
+                assert!(
+                    matches!(c, SyncOutcome::Compacted { serial: 4, folded, .. } if *folded == batch + 1),
+                    "{c:?}"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(compacted.is_some(), "the compaction never finished");
+        let current = handle.current.load_full().unwrap();
+        assert_eq!((current.serial, current.entries), (4, total as usize + 1));
+        assert_eq!(current.registry.len(), total as usize + 1);
+        assert_eq!(
+            current.registry.overlay_len(),
+            2,
+            "only delta 3's changes are held over the new index"
+        );
+        drop(current);
+        for host in ["late.cn", "later.cn", "batch0.cn", "www.b.cn"] {
+            assert!(decides(host), "{host}");
+        }
+        assert!(!decides("a.cn"));
+
+        // Nothing new: nothing to apply, nothing to compact.
+        let steps = syncer.sync_deltas();
+        assert!(
+            matches!(steps[..], [(_, SyncOutcome::Unchanged)]),
+            "{steps:?}"
+        );
+        assert!(syncer.compaction.is_none());
     }
 
     #[test]

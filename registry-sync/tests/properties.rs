@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use icp_gate_registry::name::{is_public_suffix, MAX_LABEL_LEN, MAX_NAME_LEN};
 use icp_gate_registry::{
     parse_authority, parse_registry_name, read_snapshot, BlockReason, Change, Decision, Entry,
-    Host, Key, Registry, Requirement, SnapshotWriter, Status,
+    Host, Key, Registry, RegistryBuilder, Requirement, SnapshotWriter, Status,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -416,10 +416,10 @@ struct Built {
     domain_names: Vec<String>,
 }
 
-/// Builds the registry under test with `Registry::insert` and the reference model side by side,
-/// skipping public suffixes and duplicates.
+/// Builds the registry under test with `RegistryBuilder::insert` and the reference model side
+/// by side, skipping public suffixes and duplicates.
 fn build(records: &[Record]) -> Result<Built, TestCaseError> {
-    let mut registry = Registry::new();
+    let mut registry = RegistryBuilder::new();
     let mut model = HashMap::new();
     let mut domain_names = Vec::new();
     for r in records {
@@ -458,7 +458,7 @@ fn build(records: &[Record]) -> Result<Built, TestCaseError> {
         );
         model.insert(key, entry);
     }
-    registry
+    let registry = registry
         .finish()
         .map_err(|name| TestCaseError::fail(format!("unexpected duplicate {name}")))?;
     prop_assert_eq!(registry.len(), model.len());

@@ -731,3 +731,52 @@ fn delta_propagation_time() {
 fn fastrand_ms(i: u64) -> u64 {
     (i * 7919) % 2000
 }
+
+/// `benches/load/freshness.sh` scaled down (100,000 records, three publications, this build's
+/// gate) so that CI runs its logic: the snapshot and the delta feed served by nginx, each
+/// delta published and its new name polled through the gate until it is forwarded, batches
+/// large enough to call for a compaction, the gate's counters checked at the end. The times it
+/// measures are not checked here (docs/performance.md has them, from the release build).
+#[test]
+fn the_freshness_script_publishes_deltas_and_sees_each_pass() {
+    let nginx = std::process::Command::new("nginx").arg("-v").output();
+    assert!(
+        nginx.is_ok_and(|o| o.status.success()),
+        "nginx is missing: scripts/ensure-deps installs it"
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/load/freshness.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("GATE", env!("CARGO_BIN_EXE_icp-gate"))
+        .env("RECORDS", "100000")
+        .env("PUBLICATIONS", "3")
+        // 3 x 2101 changes pass the compaction threshold (4096) at the second delta.
+        .env("BULK", "2100")
+        .env("DELTA_INTERVAL", "0.2")
+        .env("IDLE", "1")
+        .env("TIMEOUT", "60")
+        .env("GATE_PORT", free_port().to_string())
+        .env("ADMIN_PORT", free_port().to_string())
+        .env("FEED_PORT", free_port().to_string())
+        .env("ORIGIN_PORT", free_port().to_string())
+        .output()
+        .expect("running benches/load/freshness.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(out.status.success(), "the script failed\n{report}");
+    let passed = stdout
+        .lines()
+        .filter(|l| l.starts_with("publication ") && l.contains(" passed after "))
+        .count();
+    assert_eq!(passed, 3, "{report}");
+    assert!(
+        stdout.contains("publication to first forwarded request, 3 of 3 passed: min "),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("median ") && stdout.contains(", 3 deltas"),
+        "{report}"
+    );
+    assert!(!stdout.contains("PROBLEM"), "{report}");
+}
