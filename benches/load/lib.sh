@@ -277,3 +277,29 @@ proxy_sleeps() {
     done
     echo "$n"
 }
+
+# ---------------------------------------------------------------------------------------------
+# Summaries of the harnesses that record one tab-separated line per run in RAW (proxy, path,
+# then fields).
+
+# median FIELD PROXY PATH: the median of FIELD over the runs of PROXY on PATH in RAW.
+median() {
+    awk -F '\t' -v f="$1" -v p="$2" -v k="$3" '$1 == p && $2 == k { print $f }' "$RAW" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# ratio A B: A / B as "1.23x", or "-" when either is missing or B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+
+# ceiling BUSY_PROXY BUSY_LOAD: which core limited a run (95% busy or more).
+ceiling() {
+    awk -v p="$1" -v l="$2" 'BEGIN {
+        if (p == "" || l == "") print "-"
+        else if (p >= 95 && l >= 95) print "both cores"
+        else if (p >= 95) print "proxy core"
+        else if (l >= 95) print "load core"
+        else print "neither (latency-bound)" }'
+}
+
+# fmt_us MICROSECONDS: "850us" or "1.25ms".
+fmt_us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'; }

@@ -723,11 +723,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # Summary: medians over the rounds, side by side, and the ratios.
 
-median() { # FIELD PROXY PATH
-    awk -F '\t' -v f="$1" -v p="$2" -v k="$3" '$1 == p && $2 == k { print $f }' "$RAW" | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 cell() { # FIELD PROXY PATH
     local v
     v=$(median "$1" "$2" "$3")

@@ -356,7 +356,7 @@ load() { # ROUND PROXY PATH
     local line
     line=$(printf 'round %s/%s  %-8s %-9s  %10.1f %-8s  mean %8s  %9d done  %s  cpu/req %7s us' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rate" "$([[ $path == handshake ]] && echo conn/s || echo req/s)" \
-        "$(awk -v u="$lat" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }')" \
+        "$(fmt_us "$lat")" \
         "$done" "$(cpu_report "$before" "$after" "$PROXY_CPU" "$LOAD_CPU")" "$us_per_req")
     if ((${#problems[@]})); then
         line+="  PROBLEM: ${problems[*]}"
@@ -409,19 +409,6 @@ for pair in "icp-gate $GATE_PID" "nginx $NGINX_PID" "origin $ORIGIN_PID"; do
     kill -0 "$pid" 2>/dev/null || ANOMALIES+=("$name exited during the run")
 done
 
-median() { # FIELD PROXY PATH
-    awk -F '\t' -v f="$1" -v p="$2" -v k="$3" '$1 == p && $2 == k { print $f }' "$RAW" | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
-ceiling() {
-    awk -v p="$1" -v l="$2" 'BEGIN {
-        if (p == "" || l == "") print "-"
-        else if (p >= 95 && l >= 95) print "both cores"
-        else if (p >= 95) print "proxy core"
-        else if (l >= 95) print "load core"
-        else print "neither" }'
-}
 target() { case $1 in block) echo 1.2x ;; *) echo 1.0x ;; esac }
 TABLE=$(
     printf '%-10s %11s %11s %10s %7s %17s %14s %-11s %-11s\n' path icp-gate nginx gate/nginx target \

@@ -507,7 +507,6 @@ load() {
         "$(cpu_busy "$before" "$after" 3 4)" "$(cpu_busy "$before" "$after" 5 6)" >>"$RAW"
 }
 
-fmt_us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'; }
 
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null || true) ]]; then GIT_REV+="+uncommitted"; fi
@@ -567,20 +566,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # Summary: medians over the rounds, side by side, the ratio, the cores and the rig's ceiling.
 
-median() { # FIELD PROXY PATH
-    awk -F '\t' -v f="$1" -v p="$2" -v k="$3" '$1 == p && $2 == k { print $f }' "$RAW" | sort -g |
-        awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
-# ceiling BUSY_PROXY BUSY_LOAD: which core limited the run.
-ceiling() {
-    awk -v p="$1" -v l="$2" 'BEGIN {
-        if (p == "" || l == "") print "-"
-        else if (p >= 95 && l >= 95) print "both cores"
-        else if (p >= 95) print "proxy core"
-        else if (l >= 95) print "load core"
-        else print "neither (latency-bound)" }'
-}
 
 TABLE=$(
     printf '%-10s %12s %12s %10s %15s %15s %-24s %-24s\n' path icp-gate nginx gate/nginx \
