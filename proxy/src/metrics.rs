@@ -271,7 +271,7 @@ impl Metrics {
             registry_overlay: gauge(
                 "icp_gate_registry_overlay_entries",
                 "Domain changes deltas made that are held over the shared index (0 after a \
-                 snapshot load or a compaction)",
+                 snapshot load; after a compaction, those made while it ran)",
             ),
             registry_base_serial: gauge(
                 "icp_gate_registry_base_serial",

@@ -204,14 +204,16 @@ pub fn report(outcome: &SyncOutcome, registry: &RegistryHandle, metrics: &Metric
         SyncOutcome::Compacted {
             serial,
             folded,
+            overlay,
             duration,
         } => {
             metrics.delta_compactions.inc();
-            metrics.registry_overlay.set(0);
+            metrics.registry_overlay.set(*overlay as i64);
             tracing::info!(
                 source,
                 serial,
                 folded,
+                overlay,
                 duration_ms = duration.as_millis() as u64,
                 "registry compacted"
             );

@@ -314,6 +314,8 @@ pub enum SyncOutcome {
     Compacted {
         serial: u64,
         folded: usize,
+        /// Domain changes held over the new index: those applied while it was built.
+        overlay: usize,
         duration: Duration,
     },
     /// A delta failed a check; the registry in service stays (and a full snapshot sync
@@ -609,6 +611,7 @@ impl Syncer {
         let outcome = SyncOutcome::Compacted {
             serial: current.serial,
             folded: running.base.overlay_len(),
+            overlay: rebased.overlay_len(),
             duration: running.started.elapsed(),
         };
         let next = current.with_registry(rebased);
@@ -1353,7 +1356,7 @@ mod tests {
             if let Some((_, c @ SyncOutcome::Compacted { .. })) = steps.last() {
                 compacted = Some(format!("{c:?}"));
                 assert!(
-                    matches!(c, SyncOutcome::Compacted { serial: 4, folded, .. } if *folded == batch + 1),
+                    matches!(c, SyncOutcome::Compacted { serial: 4, folded, overlay: 2, .. } if *folded == batch + 1),
                     "{c:?}"
                 );
                 break;
