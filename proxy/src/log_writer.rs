@@ -700,6 +700,23 @@ mod tests {
         assert!(c.backpressure.get() >= 1);
     }
 
+    /// Dropping the writer (no `shutdown` call) writes every line out, however long the flush
+    /// interval.
+    #[test]
+    fn dropping_the_writer_writes_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let writer =
+            LogWriter::open("test", &path, 4, Duration::from_secs(3600), counters()).unwrap();
+        for i in 0..1000u64 {
+            writer
+                .sink()
+                .write_line(i, |o| o.extend_from_slice(format!("{i}\n").as_bytes()));
+        }
+        drop(writer);
+        assert_eq!(lines_of(&path).len(), 1000);
+    }
+
     #[test]
     fn partial_writes_are_taken_off_the_front() {
         let mut batch = vec![(b"abc".to_vec(), 1), (b"defg".to_vec(), 1)];

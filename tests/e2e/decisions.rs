@@ -472,11 +472,16 @@ fn metrics_move_with_every_decision() {
         3.0
     );
     assert!(!m.0.contains("example.com"), "a host leaked into a label");
-    // The access log has a line per request with its decision.
-    let log = gate.log();
-    assert!(
-        log.contains(r#"host="unfiled.cn" decision="blocked" reason="unfiled""#),
-        "{log}"
+    // The access log has a line per request with its decision (written just after the answer:
+    // waited for, on a busy machine the client can read its answer first).
+    wait_for(
+        "the access line of unfiled.cn",
+        std::time::Duration::from_secs(10),
+        || {
+            gate.log()
+                .contains(r#"host="unfiled.cn" decision="blocked" reason="unfiled""#)
+                .then_some(())
+        },
     );
 }
 
