@@ -431,3 +431,69 @@ fn sigterm_writes_the_last_lines() {
         200
     );
 }
+
+/// Requests on connections the gate terminated go through the same paths, and so into the same
+/// logs: a block over HTTP/1.1 (the front end) and one over HTTP/2 (Pingora's proxy), each with
+/// its audit line, and the HTTP/2 one's access line says so.
+#[test]
+fn terminated_requests_over_http1_and_http2_are_audited() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIP: curl is not installed (scripts/ensure-deps installs it)");
+        return;
+    }
+    let origin = Origin::start();
+    let pki = Pki::new(&["www.example.com", "unfiled.cn"]);
+    let certs = tempfile::tempdir().unwrap();
+    pki.write_pair(certs.path(), "site");
+    let mut gate = Gate::start(
+        &origin,
+        GateOptions {
+            listener_extra: "protocol = \"tls\"".into(),
+            extra: format!(
+                "{}\n[tls]\ncertificates = \"{}\"\n",
+                log_keys(""),
+                certs.path().display()
+            ),
+            ..GateOptions::default()
+        },
+    );
+    // HTTP/1.1 on a terminated connection: the front end.
+    let mut config = (*pki.client_config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let stream = std::net::TcpStream::connect(gate.addr).unwrap();
+    let mut h1 = TlsClient::with_config(Arc::new(config), stream, "unfiled.cn").unwrap();
+    assert!(h1.get("unfiled.cn", "/h1").starts_with("HTTP/1.1 403"));
+    // HTTP/2: Pingora's proxy.
+    let ca = pki.write_ca(certs.path());
+    let port = gate.addr.port();
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &format!("unfiled.cn:{port}:127.0.0.1")])
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+        .arg(format!("https://unfiled.cn:{port}/h2"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403 2", "{out:?}");
+    drop(h1);
+    assert!(gate.terminate().success());
+
+    let audit = json_lines(&[&gate.dir.path().join("audit.log")]);
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+    for line in &audit {
+        assert_eq!(line["host"], "unfiled.cn", "{line}");
+        assert_eq!(line["reason"], "unfiled", "{line}");
+        assert_eq!(line["status"], 403, "{line}");
+    }
+    let access = json_lines(&[&gate.dir.path().join("access.log")]);
+    let versions: HashSet<(&str, &str)> = access
+        .iter()
+        .map(|l| {
+            (
+                l["url.path"].as_str().unwrap(),
+                l["network.protocol.version"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(versions, HashSet::from([("/h1", "1.1"), ("/h2", "2")]));
+}
