@@ -303,3 +303,29 @@ ceiling() {
 
 # fmt_us MICROSECONDS: "850us" or "1.25ms".
 fmt_us() { awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2fms", u / 1000; else printf "%.0fus", u }'; }
+
+# finish_run NOTE_FUNCTION: prints TABLE, writes HEADER, the ROUND_LINES, TABLE and any ANOMALIES
+# to RESULTS, and ends the script with status 1 when there were anomalies.
+finish_run() {
+    echo
+    echo "$TABLE"
+    {
+        echo "$HEADER"
+        echo
+        printf '%s\n' "${ROUND_LINES[@]}"
+        echo
+        echo "$TABLE"
+        if ((${#ANOMALIES[@]})); then
+            echo
+            echo "problems:"
+            printf '  %s\n' "${ANOMALIES[@]}"
+        fi
+    } >"$RESULTS"
+    "$1" "table written to $RESULTS"
+    if ((${#ANOMALIES[@]})); then
+        echo
+        echo "problems seen during the run:"
+        printf '  %s\n' "${ANOMALIES[@]}"
+        exit 1
+    fi
+}

@@ -750,26 +750,4 @@ TABLE=$(
         echo "note: $HANGUP_LINES ERROR lines logged by icp-gate for clients that closed a connection with a request in flight (wrk stopping); not counted as problems."
     fi
 )
-echo
-echo "$TABLE"
-
-{
-    echo "$HEADER"
-    echo
-    printf '%s\n' "${ROUND_LINES[@]}"
-    echo
-    echo "$TABLE"
-    if ((${#ANOMALIES[@]})); then
-        echo
-        echo "problems:"
-        printf '  %s\n' "${ANOMALIES[@]}"
-    fi
-} >"$RESULTS"
-note "table written to $RESULTS"
-
-if ((${#ANOMALIES[@]})); then
-    echo
-    echo "problems seen during the run:"
-    printf '  %s\n' "${ANOMALIES[@]}"
-    exit 1
-fi
+finish_run note

@@ -426,24 +426,4 @@ TABLE=$(
     echo "medians over $ROUNDS round(s). handshake: new TLS connections/s (a full TLS 1.3 handshake and one forwarded request each); h1, h2: forwarded requests/s on kept-alive connections; block: block pages/s on kept-alive connections."
     echo "cpu/req: CPU time of the proxy process (user+system) per request or connection. ceiling: a core 95% busy or more ('load core': h2load and the origin limited the run, so the ratio understates the difference)."
 )
-echo
-echo "$TABLE"
-{
-    echo "$HEADER"
-    echo
-    printf '%s\n' "${ROUND_LINES[@]}"
-    echo
-    echo "$TABLE"
-    if ((${#ANOMALIES[@]})); then
-        echo
-        echo "problems:"
-        printf '  %s\n' "${ANOMALIES[@]}"
-    fi
-} >"$RESULTS"
-note "table written to $RESULTS"
-if ((${#ANOMALIES[@]})); then
-    echo
-    echo "problems seen during the run:"
-    printf '  %s\n' "${ANOMALIES[@]}"
-    exit 1
-fi
+finish_run note

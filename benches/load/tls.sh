@@ -584,26 +584,4 @@ TABLE=$(
     echo "gate/nginx above 1: icp-gate does more per second. Targets (design): refuse >= 1.5x, newconn >= 1.0x, keepalive >= 1.0x."
     echo "ceiling: a core 95% busy or more. 'load core' means the load generator (and on newconn/keepalive the TLS origin) limited the run, not the proxy: the ratio then understates the difference."
 )
-echo
-echo "$TABLE"
-
-{
-    echo "$HEADER"
-    echo
-    printf '%s\n' "${ROUND_LINES[@]}"
-    echo
-    echo "$TABLE"
-    if ((${#ANOMALIES[@]})); then
-        echo
-        echo "problems:"
-        printf '  %s\n' "${ANOMALIES[@]}"
-    fi
-} >"$RESULTS"
-note "table written to $RESULTS"
-
-if ((${#ANOMALIES[@]})); then
-    echo
-    echo "problems seen during the run:"
-    printf '  %s\n' "${ANOMALIES[@]}"
-    exit 1
-fi
+finish_run note
