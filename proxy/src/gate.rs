@@ -500,6 +500,64 @@ fn raw_host(req: &RequestHeader) -> String {
     String::from_utf8_lossy(&raw[..raw.len().min(256)]).into_owned()
 }
 
+/// The request head the origin gets, from the client's (`crate::policy`): origin-form target,
+/// no hop-by-hop or client-sent forwarding fields, the decided Host in canonical form (the port
+/// as sent), and the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`. Used by
+/// Pingora's path (`upstream_request_filter`) and the front end's HTTP/2 path (`front::h2`);
+/// the front end's HTTP/1.1 path writes the same from its own parse (`front::forward`).
+pub fn upstream_fields(
+    upstream: &mut RequestHeader,
+    host: Option<&Host>,
+    websocket: bool,
+    client: Option<std::net::IpAddr>,
+    https: bool,
+    request_id: &str,
+) -> Result<()> {
+    let raw = upstream.raw_path().to_vec();
+    let absolute = matches!(
+        raw_target_authority(&raw),
+        RawTargetAuthority::Absolute { .. }
+    );
+    let target_authority = target_authority(upstream).map(<[u8]>::to_vec);
+    if absolute {
+        // Origin-form towards the origin, the path byte for byte.
+        upstream.set_raw_path(&origin_form(&raw))?;
+    }
+    // Hop-by-hop fields, the ones Connection names, the client's proxy credentials and
+    // forwarding fields: gone.
+    let connection = connection_values(&upstream.headers);
+    let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
+    let dropped = fields_failing(&upstream.headers, |n| request_field_passes(n, &tokens));
+    for name in dropped {
+        upstream.remove_header(&name);
+    }
+    if websocket {
+        upstream.insert_header(header::CONNECTION, "Upgrade")?;
+        upstream.insert_header(header::UPGRADE, "websocket")?;
+    }
+    // The Host the decision was made on, in canonical form, the port as sent.
+    if let Some(host) = host {
+        let raw_authority = match upstream.headers.get(header::HOST) {
+            Some(v) if target_authority.is_none() => Some(v.as_bytes().to_vec()),
+            _ => target_authority,
+        };
+        if let Some(raw_authority) = raw_authority {
+            let canonical = canonical_authority(&raw_authority, host);
+            let value = HeaderValue::from_bytes(&canonical).map_err(|e| {
+                Error::because(ErrorType::InvalidHTTPHeader, "request authority", e)
+            })?;
+            upstream.insert_header(header::HOST, value)?;
+        }
+    }
+    // Written as the front end writes them (Pingora keeps a name's case as given).
+    if let Some(ip) = client {
+        upstream.insert_header("X-Forwarded-For", ip.to_string())?;
+    }
+    upstream.insert_header("X-Forwarded-Proto", if https { "https" } else { "http" })?;
+    upstream.insert_header(REQUEST_ID_HEADER, request_id.to_owned())?;
+    Ok(())
+}
+
 /// The gate as Pingora's proxy sees it. The same `Gate` is shared with the front end
 /// (`crate::front`), which decides simple requests before Pingora does.
 pub struct GateProxy(pub Arc<Gate>);
@@ -531,12 +589,6 @@ impl ProxyHttp for GateProxy {
         // How long this connection may then wait for its next request (Pingora's own default
         // applies only to the first).
         session.set_keepalive(self.keepalive_seconds);
-        if session.is_http2() {
-            // A terminated HTTP/2 connection's streams over its life (`Terminated::life`).
-            if let Some(tls) = session.digest().and_then(|d| d.ssl_digest.as_deref()) {
-                Terminated::count_stream(tls);
-            }
-        }
         let req = session.req_header();
         if let Err(refusal) = check_target(req.method.as_str().as_bytes(), req.raw_path()) {
             let (reason, answer) = match refusal {
@@ -668,53 +720,21 @@ impl ProxyHttp for GateProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // `crate::policy`, as on the front end's path.
-        let raw = upstream.raw_path().to_vec();
-        let absolute = matches!(
-            raw_target_authority(&raw),
-            RawTargetAuthority::Absolute { .. }
-        );
-        let target_authority = target_authority(upstream).map(<[u8]>::to_vec);
-        if absolute {
-            // Origin-form towards the origin, the path byte for byte.
-            upstream.set_raw_path(&origin_form(&raw))?;
-        }
-        // Hop-by-hop fields, the ones Connection names, the client's proxy credentials and
-        // forwarding fields: gone.
         let websocket = asks_websocket(session.req_header());
-        let connection = connection_values(&upstream.headers);
-        let tokens = ConnectionTokens::from_values(connection.iter().map(Vec::as_slice));
-        let dropped = fields_failing(&upstream.headers, |n| request_field_passes(n, &tokens));
-        for name in dropped {
-            upstream.remove_header(&name);
-        }
-        if websocket {
-            upstream.insert_header(header::CONNECTION, "Upgrade")?;
-            upstream.insert_header(header::UPGRADE, "websocket")?;
-        }
-        // The Host the decision was made on, in canonical form, the port as sent.
-        if let Some(host) = &ctx.host {
-            let raw_authority = match upstream.headers.get(header::HOST) {
-                Some(v) if target_authority.is_none() => Some(v.as_bytes().to_vec()),
-                _ => target_authority,
-            };
-            if let Some(raw_authority) = raw_authority {
-                let canonical = canonical_authority(&raw_authority, host);
-                let value = HeaderValue::from_bytes(&canonical).map_err(|e| {
-                    Error::because(ErrorType::InvalidHTTPHeader, "request authority", e)
-                })?;
-                upstream.insert_header(header::HOST, value)?;
-            }
-        }
-        // Written as the front end writes them (Pingora keeps a name's case as given).
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            upstream.insert_header("X-Forwarded-For", client.ip().to_string())?;
-        }
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header("X-Forwarded-Proto", if https { "https" } else { "http" })?;
         let request_id = self.request_id(ctx).to_owned();
-        upstream.insert_header(REQUEST_ID_HEADER, request_id)?;
-        Ok(())
+        upstream_fields(
+            upstream,
+            ctx.host.as_ref(),
+            websocket,
+            client,
+            https,
+            &request_id,
+        )
     }
 
     async fn upstream_response_filter(

@@ -9,7 +9,7 @@ use icp_gate_config::{
     AccessLogFormat, AdminAddress, ListenerSettings, LogFormat, LogSettings, Protocol, Settings,
 };
 use icp_gate_registry::{RegistryHandle, Syncer};
-use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
@@ -66,15 +66,10 @@ pub fn init_logging(log: &LogSettings) {
     let _ = result;
 }
 
-/// Pingora's proxy for a gate: the requests the front end hands over, and HTTP/2 on terminated
-/// TLS connections, with the HTTP/2 limits an exposed server needs.
+/// Pingora's proxy for a gate: the requests and HTTP/2 streams the front end hands over. (The
+/// front end runs every connection, HTTP/2 ones included: `front::h2`.)
 fn gate_proxy(server: &Server, gate: &Arc<Gate>) -> pingora::proxy::HttpProxy<GateProxy> {
-    let mut proxy = http_proxy(&server.configuration, GateProxy(gate.clone()));
-    let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = gate.listener.keepalive_timeout;
-    proxy.server_options = Some(options);
-    proxy.h2_options = Some(crate::tls::terminate::h2_options());
-    proxy
+    http_proxy(&server.configuration, GateProxy(gate.clone()))
 }
 
 /// Adds a listener's service: on a Pingora listener, or on a socket of our own for a
@@ -321,7 +316,6 @@ pub fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
                         certs.clone(),
                         tickets.clone(),
                         GateApp::new(gate.clone(), gate_proxy(&server, &gate)),
-                        gate_proxy(&server, &gate),
                         metrics.tls_terminated(&listener.name, "handshake"),
                         metrics.tls_terminated(&listener.name, "handshake_failed"),
                     )?),

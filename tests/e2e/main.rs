@@ -7,6 +7,7 @@ mod cli;
 mod decisions;
 mod deploy;
 mod explain;
+mod h2_transparency;
 mod harness;
 mod hostile;
 mod publish;

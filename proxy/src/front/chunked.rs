@@ -163,6 +163,31 @@ impl ChunkedTracker {
     }
 }
 
+impl ChunkedTracker {
+    /// `feed`, appending to `out` only the chunks' data (the body decoded, as HTTP/2 carries
+    /// it in DATA frames); sizes, extensions and trailers are dropped.
+    pub fn feed_data(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<usize, FramingError> {
+        let mut i = 0;
+        while i < bytes.len() && !self.done() {
+            let data = self.state == State::Data;
+            let len = if data {
+                (bytes.len() - i).min(self.size.min(usize::MAX as u64) as usize)
+            } else {
+                1
+            };
+            let n = self.feed(&bytes[i..i + len])?;
+            if data {
+                out.extend_from_slice(&bytes[i..i + n]);
+            }
+            i += n;
+            if n < len {
+                break;
+            }
+        }
+        Ok(i)
+    }
+}
+
 fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -195,6 +220,30 @@ mod tests {
             assert_eq!(t.done(), whole.done(), "step {step}");
         }
         Ok(expected)
+    }
+
+    #[test]
+    fn feed_data_decodes_the_body_in_pieces_of_any_size() {
+        let body = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for step in 1..body.len() {
+            let mut t = ChunkedTracker::default();
+            let (mut out, mut used) = (Vec::new(), 0);
+            for piece in body.chunks(step) {
+                let n = t.feed_data(piece, &mut out).unwrap();
+                used += n;
+                if n < piece.len() {
+                    break;
+                }
+            }
+            assert!(t.done(), "step {step}");
+            assert_eq!(used, body.len() - 4, "step {step}");
+            assert_eq!(out, b"hello, world", "step {step}");
+        }
+        let mut broken = Vec::new();
+        assert_eq!(
+            ChunkedTracker::default().feed_data(b"5\r\nhelloX", &mut broken),
+            Err(FramingError)
+        );
     }
 
     #[test]

@@ -80,7 +80,13 @@ impl Upstreams {
         found
     }
 
-    fn put(&self, addr: SocketAddr, stream: TcpStream) {
+    /// How long the origin may take to answer, or between two reads of its answer.
+    pub fn read_timeout(&self) -> Duration {
+        self.settings.read_timeout
+    }
+
+    /// Keeps a connection whose exchange ended cleanly for the next request to `addr`.
+    pub fn put(&self, addr: SocketAddr, stream: TcpStream) {
         if self.settings.idle_timeout.is_zero()
             || self.idle_count.load(Ordering::Relaxed) >= self.max_idle
         {
@@ -204,13 +210,90 @@ pub struct ResponseHead {
     pub close_client: bool,
 }
 
+/// Where the client's version of an origin's response head goes: HTTP/1.1 bytes (`H1Head`,
+/// the front end's connections) or an HTTP/2 response (`super::h2`). `response_head` decides
+/// what passes (`crate::policy`) and how the body is framed; a sink only writes it down.
+pub trait HeadSink {
+    /// A head begins: its status and reason phrase (a 1xx may come before the final one).
+    fn start(&mut self, status: u16, reason: &str);
+    /// A field that passes the policy, in the order the origin sent it.
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), UpstreamError>;
+    /// The head is complete; `rechunk`: its body is re-framed as chunked (HTTP/1.1 only).
+    fn finish(&mut self, status: u16, rechunk: bool, close_client: bool);
+    /// Bytes held so far (a bound on interim answers).
+    fn held(&self) -> usize;
+    /// Forgets what an earlier attempt gave (the request goes to another connection).
+    fn reset(&mut self);
+}
+
+/// The HTTP/1.1 head for a client of the front end, appended to a buffer.
+pub struct H1Head<'a>(pub &'a mut Vec<u8>);
+
+impl HeadSink for H1Head<'_> {
+    fn start(&mut self, status: u16, reason: &str) {
+        let out = &mut *self.0;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(super::answer::itoa(status as usize, &mut [0u8; 20]));
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), UpstreamError> {
+        let out = &mut *self.0;
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn finish(&mut self, status: u16, rechunk: bool, close_client: bool) {
+        let out = &mut *self.0;
+        if rechunk {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        if !(100..200).contains(&status) {
+            out.extend_from_slice(b"Date: ");
+            crate::clock::push_http_date(out);
+            out.extend_from_slice(if close_client {
+                &b"\r\nConnection: close\r\n\r\n"[..]
+            } else {
+                &b"\r\nConnection: keep-alive\r\n\r\n"[..]
+            });
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.0.len()
+    }
+
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Parses the origin's response head in `buf` and writes the client's version of it to `out`.
 /// None: more bytes needed.
+#[cfg(test)]
 pub fn client_head(
     buf: &[u8],
     head_request: bool,
     close_client: bool,
     out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, UpstreamError> {
+    response_head(buf, head_request, close_client, &mut H1Head(out))
+}
+
+/// Parses the origin's response head in `buf` and gives the client's version of it to `sink`.
+/// None: more bytes needed (nothing was given to `sink`).
+pub fn response_head<S: HeadSink>(
+    buf: &[u8],
+    head_request: bool,
+    close_client: bool,
+    sink: &mut S,
 ) -> Result<Option<ResponseHead>, UpstreamError> {
     let mut headers =
         [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
@@ -303,12 +386,7 @@ pub fn client_head(
     let rechunk = matches!(framing, Framing::UntilClose);
 
     // Appended: interim answers (1xx) already written stay in front of the final one.
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(super::answer::itoa(status as usize, &mut [0u8; 20]));
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let interim = (100..200).contains(&status);
+    sink.start(status, resp.reason.unwrap_or(""));
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if !policy::response_field_passes(name, &connection) {
@@ -319,25 +397,9 @@ pub fn client_head(
         if transfer_encoding && name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        sink.field(h.name, h.value)?;
     }
-    if rechunk {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
-    if !interim {
-        out.extend_from_slice(b"Date: ");
-        crate::clock::push_http_date(out);
-        out.extend_from_slice(if close_client {
-            &b"\r\nConnection: close\r\n\r\n"[..]
-        } else {
-            &b"\r\nConnection: keep-alive\r\n\r\n"[..]
-        });
-    } else {
-        out.extend_from_slice(b"\r\n");
-    }
+    sink.finish(status, rechunk, close_client);
     Ok(Some(ResponseHead {
         status,
         head_len,
@@ -349,7 +411,7 @@ pub fn client_head(
 
 impl Framing {
     /// How many of `bytes` belong to the body; `Err` on broken chunked framing.
-    fn take(&mut self, bytes: &[u8]) -> Result<usize, UpstreamError> {
+    pub fn take(&mut self, bytes: &[u8]) -> Result<usize, UpstreamError> {
         match self {
             Framing::Empty => Ok(0),
             Framing::Length(left) => {
@@ -364,7 +426,7 @@ impl Framing {
         }
     }
 
-    fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         match self {
             Framing::Empty => true,
             Framing::Length(left) => *left == 0,
@@ -411,6 +473,62 @@ impl Exchange<'_> {
     {
         let u = self.upstreams;
         let read_timeout = u.settings.read_timeout;
+        let to_send = ToSend {
+            candidates: self.candidates,
+            method: self.method,
+            upstreams: u,
+            request: self.request,
+            head_request: self.head_request,
+            close_client: self.close_client,
+        };
+        let answered = to_send.send(self.up_buf, &mut H1Head(self.out)).await?;
+        relay(
+            answered.up,
+            answered.head,
+            self.up_buf,
+            self.out,
+            client,
+            read_timeout,
+            write_timeout,
+            u,
+            answered.server,
+        )
+        .await
+    }
+}
+
+/// A request head on its way to the origin, for either client protocol.
+pub struct ToSend<'a> {
+    /// Where the request may go, in order.
+    pub candidates: &'a Candidates<'a>,
+    /// The request's method: only an idempotent request is sent again (`policy::may_resend`).
+    pub method: &'a [u8],
+    pub upstreams: &'a Upstreams,
+    /// The request head for the origin (no body follows it).
+    pub request: &'a [u8],
+    pub head_request: bool,
+    pub close_client: bool,
+}
+
+/// An origin connection whose response head has been read (into `sink`; the bytes after it
+/// are at the start of the buffer given to `send`, after `head.head_len`).
+pub struct Answered {
+    pub up: TcpStream,
+    pub head: ResponseHead,
+    pub server: SocketAddr,
+}
+
+impl ToSend<'_> {
+    /// Sends the request, trying each server once, and once more on a fresh connection when a
+    /// kept-alive one turns out dead, and reads the response head into `sink`. Err: nothing
+    /// reached the client, and it may get an error answer.
+    pub async fn send<S: HeadSink>(
+        &self,
+        up_buf: &mut BytesMut,
+        sink: &mut S,
+    ) -> Result<Answered, UpstreamError> {
+        let u = self.upstreams;
+        let read_timeout = u.settings.read_timeout;
         let mut last_error = None;
         for server in self.candidates.iter() {
             let mut fresh_tried = false;
@@ -426,32 +544,19 @@ impl Exchange<'_> {
                         }
                     },
                 };
-                self.up_buf.clear();
+                up_buf.clear();
                 match send_and_read_head(
                     &mut up,
                     self.request,
-                    self.up_buf,
+                    up_buf,
                     read_timeout,
                     self.head_request,
                     self.close_client,
-                    self.out,
+                    sink,
                 )
                 .await
                 {
-                    Ok(head) => {
-                        return relay(
-                            up,
-                            head,
-                            self.up_buf,
-                            self.out,
-                            client,
-                            read_timeout,
-                            write_timeout,
-                            u,
-                            server,
-                        )
-                        .await;
-                    }
+                    Ok(head) => return Ok(Answered { up, head, server }),
                     // A kept-alive connection the origin had closed: once more, fresh, when the
                     // request may be sent twice (or never left).
                     Err(UpstreamError::NoResponse(_))
@@ -472,25 +577,24 @@ impl Exchange<'_> {
     }
 }
 
-async fn send_and_read_head(
+async fn send_and_read_head<S: HeadSink>(
     up: &mut TcpStream,
     request: &[u8],
     buf: &mut BytesMut,
     read_timeout: Duration,
     head_request: bool,
     close_client: bool,
-    out: &mut Vec<u8>,
+    sink: &mut S,
 ) -> Result<ResponseHead, UpstreamError> {
     match tokio::time::timeout(read_timeout, up.write_all(request)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(UpstreamError::NotSent(e.to_string())),
         Err(_) => return Err(UpstreamError::Timeout),
     }
-    out.clear();
+    sink.reset();
     loop {
         if !buf.is_empty() {
-            let before = out.len();
-            match client_head(buf, head_request, close_client, out)? {
+            match response_head(buf, head_request, close_client, sink)? {
                 // The front end never asks for an upgrade: a 101 is the origin's error.
                 Some(head) if head.status == 101 => {
                     return Err(UpstreamError::BadResponse(
@@ -501,14 +605,13 @@ async fn send_and_read_head(
                 // final one (RFC 9110 §15.2), in the same write.
                 Some(head) if (100..200).contains(&head.status) => {
                     bytes::Buf::advance(buf, head.head_len);
-                    if out.len() > MAX_RESPONSE_HEAD {
-                        out.truncate(before);
+                    if sink.held() > MAX_RESPONSE_HEAD {
                         return Err(UpstreamError::BadResponse("too many interim answers"));
                     }
                     continue;
                 }
                 Some(head) => return Ok(head),
-                None => out.truncate(before),
+                None => {}
             }
         }
         if buf.capacity() - buf.len() < 2048 {

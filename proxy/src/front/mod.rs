@@ -41,6 +41,7 @@ mod answer;
 mod chunked;
 mod classify;
 mod forward;
+mod h2;
 mod handoff;
 mod io;
 

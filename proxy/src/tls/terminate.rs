@@ -1,7 +1,7 @@
 //! Stage 3c: termination. When the gate holds a certificate for a connection's SNI it completes
 //! the handshake itself (rustls, through Pingora's rustls acceptor) on the bytes already read,
-//! then serves the connection as an HTTP listener does: HTTP/1.1 through the same front end,
-//! HTTP/2 (by ALPN) through Pingora's proxy, every request decided on its own Host /
+//! then serves the connection as an HTTP listener does: HTTP/1.1 and HTTP/2 (by ALPN) through
+//! the same front end (`front::h2`), every request decided on its own Host /
 //! `:authority` by the same `Gate`. A name held but not filed still completes the handshake: its
 //! requests get the block page over HTTPS, which a browser shows.
 
@@ -14,14 +14,12 @@ use pingora::listeners::tls::Acceptor;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{Ssl, Stream, ALPN};
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use prometheus::IntCounter;
 
 use super::certs::{CertStore, HeldCert};
 use super::hello::Hello;
 use crate::front::GateApp;
-use crate::gate::GateProxy;
 
 /// What a terminated connection carries into its requests (the `SslDigest` extension): the
 /// certificate it was served with, whose names say which Hosts it may carry (others: `421`),
@@ -42,13 +40,6 @@ impl Terminated {
     /// terminated it.
     pub fn in_digest(digest: &pingora::protocols::tls::SslDigest) -> Option<Arc<HeldCert>> {
         digest.extension.get::<Terminated>().map(|t| t.cert.clone())
-    }
-
-    /// Counts one HTTP/2 stream on the connection of `digest`, if the gate terminated it.
-    pub fn count_stream(digest: &pingora::protocols::tls::SslDigest) {
-        if let Some(t) = digest.extension.get::<Terminated>() {
-            t.life.count_request();
-        }
     }
 }
 
@@ -123,10 +114,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Termination {
     pub certs: Arc<CertStore>,
     acceptor: Acceptor,
-    /// HTTP/1.1 on terminated connections: the same front end as a cleartext listener.
+    /// The same front end as a cleartext listener: HTTP/1.1, and HTTP/2 (`front::h2`).
     front: Arc<GateApp>,
-    /// HTTP/2 on terminated connections: Pingora's proxy, with the gate's `GateProxy`.
-    h2: Arc<HttpProxy<GateProxy>>,
     pub handshakes: IntCounter,
     pub handshake_failures: IntCounter,
     /// Streams an HTTP/2 connection may carry over its life (`max_requests_per_connection`).
@@ -160,7 +149,6 @@ impl Termination {
         certs: Arc<CertStore>,
         tickets: Option<Arc<super::tickets::FileTicketer>>,
         front: GateApp,
-        h2: HttpProxy<GateProxy>,
         handshakes: IntCounter,
         handshake_failures: IntCounter,
     ) -> anyhow::Result<Self> {
@@ -171,7 +159,6 @@ impl Termination {
             acceptor,
             max_requests,
             front: Arc::new(front),
-            h2: Arc::new(h2),
             handshakes,
             handshake_failures,
         })
@@ -230,9 +217,9 @@ impl Termination {
         let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
         let stream: Stream = Box::new(tls);
         let mut next = if h2 {
-            // Pingora ends an HTTP/2 connection gracefully when its watch changes: this
-            // connection's watch changes when the server shuts down or when its life is over.
-            let served = self.h2.process_new(stream, &end_watch);
+            // The connection ends gracefully when its watch changes: when the server shuts
+            // down or when its life is over.
+            let served = self.front.serve_h2(stream, &end_watch);
             tokio::pin!(served);
             let mut server_shutdown = shutdown.clone();
             let mut passed_on = *server_shutdown.borrow();
@@ -241,7 +228,7 @@ impl Termination {
             }
             loop {
                 tokio::select! {
-                    next = &mut served => break next,
+                    () = &mut served => break None,
                     changed = server_shutdown.changed(), if !passed_on => {
                         passed_on = true;
                         if changed.is_ok() {
