@@ -432,7 +432,7 @@ async fn write_response(session: &mut Session, resp: ResponseHeader, body: Bytes
 
 /// The authority of the request target, when it has one: absolute-form (HTTP/1, kept verbatim
 /// by Pingora, which leaves `uri.authority()` unset) or the URI authority (HTTP/2 `:authority`).
-fn target_authority(req: &RequestHeader) -> Option<&[u8]> {
+pub fn target_authority(req: &RequestHeader) -> Option<&[u8]> {
     if let Some(authority) = req.uri.authority() {
         return Some(authority.as_str().as_bytes());
     }
@@ -502,9 +502,10 @@ fn raw_host(req: &RequestHeader) -> String {
 
 /// The request head the origin gets, from the client's (`crate::policy`): origin-form target,
 /// no hop-by-hop or client-sent forwarding fields, the decided Host in canonical form (the port
-/// as sent), and the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`. Used by
-/// Pingora's path (`upstream_request_filter`) and the front end's HTTP/2 path (`front::h2`);
-/// the front end's HTTP/1.1 path writes the same from its own parse (`front::forward`).
+/// as sent), and the gate's `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id`, on
+/// Pingora's path (`upstream_request_filter`). The front end writes the same head directly
+/// (`front::forward::upstream_head` for HTTP/1.1, `upstream_head_from_parts` for HTTP/2); the
+/// transparency suites hold the paths to the same result.
 pub fn upstream_fields(
     upstream: &mut RequestHeader,
     host: Option<&Host>,

@@ -53,6 +53,7 @@ macro_rules! h2_transparency_tests {
 
 h2_transparency_tests! {
     get_forwarded_with_the_gates_forwarding_fields,
+    request_fields_repeated_kept_in_order_te_removed,
     two_streams_share_one_origin_connection,
     response_hop_by_hop_fields_removed,
     response_fields_repeated_kept_in_order,
@@ -165,6 +166,34 @@ mod cases {
                 assert!(r.values("proxy-authorization").is_empty());
                 assert_eq!(r.header("x-custom").as_deref(), Some("one"));
                 assert_eq!(r.values("x-request-id").len(), 1);
+            }),
+        }
+    }
+
+    pub fn request_fields_repeated_kept_in_order_te_removed() -> Case {
+        Case {
+            origin: Some(ok("fine")),
+            requests: vec![(
+                "/",
+                vec![
+                    "-H",
+                    "X-Multi: 1",
+                    "-H",
+                    "X-Other: o",
+                    "-H",
+                    "X-Multi: 2",
+                    "-H",
+                    "TE: trailers",
+                ],
+            )],
+            check: Box::new(|seen| {
+                assert_eq!(seen.answers[0].status, 200);
+                let r = &seen.origin[0];
+                assert_eq!(r.values("x-multi"), [b"1".to_vec(), b"2".to_vec()]);
+                assert_eq!(r.header("x-other").as_deref(), Some("o"));
+                assert!(r.values("te").is_empty(), "{:?}", r.headers);
+                // One Host, the decided one.
+                assert_eq!(r.values("host").len(), 1);
             }),
         }
     }

@@ -188,6 +188,65 @@ pub fn upstream_head(
     Ok(())
 }
 
+/// `upstream_head` for a request read by Pingora's HTTP/2 session (an origin-form `:path`, no
+/// body): the same policy from a parsed head, as `gate::upstream_fields` applies it on Pingora's
+/// path. The Host is the decided one in canonical form, written in place of the client's Host
+/// field, or after the other fields when the host came from `:authority` alone. Field names are
+/// written as HTTP/2 carries them, in lower case.
+pub fn upstream_head_from_parts(
+    req: &pingora::http::RequestHeader,
+    host: &Host,
+    client_ip: &str,
+    request_id: &str,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection = ConnectionTokens::from_values(
+        req.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let authority = crate::gate::target_authority(req);
+    let mut host_written = false;
+    for (name, value) in req.headers.iter() {
+        let name = name.as_str().as_bytes();
+        if !policy::request_field_passes(name, &connection) {
+            continue;
+        }
+        if name == b"host" {
+            if host_written {
+                // `insert_header` on Pingora's path leaves one Host.
+                continue;
+            }
+            host_written = true;
+            let raw = authority.unwrap_or(value.as_bytes());
+            push_field(out, name, &policy::canonical_authority(raw, host));
+        } else {
+            push_field(out, name, value.as_bytes());
+        }
+    }
+    if let (false, Some(raw)) = (host_written, authority) {
+        push_field(out, b"host", &policy::canonical_authority(raw, host));
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\nx-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// How the response body ends.
 pub enum Framing {
     /// No body (HEAD, 204, 304).

@@ -17,11 +17,11 @@
 //! gets from `forward::response_head` and Pingora's HTTP/2 writer on both.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{HeaderName, HeaderValue};
 use icp_gate_registry::Host;
 use pingora::apps::HttpServerApp;
@@ -31,13 +31,14 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
-use tokio::sync::Notify;
 
-use super::forward::{Answered, Framing, HeadSink, ToSend, UpstreamError};
+use super::forward::{
+    upstream_head_from_parts, Answered, Framing, HeadSink, ToSend, UpstreamError,
+};
 use super::GateApp;
 use crate::access_log::AccessRecord;
 use crate::destination::ConnAddrs;
-use crate::gate::{request_host, upstream_fields, Decided, Outcome, RequestId};
+use crate::gate::{request_host, Decided, Outcome, RequestId};
 use crate::policy::{check_target, PlainAnswer};
 use crate::tls::certs::HeldCert;
 use crate::tls::terminate::{h2_options, Terminated};
@@ -50,44 +51,48 @@ const MAX_REJECTED_STREAMS: usize = 32;
 struct H2Conn {
     addrs: ConnAddrs,
     client: Option<SocketAddr>,
+    /// The client's IP address as `X-Forwarded-For` gives it.
+    client_ip: String,
     cert: Option<Arc<HeldCert>>,
+    /// Buffers of finished streams, for the next ones (a stream would otherwise allocate and
+    /// free them each time).
+    spare: parking_lot::Mutex<Vec<Buffers>>,
 }
 
-/// Streams in flight on a connection: the idle timeout runs only when there are none.
+/// A forwarded stream's buffers: the origin's request head, the origin's bytes, and body bytes
+/// on their way to the client.
 #[derive(Default)]
-struct Active {
-    count: AtomicUsize,
-    idle: Notify,
+struct Buffers {
+    request: Vec<u8>,
+    up: BytesMut,
+    data: Vec<u8>,
 }
 
-struct StreamGuard(Arc<Active>);
+/// Spare buffers kept per connection (as many as streams usually run at once), and the most a
+/// kept buffer may hold (a large answer's buffers are freed).
+const SPARE_BUFFERS: usize = 16;
+const SPARE_BUFFER_BYTES: usize = 64 * 1024;
 
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.idle.notify_one();
-        }
-    }
-}
-
-impl Active {
-    fn start(self: &Arc<Self>) -> StreamGuard {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(self.clone())
+impl H2Conn {
+    fn buffers(&self) -> Buffers {
+        self.spare.lock().pop().unwrap_or_default()
     }
 
-    async fn idle_for(&self, timeout: Duration) {
-        while self.count.load(Ordering::Relaxed) != 0 {
-            self.idle.notified().await;
+    fn give_back(&self, b: Buffers) {
+        let small = b.request.capacity() <= SPARE_BUFFER_BYTES
+            && b.up.capacity() <= SPARE_BUFFER_BYTES
+            && b.data.capacity() <= SPARE_BUFFER_BYTES;
+        let mut spare = self.spare.lock();
+        if small && spare.len() < SPARE_BUFFERS {
+            spare.push(b);
         }
-        tokio::time::sleep(timeout).await;
     }
 }
 
 impl GateApp {
     /// Serves an HTTP/2 connection (ALPN `h2` on a terminated TLS connection) until it ends.
     /// `shutdown` ends it gracefully (GOAWAY; streams in flight finish).
-    pub async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+    pub async fn serve_h2(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let digest = Arc::new(Digest {
             ssl_digest: stream.get_ssl_digest(),
             timing_digest: stream.get_timing_digest(),
@@ -99,10 +104,16 @@ impl GateApp {
             .as_deref()
             .and_then(|d| d.extension.get::<Terminated>());
         let life = terminated.map(|t| t.life.clone());
+        let client = ConnAddrs::peer(&stream);
         let conn = Arc::new(H2Conn {
             addrs: ConnAddrs::of(&stream, self.gate.destinations.is_original_destination()),
-            client: ConnAddrs::peer(&stream),
+            client,
+            client_ip: match client {
+                Some(addr) => addr.ip().to_string(),
+                None => "0.0.0.0".to_owned(),
+            },
             cert: terminated.map(|t| t.cert.clone()),
+            spare: parking_lot::Mutex::default(),
         });
         let mut h2 = match handshake(stream, Some(h2_options())).await {
             Ok(h2) => h2,
@@ -112,30 +123,38 @@ impl GateApp {
             }
         };
         let idle_timeout = self.gate.listener.keepalive_timeout;
-        let active = Arc::new(Active::default());
+        // Idle with no stream in flight for this long: the socket closes at once.
+        let idle = tokio::time::sleep(idle_timeout.unwrap_or_default());
+        tokio::pin!(idle);
         let mut watch = shutdown.clone();
         let mut shutting_down = *watch.borrow();
         if shutting_down {
             h2.graceful_shutdown();
         }
+        // The connection's streams run in its own task, beside the reads and writes of the
+        // connection (no task, and no wake-up between tasks, per stream).
+        let mut streams = FuturesUnordered::new();
         let mut rejected = 0;
         loop {
-            let accepted = if shutting_down {
-                H2Session::from_h2_conn(&mut h2, digest.clone()).await
-            } else {
-                tokio::select! {
-                    // The signal first, so that one that came with a stream is seen at once;
-                    // `from_h2_conn` is cancel-safe.
-                    biased;
-                    _ = watch.changed() => {
-                        h2.graceful_shutdown();
-                        shutting_down = true;
-                        continue;
-                    }
-                    accepted = H2Session::from_h2_conn(&mut h2, digest.clone()) => accepted,
-                    // Idle with nothing in flight: the socket closes at once.
-                    _ = active.idle_for(idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => return,
+            let accepted = tokio::select! {
+                // The signal first, so that one that came with a stream is seen at once;
+                // `from_h2_conn` is cancel-safe.
+                biased;
+                _ = watch.changed(), if !shutting_down => {
+                    h2.graceful_shutdown();
+                    shutting_down = true;
+                    continue;
                 }
+                Some(()) = streams.next(), if !streams.is_empty() => {
+                    if streams.is_empty() {
+                        if let Some(timeout) = idle_timeout {
+                            idle.as_mut().reset((Instant::now() + timeout).into());
+                        }
+                    }
+                    continue;
+                }
+                accepted = H2Session::from_h2_conn(&mut h2, digest.clone()) => accepted,
+                () = &mut idle, if idle_timeout.is_some() && streams.is_empty() && !shutting_down => return,
             };
             match accepted {
                 // A client that just disconnects is common: not worth a log line.
@@ -152,14 +171,7 @@ impl GateApp {
                     if let Some(life) = &life {
                         life.count_request();
                     }
-                    let guard = active.start();
-                    let app = self.clone();
-                    let conn = conn.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        app.serve_stream(session, &conn, &shutdown).await;
-                    });
+                    streams.push(self.serve_stream(session, &conn, shutdown));
                 }
             }
         }
@@ -171,8 +183,9 @@ impl GateApp {
             return self.forward_h2(s, conn, host, decided, started).await;
         }
         let session = ServerSession::new_http2(s);
-        // Pingora's proxy gives nothing back for an HTTP/2 stream.
-        let _ = self.proxy.process_new_http(session, shutdown).await;
+        // Pingora's proxy gives nothing back for an HTTP/2 stream. Boxed: the future is large,
+        // and every stream's future would be as large.
+        let _ = Box::pin(self.proxy.process_new_http(session, shutdown)).await;
     }
 
     /// The stream's Host and decision when the front end forwards it alone (see the module).
@@ -183,6 +196,10 @@ impl GateApp {
         let req = s.req_header();
         let method = &req.method;
         if method != http::Method::GET && method != http::Method::HEAD {
+            return None;
+        }
+        // An origin-form `:path` (anything else is Pingora's to rewrite).
+        if req.raw_path().first() != Some(&b'/') {
             return None;
         }
         check_target(method.as_str().as_bytes(), req.raw_path()).ok()?;
@@ -209,27 +226,20 @@ impl GateApp {
         self.gate.count(decided.outcome, Some(&host));
         let id = self.gate.request_ids.next_id();
         let head_only = s.req_header().method == http::Method::HEAD;
-        let client_ip = conn.client.map(|a| a.ip());
         let line = H2Line {
             host: &host,
             decided,
             started,
             id: &id,
         };
-        if let Err(e) = upstream_fields(
-            s.req_header_mut(),
-            Some(&host),
-            false,
-            client_ip,
-            true,
+        let mut bufs = conn.buffers();
+        upstream_head_from_parts(
+            s.req_header(),
+            &host,
+            &conn.client_ip,
             id.as_str(),
-        ) {
-            // Unreachable: the request's own authority, canonical form, is a valid value.
-            return self
-                .fail_h2(s, conn, &line, PlainAnswer::BadGateway, &e)
-                .await;
-        }
-        let request = h1_request_head(s.req_header());
+            &mut bufs.request,
+        );
         let candidates = match self.gate.destinations.candidates(&conn.addrs) {
             Ok(candidates) => candidates,
             Err(e) => {
@@ -252,13 +262,12 @@ impl GateApp {
             candidates: &candidates,
             method: s.req_header().method.as_str().as_bytes(),
             upstreams: &self.upstreams,
-            request: &request,
+            request: &bufs.request,
             head_request: head_only,
             close_client: false,
         };
-        let mut up_buf = BytesMut::new();
         let mut head = H2Head::default();
-        let answered = to_send.send(&mut up_buf, &mut head).await;
+        let answered = to_send.send(&mut bufs.up, &mut head).await;
         let answered = match (answered, head.header.take()) {
             (Ok(answered), Some(header)) => Ok((answered, header)),
             // A final status `http` refuses (`H2Head::start`).
@@ -298,9 +307,10 @@ impl GateApp {
         };
         let status = answered.1.status.as_u16();
         let error = self
-            .relay_h2(&mut s, answered.0, answered.1, &mut up_buf)
+            .relay_h2(&mut s, answered.0, answered.1, &mut bufs)
             .await
             .err();
+        conn.give_back(bufs);
         self.log_h2(&s, conn, &line, status, error.as_deref());
     }
 
@@ -311,17 +321,18 @@ impl GateApp {
         s: &mut H2Session,
         answered: Answered,
         header: ResponseHeader,
-        buf: &mut BytesMut,
+        bufs: &mut Buffers,
     ) -> Result<(), Box<pingora::Error>> {
+        let Buffers { up: buf, data, .. } = bufs;
         let Answered {
             mut up,
             mut head,
             server,
         } = answered;
         let read_timeout = self.upstreams.read_timeout();
-        let mut data = Vec::new();
-        let (n, done) = take_body(&mut head.framing, &buf[head.head_len..], &mut data)
-            .map_err(upstream_error)?;
+        data.clear();
+        let (n, done) =
+            take_body(&mut head.framing, &buf[head.head_len..], data).map_err(upstream_error)?;
         let mut extra = head.head_len + n < buf.len();
         if done && data.is_empty() {
             s.write_response_header(Box::new(header), true)?;
@@ -329,8 +340,7 @@ impl GateApp {
             s.write_response_header(Box::new(header), false)?;
             let mut done = done;
             if !data.is_empty() || done {
-                s.write_body(Bytes::from(std::mem::take(&mut data)), done)
-                    .await?;
+                s.write_body(take_bytes(data), done).await?;
             }
             while !done {
                 buf.clear();
@@ -350,12 +360,11 @@ impl GateApp {
                     )));
                 }
                 let (n, now_done) =
-                    take_body(&mut head.framing, buf, &mut data).map_err(upstream_error)?;
+                    take_body(&mut head.framing, buf, data).map_err(upstream_error)?;
                 extra = n < buf.len();
                 done = now_done;
                 if !data.is_empty() || done {
-                    s.write_body(Bytes::from(std::mem::take(&mut data)), done)
-                        .await?;
+                    s.write_body(take_bytes(data), done).await?;
                 }
             }
         }
@@ -445,24 +454,6 @@ struct H2Line<'a> {
     id: &'a RequestId,
 }
 
-/// The HTTP/1.1 request head the origin gets for a stream, from the head `upstream_fields`
-/// made (origin-form target; HTTP/2 field names are lower case).
-fn h1_request_head(req: &pingora::http::RequestHeader) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(req.raw_path());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 /// The body bytes of `bytes` (decoded when chunked) appended to `data`: how many of `bytes`
 /// belonged to the body, and whether it is complete.
 fn take_body(
@@ -481,6 +472,14 @@ fn take_body(
         }
     };
     Ok((n, framing.done()))
+}
+
+/// The bytes of `data` for the client (h2 holds them until they are sent), leaving `data`
+/// empty with its capacity for the next.
+fn take_bytes(data: &mut Vec<u8>) -> Bytes {
+    let bytes = Bytes::copy_from_slice(data);
+    data.clear();
+    bytes
 }
 
 fn upstream_error(e: UpstreamError) -> Box<pingora::Error> {
