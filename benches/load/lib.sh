@@ -1,5 +1,6 @@
-# Shared by the load scripts (run.sh, profile.sh, instructions.sh): the configurations of the
-# origin and of the gate under test, so that every script measures the same setup. Source it.
+# Shared by the load scripts (run.sh, tls.sh, terminate.sh, compare.sh, profile.sh, instructions.sh,
+# scale.sh, freshness.sh): the configurations of the origin and of the gate under test, so that
+# every script measures the same setup. Source it.
 
 ORIGIN_BODY="hello from the icp-gate load-test origin"
 
