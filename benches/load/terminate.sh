@@ -347,6 +347,10 @@ parse_h2load() {
 }
 
 
+# The longest a load generator may run before it is killed and the run is a PROBLEM: h2load's
+# -D has been seen to run on for good when its clients completed their connections only after
+# the duration was over (on a loaded machine), instead of stopping.
+LOAD_LIMIT=$((DURATION * 10 + 60))
 ANOMALIES=()
 ROUND_LINES=()
 RAW=$TMP/rounds.tsv
@@ -378,24 +382,26 @@ load() { # ROUND PROXY PATH
         handshake)
             local n=$HANDSHAKE_REQUESTS
             [[ $round == warmup ]] && n=$((HANDSHAKE_CLIENTS * 20))
-            taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$HANDSHAKE_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$HANDSHAKE_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "$url" >"$out" 2>&1 &
             ;;
         h1 | block)
-            taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$H1_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$H1_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "$url" >"$out" 2>&1 &
             ;;
         h2)
-            taskset -c "$LOAD_CPU" h2load -D "$secs" -c "$H2_CLIENTS" -m "$H2_STREAMS" \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load -D "$secs" -c "$H2_CLIENTS" -m "$H2_STREAMS" \
                 --connect-to "127.0.0.1:$port" "$url" >"$out" 2>&1 &
             ;;
     esac
     LOAD_PID=$!
-    wait "$LOAD_PID" || true
+    local load_rc=0
+    wait "$LOAD_PID" || load_rc=$?
     LOAD_PID=
     after=$(cpu_snapshot "$PROXY_CPU" "$LOAD_CPU")
     t1=$(proc_ticks "$pid")
     local rate done ok bad s2 s4 lat problems=()
+    ((load_rc != 124 && load_rc != 137)) || problems+=("h2load had not finished after ${LOAD_LIMIT}s: killed")
     read -r rate done ok bad s2 s4 lat <<<"$(parse_h2load "$out")"
     if [[ -z $rate || $rate == 0 ]]; then
         problems+=("h2load output unreadable: $(tr '\n' ' ' <"$out" | head -c 300)")

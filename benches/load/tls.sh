@@ -398,6 +398,10 @@ parse_h2load() {
         END { printf "%s %d %d %d %d %d\n", rps, done, ok, bad, s2, mean }' "$1"
 }
 
+# The longest a load generator may run before it is killed and the run is a PROBLEM: h2load's
+# -D has been seen to run on for good when its clients completed their connections only after
+# the duration was over (on a loaded machine), instead of stopping.
+LOAD_LIMIT=$((DURATION * 10 + 60))
 ANOMALIES=()
 ROUND_LINES=()
 RAW=$TMP/rounds.tsv
@@ -464,7 +468,7 @@ load() {
     # In the background and waited for, so that a signal to the script is acted on at once.
     case $path in
         refuse)
-            taskset -c "$LOAD_CPU" "$REPLAY" replay "127.0.0.1:$port" "$HELLO" --expect alert \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" "$REPLAY" replay "127.0.0.1:$port" "$HELLO" --expect alert \
                 --connections "$REFUSE_CONNECTIONS" --duration "$secs" >"$out" 2>&1 &
             ;;
         newconn)
@@ -472,11 +476,11 @@ load() {
             # h2load opens the next connection (h2load's -D does not reconnect: a count, -n).
             local n=$NEWCONN_REQUESTS
             [[ $round == warmup ]] && n=$((NEWCONN_CLIENTS * 20))
-            taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$NEWCONN_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$NEWCONN_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "https://$FORWARD_HOST:$port/" >"$out" 2>&1 &
             ;;
         keepalive)
-            taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$KEEPALIVE_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$KEEPALIVE_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "https://$FORWARD_HOST:$port/" >"$out" 2>&1 &
             ;;
     esac
@@ -484,6 +488,8 @@ load() {
     local load_rc=0
     wait "$LOAD_PID" || load_rc=$?
     LOAD_PID=
+    local timed_out=0
+    ((load_rc == 124 || load_rc == 137)) && timed_out=1
     after=$(cpu_snapshot "$PROXY_CPU" "$LOAD_CPU")
     local sleeps ticks
     ticks=$(($(proc_ticks "$pid") - ticks0))
@@ -491,6 +497,7 @@ load() {
     sleep 0.3 # let the proxies log what happened when the load generator closed its connections
 
     local rate answered lat problems=() unit
+    ((timed_out == 0)) || problems+=("the load generator had not finished after ${LOAD_LIMIT}s: killed")
     if [[ $path == refuse ]]; then
         unit="refusals/s"
         rate=$(sed -n 's/.*\brate=\([0-9.]*\).*/\1/p' "$out")
@@ -500,7 +507,7 @@ load() {
         if [[ -z $rate || -z $answered ]]; then
             problems+=("replayer output unreadable: $(tr '\n' ' ' <"$out" | head -c 300)")
             rate=0 answered=0 lat=0
-        elif ((load_rc != 0)); then
+        elif ((load_rc != 0 && timed_out == 0)); then
             problems+=("replayer: $(tr '\n' ' ' <"$out" | head -c 400)")
         fi
     else
