@@ -1,5 +1,6 @@
-# Shared by the load scripts (run.sh, profile.sh, instructions.sh): the configurations of the
-# origin and of the gate under test, so that every script measures the same setup. Source it.
+# Shared by the load scripts (run.sh, tls.sh, terminate.sh, compare.sh, profile.sh, instructions.sh,
+# scale.sh, freshness.sh): the configurations of the origin and of the gate under test, so that
+# every script measures the same setup. Source it.
 
 ORIGIN_BODY="hello from the icp-gate load-test origin"
 
@@ -291,14 +292,15 @@ median() {
 # ratio A B: A / B as "1.23x", or "-" when either is missing or B is 0.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 
-# ceiling BUSY_PROXY BUSY_LOAD: which core limited a run (95% busy or more).
+# ceiling BUSY_PROXY BUSY_LOAD: which core limited a run (95% busy or more; "neither": no core
+# was, the run was latency-bound).
 ceiling() {
     awk -v p="$1" -v l="$2" 'BEGIN {
         if (p == "" || l == "") print "-"
         else if (p >= 95 && l >= 95) print "both cores"
         else if (p >= 95) print "proxy core"
         else if (l >= 95) print "load core"
-        else print "neither (latency-bound)" }'
+        else print "neither" }'
 }
 
 # fmt_us MICROSECONDS: "850us" or "1.25ms".
@@ -328,4 +330,93 @@ finish_run() {
         printf '  %s\n' "${ANOMALIES[@]}"
         exit 1
     fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The floor (proxy/examples/floor.rs): a third contender in run.sh, tls.sh and terminate.sh, a
+# minimal server that writes the same bytes as the gate and parses nothing, on the proxy core in
+# the same rounds. FLOOR=0 leaves it out.
+
+FLOOR=${FLOOR:-1}
+check_floor() {
+    [[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
+}
+
+# proc_ticks PID: CPU time (user + system, clock ticks) the process and its children (nginx's
+# worker) have used so far, every thread included (the gate's log writer too). Unlike the
+# core's busy time, other processes on the same core do not count.
+proc_ticks() {
+    local p n=0
+    for p in $1 $(pgrep -P "$1" || true); do
+        n=$((n + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$n"
+}
+
+# us_per TICKS COUNT: microseconds of CPU per unit ("1.23"), or nothing when COUNT is 0.
+us_per() {
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.2f", t / hz * 1e6 / n }'
+}
+
+# round_order ROUND NAME...: the names, one a line, rotated by ROUND - 1 (a warm-up: as given),
+# so that each contender goes first in turn.
+round_order() {
+    local round=$1 k=0 i
+    shift
+    local names=("$@")
+    [[ $round =~ ^[0-9]+$ ]] && k=$(((round - 1) % ${#names[@]}))
+    for ((i = 0; i < ${#names[@]}; i++)); do
+        echo "${names[(i + k) % ${#names[@]}]}"
+    done
+}
+
+# capture_answer FILE CURL_ARGS...: FILE gets one answer as curl received it: the status line
+# and headers (`-D`, as sent for HTTP/1.1; as curl shows them for h2) followed by the body.
+capture_answer() {
+    local file=$1
+    shift
+    curl -s -D "$file.head" -o "$file.body" "$@" || return 1
+    cat "$file.head" "$file.body" >"$file"
+    rm -f "$file.head" "$file.body"
+}
+
+# same_bytes_but_ids A B: A and B are the same length and differ in nothing but the values of
+# X-Request-Id and Date headers and request ids in a block page (16 hex digits or more): a gate's
+# answer and another one of the same path.
+same_bytes_but_ids() {
+    local a b
+    (($(wc -c <"$1") == $(wc -c <"$2"))) || return 1
+    a=$(sed -E -e 's/^(x-request-id|date):.*/\1: -/I' -e 's/[0-9a-f]{16,}/-/g' "$1" | od -An -c)
+    b=$(sed -E -e 's/^(x-request-id|date):.*/\1: -/I' -e 's/[0-9a-f]{16,}/-/g' "$2" | od -An -c)
+    [[ $a == "$b" ]]
+}
+
+# ---------------------------------------------------------------------------------------------
+# The machine-readable summary (compare.sh reads it): with SUMMARY set, each harness appends one
+# tab-separated line per path,
+#   suite path unit rounds  rate cpu_us proxy_busy load_busy (icp-gate)  the same four (nginx)
+#   the same four (floor)
+# with medians over the rounds from RAW (rate: answers, refusals or connections per second;
+# cpu_us: CPU time of the proxy process per answer; *_busy: percent busy of the proxy core and
+# of the load core), "-" where there is no figure (FLOOR=0, or no run).
+
+# summary_line SUITE PATH UNIT RATE_FIELD CPU_FIELD PROXY_BUSY_FIELD LOAD_BUSY_FIELD: appends the
+# line of PATH to SUMMARY (when set).
+summary_line() {
+    [[ -n ${SUMMARY:-} ]] || return 0
+    local suite=$1 path=$2 unit=$3 proxy f v line
+    shift 3
+    line="$suite"$'\t'"$path"$'\t'"$unit"$'\t'"$ROUNDS"
+    for proxy in icp-gate nginx floor; do
+        for f in "$@"; do
+            v=$(median "$f" "$proxy" "$path")
+            line+=$'\t'"${v:--}"
+        done
+    done
+    echo "$line" >>"$SUMMARY"
+}
+
+# num FORMAT VALUE: VALUE printed with FORMAT, or "-" when it is empty.
+num() {
+    if [[ -z $2 || $2 == - ]]; then echo "-"; else printf "$1" "$2"; fi
 }

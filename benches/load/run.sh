@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# icp-gate load harness: icp-gate against nginx (and against a plain Pingora pass-through) on one
-# machine, same registry, same block page bytes, same origin, same load tool, same run.
+# icp-gate load harness: icp-gate against nginx (and against a plain Pingora pass-through, and a
+# floor: a minimal server writing the gate's answers, proxy/examples/floor.rs) on one machine,
+# same registry, same block page bytes, same origin, same load tool, same run.
 # What it measures and how to read the output: benches/load/README.md.
 #
 #   benches/load/run.sh                      # 3 rounds of 10 s per (proxy, path)
@@ -8,12 +9,13 @@
 #
 # Environment (defaults in brackets): ROUNDS [3], DURATION seconds per run [10], WARMUP seconds
 # per (proxy, path) before round 1 [2], CONNECTIONS [64], RECORDS [1000000], BASE_PORT [18080]
-# (uses BASE_PORT..BASE_PORT+4), PROXY_CPU [0], LOAD_CPU [1], ORIGIN_CPU [LOAD_CPU, or "none"],
+# (uses BASE_PORT..BASE_PORT+6), PROXY_CPU [0], LOAD_CPU [1], ORIGIN_CPU [LOAD_CPU, or "none"],
 # BLOCK_HOST [unfiled-load-test.cn], FORWARD_HOST [a connected name from the registry],
 # NGINX_BLOCK [auto: inline return when the page fits, else file], SKIP_BUILD [0], KEEP_TMP [0],
 # RESULTS [benches/load/results-latest.txt], LOGS [on] (on: the gate's access and audit logs to
 # files, nginx's access_log buffer=64k; off: no access log on either side; stderr: the gate's
-# access lines through tracing on stderr, see lib.sh).
+# access lines through tracing on stderr, see lib.sh), FLOOR [1] (0: no floor), SUMMARY [none: a
+# file to append the machine-readable summary to, see lib.sh].
 #
 # With LOGS=on, after every icp-gate run the audit log must hold exactly one line per block the
 # gate counted (and at least one per block wrk read): anything else is a PROBLEM and the script
@@ -53,12 +55,13 @@ note() { echo "run.sh: $*" >&2; }
 
 require_integers ROUNDS DURATION WARMUP CONNECTIONS RECORDS BASE_PORT PROXY_CPU LOAD_CPU
 check_logs
+check_floor
 [[ $ORIGIN_CPU == none || $ORIGIN_CPU =~ ^[0-9]+$ ]] ||
     die "ORIGIN_CPU must be a CPU number or 'none' (got '$ORIGIN_CPU')"
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 ((DURATION >= 1)) || die "DURATION must be at least 1 second"
 ((CONNECTIONS >= 1)) || die "CONNECTIONS must be at least 1"
-((BASE_PORT >= 1024 && BASE_PORT <= 65530)) || die "BASE_PORT must be from 1024 to 65530"
+((BASE_PORT >= 1024 && BASE_PORT <= 65529)) || die "BASE_PORT must be from 1024 to 65529"
 ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must be different cores"
 [[ $NGINX_BLOCK == auto || $NGINX_BLOCK == inline || $NGINX_BLOCK == file ]] ||
     die "NGINX_BLOCK must be auto, inline or file (got '$NGINX_BLOCK')"
@@ -95,11 +98,16 @@ ADMIN_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 ORIGIN_PORT=$((BASE_PORT + 3))
 PASS_PORT=$((BASE_PORT + 4))
+# The floor: one process per path, each writing that path's answer.
+FLOOR_BLOCK_PORT=$((BASE_PORT + 5))
+FLOOR_FORWARD_PORT=$((BASE_PORT + 6))
+PORTS=("$GATE_PORT" "$ADMIN_PORT" "$NGINX_PORT" "$ORIGIN_PORT" "$PASS_PORT")
+((FLOOR == 1)) && PORTS+=("$FLOOR_BLOCK_PORT" "$FLOOR_FORWARD_PORT")
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in $GATE_PORT $ADMIN_PORT $NGINX_PORT $ORIGIN_PORT $PASS_PORT; do
+for port in "${PORTS[@]}"; do
     if port_in_use "$port"; then
-        die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+4; set BASE_PORT)"
+        die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+6; set BASE_PORT)"
     fi
 done
 
@@ -191,13 +199,17 @@ wait_http() {
 
 GATE=$TARGET_DIR/release/icp-gate
 PASS=$TARGET_DIR/release/examples/passthrough
+FLOOR_BIN=$TARGET_DIR/release/examples/floor
 if [[ $SKIP_BUILD != 1 ]]; then
-    note "building icp-gate and the passthrough example (release)"
+    note "building icp-gate and the passthrough and floor examples (release)"
     (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate &&
-        cargo build --release -q -p icp-gate-proxy --example passthrough)
+        cargo build --release -q -p icp-gate-proxy --example passthrough --example floor)
 fi
 [[ -x $GATE ]] || die "$GATE not found: run cargo build --release"
 [[ -x $PASS ]] || die "$PASS not found: run cargo build --release -p icp-gate-proxy --examples"
+if ((FLOOR == 1)); then
+    [[ -x $FLOOR_BIN ]] || die "$FLOOR_BIN not found: run cargo build --release -p icp-gate-proxy --example floor (or FLOOR=0)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Registry: one synthetic snapshot for the gate, converted to an nginx map for nginx.
@@ -401,6 +413,33 @@ for pair in "icp-gate $GATE_PORT" "nginx $NGINX_PORT" "passthrough $PASS_PORT"; 
 done
 
 # ---------------------------------------------------------------------------------------------
+# The floor: one process per path, each answering every request with the gate's answer for that
+# path, as wrk's request got it from the gate just now (status line, headers, body).
+
+FLOOR_NOTE="none"
+if ((FLOOR == 1)); then
+    for path in block forward; do
+        host=$BLOCK_HOST
+        [[ $path == forward ]] && host=$FORWARD_HOST
+        port=$FLOOR_BLOCK_PORT
+        [[ $path == forward ]] && port=$FLOOR_FORWARD_PORT
+        capture_answer "$TMP/floor-$path.bin" -H "Host: $host" "http://127.0.0.1:$GATE_PORT/" ||
+            die "capturing the gate's $path answer failed"
+        note "starting the floor ($path answer, $(wc -c <"$TMP/floor-$path.bin") bytes) on 127.0.0.1:$port, cpu $PROXY_CPU"
+        start "floor-$path" TERM "$PROXY_CPU" "$FLOOR_BIN" http "127.0.0.1:$port" "$TMP/floor-$path.bin"
+        printf -v "FLOOR_${path^^}_PID" '%s' "$STARTED_PID"
+        wait_http "floor-$path" "$STARTED_PID" "http://127.0.0.1:$port/" "$host"
+        # The floor writes the bytes it was given, and they are the gate's, but for ids and dates.
+        capture_answer "$TMP/probe-floor-$path" -H "Host: $host" "http://127.0.0.1:$port/"
+        cmp -s "$TMP/probe-floor-$path" "$TMP/floor-$path.bin" || die "the floor's $path answer is not the bytes it was given"
+        capture_answer "$TMP/probe-gate-$path" -H "Host: $host" "http://127.0.0.1:$GATE_PORT/"
+        same_bytes_but_ids "$TMP/probe-gate-$path" "$TMP/probe-floor-$path" ||
+            die "the floor's $path answer differs from the gate's (beyond request ids and dates)"
+    done
+    FLOOR_NOTE="proxy/examples/floor.rs http, one process per path, the gate's answer as captured: block $(wc -c <"$TMP/floor-block.bin") bytes, forward $(wc -c <"$TMP/floor-forward.bin") bytes (checked the same as the gate's but for ids and dates)"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Load.
 
 # CPU counters from /proc/stat: "total steal busy(PROXY_CPU) total(PROXY_CPU) busy(LOAD_CPU) total(LOAD_CPU)".
@@ -422,17 +461,6 @@ proxy_sleeps() {
         for t in /proc/"$p"/task/*/status; do
             n=$((n + $(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t" 2>/dev/null || echo 0)))
         done
-    done
-    echo "$n"
-}
-
-# proc_cpu PID: CPU time (user + system, clock ticks) the process and its children (nginx's
-# worker) have used so far, every thread included (the gate's log writer too). Unlike the
-# core's busy time, other processes on the same core do not count.
-proc_cpu() {
-    local p n=0
-    for p in $1 $(pgrep -P "$1" || true); do
-        n=$((n + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
     done
     echo "$n"
 }
@@ -523,6 +551,14 @@ load() {
         icp-gate) port=$GATE_PORT pid=$GATE_PID log=$TMP/icp-gate.out ;;
         nginx) port=$NGINX_PORT pid=$NGINX_PID log=$NGX/error.log ;;
         passthrough) port=$PASS_PORT pid=$PASS_PID log=$TMP/passthrough.out ;;
+        floor)
+            if [[ $path == block ]]; then
+                port=$FLOOR_BLOCK_PORT pid=$FLOOR_BLOCK_PID
+            else
+                port=$FLOOR_FORWARD_PORT pid=$FLOOR_FORWARD_PID
+            fi
+            log=$TMP/floor-$path.out
+            ;;
     esac
     log_before=$(wc -l <"$log")
     # The log files under test (emptied after each run: a round writes gigabytes).
@@ -547,7 +583,7 @@ load() {
     fi
     local sleeps0 segs0 queued0 ticks0
     sleeps0=$(proxy_sleeps "$pid")
-    ticks0=$(proc_cpu "$pid")
+    ticks0=$(proc_ticks "$pid")
     queued0=$(run_delay "$ORIGIN_PID")
     segs0=$(tcp_segments)
     before=$(cpu_snapshot)
@@ -559,7 +595,7 @@ load() {
     WRK_PID=
     after=$(cpu_snapshot)
     local sleeps segs queued ticks
-    ticks=$(($(proc_cpu "$pid") - ticks0))
+    ticks=$(($(proc_ticks "$pid") - ticks0))
     sleeps=$(($(proxy_sleeps "$pid") - sleeps0))
     queued=$(($(run_delay "$ORIGIN_PID") - queued0))
     segs=$(($(tcp_segments) - segs0))
@@ -675,10 +711,24 @@ load() {
     fi
     echo "$line"
     ROUND_LINES+=("$line")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" "$per_core" "$cpu_us" >>"$RAW"
+    # Fields: proxy path req/s p50 p99 req/core-s cpu/answer busy%(proxy core) busy%(load core).
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rps" "$p50" "$p99" "$per_core" "$cpu_us" \
+        "$(cpu_busy "$before" "$after" 3 4)" "$(cpu_busy "$before" "$after" 5 6)" >>"$RAW"
 }
 
-SEQUENCE=("icp-gate block" "nginx block" "icp-gate forward" "nginx forward" "passthrough forward")
+# The contenders of each path, in the order of round 1; each round starts with the next one.
+BLOCK_CONTENDERS=(icp-gate nginx)
+FORWARD_CONTENDERS=(icp-gate nginx passthrough)
+if ((FLOOR == 1)); then
+    BLOCK_CONTENDERS+=(floor)
+    FORWARD_CONTENDERS+=(floor)
+fi
+# run_round ROUND: every contender on the block path, then on the forward path.
+run_round() {
+    local proxy
+    for proxy in $(round_order "$1" "${BLOCK_CONTENDERS[@]}"); do load "$1" "$proxy" block; done
+    for proxy in $(round_order "$1" "${FORWARD_CONTENDERS[@]}"); do load "$1" "$proxy" forward; done
+}
 
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null || true) ]]; then GIT_REV+="+uncommitted"; fi
@@ -697,6 +747,8 @@ block path: Host $BLOCK_HOST -> 403 unfiled, body $BLOCK_BYTES bytes (nginx: $NG
   response header+body bytes: icp-gate $GATE_BLOCK_SIZES, nginx $NGINX_BLOCK_SIZES
 forward path: Host $FORWARD_HOST -> origin 200
   response header+body bytes: ${FWD_SIZES[*]}
+floor: $FLOOR_NOTE
+order: each path's contenders in turn, round 1 ${BLOCK_CONTENDERS[*]} / ${FORWARD_CONTENDERS[*]}, each round starting with the next one
 EOF
 )
 echo
@@ -705,17 +757,15 @@ echo
 
 if ((WARMUP > 0)); then
     note "warming up (${WARMUP}s per proxy and path)"
-    for item in "${SEQUENCE[@]}"; do
-        load warmup $item
-    done
+    run_round warmup
 fi
 for ((round = 1; round <= ROUNDS; round++)); do
-    for item in "${SEQUENCE[@]}"; do
-        load "$round" $item
-    done
+    run_round "$round"
 done
 
-for pair in "icp-gate $GATE_PID" "nginx $NGINX_PID" "passthrough $PASS_PID" "origin $ORIGIN_PID"; do
+LIVE=("icp-gate $GATE_PID" "nginx $NGINX_PID" "passthrough $PASS_PID" "origin $ORIGIN_PID")
+((FLOOR == 1)) && LIVE+=("floor-block $FLOOR_BLOCK_PID" "floor-forward $FLOOR_FORWARD_PID")
+for pair in "${LIVE[@]}"; do
     read -r name pid <<<"$pair"
     kill -0 "$pid" 2>/dev/null || ANOMALIES+=("$name exited during the run (kept output: KEEP_TMP=1, $TMP/$name.out)")
 done
@@ -730,24 +780,35 @@ cell() { # FIELD PROXY PATH
 }
 
 TABLE=$(
-    printf '%-8s %-12s %12s %12s %12s %12s %17s\n' path metric icp-gate nginx passthrough gate/nginx gate/passthrough
+    printf '%-8s %-12s %11s %11s %11s %11s %10s %10s %10s\n' path metric icp-gate nginx floor passthrough \
+        gate/nginx gate/floor gate/pass
     for path in block forward; do
         for f in 3 6 7 4 5; do
             case $f in 3) metric="req/s" ;; 6) metric="req/core-s" ;; 7) metric="cpu/answer" ;; 4) metric="p50 latency" ;; 5) metric="p99 latency" ;; esac
             g=$(median $f icp-gate $path)
             n=$(median $f nginx $path)
+            fl=$(median $f floor $path)
             p=$(median $f passthrough $path)
-            printf '%-8s %-12s %12s %12s %12s %12s %17s\n' "$path" "$metric" \
-                "$(cell $f icp-gate $path)" "$(cell $f nginx $path)" "$(cell $f passthrough $path)" \
-                "$(ratio "$g" "$n")" "$(ratio "$g" "$p")"
+            printf '%-8s %-12s %11s %11s %11s %11s %10s %10s %10s\n' "$path" "$metric" \
+                "$(cell $f icp-gate $path)" "$(cell $f nginx $path)" "$(cell $f floor $path)" "$(cell $f passthrough $path)" \
+                "$(ratio "$g" "$n")" "$(ratio "$g" "$fl")" "$(ratio "$g" "$p")"
         done
+        printf '%-8s %-12s %11s %11s %11s %11s\n' "$path" "ceiling" \
+            "$(ceiling "$(median 8 icp-gate $path)" "$(median 9 icp-gate $path)")" \
+            "$(ceiling "$(median 8 nginx $path)" "$(median 9 nginx $path)")" \
+            "$(ceiling "$(median 8 floor $path)" "$(median 9 floor $path)")" \
+            "$(ceiling "$(median 8 passthrough $path)" "$(median 9 passthrough $path)")"
     done
     echo
     echo "medians over $ROUNDS round(s). req/s ratio above 1: icp-gate serves more; latency ratio below 1: icp-gate answers faster."
+    echo "floor: proxy/examples/floor.rs writing the gate's answer for the path on every read, parsing nothing (on the forward path it answers itself: no origin); gate/floor is how close the gate gets to what this rig allows."
+    echo "ceiling: the core 95% busy or more in the median run (proxy core, load core: wrk's, also the origin's unless ORIGIN_CPU says otherwise)."
     echo "req/core-s: req/s divided by the busy share of the proxy's core (what one fully busy core would serve, if the load generator kept up)."
     echo "cpu/answer: CPU time of the proxy process per answer (user and system, every thread; nginx: its worker), from /proc/PID/stat; below 1x the gate spends less CPU per answer."
     if ((HANGUP_LINES > 0)); then
         echo "note: $HANGUP_LINES ERROR lines logged by icp-gate for clients that closed a connection with a request in flight (wrk stopping); not counted as problems."
     fi
 )
+summary_line http block req/s 3 7 8 9
+summary_line http forward req/s 3 7 8 9
 finish_run note

@@ -3,7 +3,8 @@
 # certificate (so it terminates) against nginx `listen ... ssl http2` with the same ECDSA P-256
 # certificate, TLS 1.3 only, the same registry as a `map $host`, the same block page, both
 # forwarding to the same cleartext HTTP/1.1 origin with upstream keep-alive; one core each, one
-# run, logs on for both. Four paths:
+# run, logs on for both; and a floor (proxy/examples/floor.rs `tls`: rustls with the same
+# certificate, writing the gate's answer for the path, parsing nothing). Four paths:
 #   handshake  full TLS 1.3 handshakes, one forwarded request per connection (h2load --h1, Connection: close)
 #   h1         HTTP/1.1 requests over kept-alive TLS connections, forwarded (h2load --h1)
 #   h2         HTTP/2 requests over kept-alive TLS connections, forwarded (h2load, -m streams)
@@ -16,11 +17,12 @@
 #
 # Environment (defaults in brackets): ROUNDS [3], DURATION seconds per run [10], WARMUP seconds
 # per (proxy, path) before round 1 [2], PATHS [handshake h1 h2 block], RECORDS [1000000],
-# BASE_PORT [18460] (uses BASE_PORT..BASE_PORT+3), PROXY_CPU [0], LOAD_CPU [1],
+# BASE_PORT [18460] (uses BASE_PORT..BASE_PORT+6), PROXY_CPU [0], LOAD_CPU [1],
 # HANDSHAKE_CLIENTS [32], H1_CLIENTS [64], H2_CLIENTS [16], H2_STREAMS [10],
 # BLOCK_HOST [unfiled-load-test.cn], FORWARD_HOST [a connected name from the registry],
 # LOGS [on: see lib.sh], SKIP_BUILD [0], KEEP_TMP [0],
-# RESULTS [benches/load/results-terminate-latest.txt].
+# RESULTS [benches/load/results-terminate-latest.txt], FLOOR [1] (0: no floor), SUMMARY [none: a
+# file to append the machine-readable summary to, see lib.sh].
 #
 # It installs nothing. Everything runs on 127.0.0.1 in a temporary directory; every process
 # started here is stopped when the script exits, however it exits.
@@ -54,11 +56,12 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 note() { echo "terminate.sh: $*" >&2; }
 
 check_logs
+check_floor
 require_integers ROUNDS DURATION WARMUP RECORDS BASE_PORT PROXY_CPU LOAD_CPU HANDSHAKE_CLIENTS \
     H1_CLIENTS H2_CLIENTS H2_STREAMS
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 ((DURATION >= 1)) || die "DURATION must be at least 1 second"
-((BASE_PORT >= 1024 && BASE_PORT <= 65530)) || die "BASE_PORT must be from 1024 to 65530"
+((BASE_PORT >= 1024 && BASE_PORT <= 65529)) || die "BASE_PORT must be from 1024 to 65529"
 ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must be different cores"
 for p in $PATHS; do
     [[ $p == handshake || $p == h1 || $p == h2 || $p == block ]] ||
@@ -77,8 +80,15 @@ GATE_PORT=$BASE_PORT
 ADMIN_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 ORIGIN_PORT=$((BASE_PORT + 3))
-for port in $GATE_PORT $ADMIN_PORT $NGINX_PORT $ORIGIN_PORT; do
-    port_in_use "$port" && die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+3; set BASE_PORT)"
+# The floor: one process per answer (handshake: the answer to `Connection: close`; h1 and h2:
+# the forwarded answer; block: the block page).
+FLOOR_HANDSHAKE_PORT=$((BASE_PORT + 4))
+FLOOR_FORWARD_PORT=$((BASE_PORT + 5))
+FLOOR_BLOCK_PORT=$((BASE_PORT + 6))
+PORTS=("$GATE_PORT" "$ADMIN_PORT" "$NGINX_PORT" "$ORIGIN_PORT")
+((FLOOR == 1)) && PORTS+=("$FLOOR_HANDSHAKE_PORT" "$FLOOR_FORWARD_PORT" "$FLOOR_BLOCK_PORT")
+for port in "${PORTS[@]}"; do
+    port_in_use "$port" && die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+6; set BASE_PORT)"
 done
 warn_if_busy note
 
@@ -100,11 +110,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 GATE=$TARGET_DIR/release/icp-gate
+FLOOR_BIN=$TARGET_DIR/release/examples/floor
 if [[ $SKIP_BUILD != 1 ]]; then
-    note "building icp-gate (release)"
-    (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate)
+    note "building icp-gate and the floor example (release)"
+    (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate &&
+        cargo build --release -q -p icp-gate-proxy --example floor)
 fi
 [[ -x $GATE ]] || die "$GATE not found: run cargo build --release"
+if ((FLOOR == 1)); then
+    [[ -x $FLOOR_BIN ]] || die "$FLOOR_BIN not found: run cargo build --release -p icp-gate-proxy --example floor (or FLOOR=0)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Registry (the gate's snapshot, nginx's map), one certificate for both names, the origin.
@@ -264,6 +279,55 @@ for pair in "icp-gate $GATE_PORT" "nginx $NGINX_PORT"; do
 done
 
 # ---------------------------------------------------------------------------------------------
+# The floor: `floor tls` with the certificate the gate holds, one process per answer, each the
+# gate's answer for its path as the load's requests get it (status line, headers, body; over h2
+# as curl shows it), captured now. Each checked: the floor writes those bytes, and they are the
+# gate's but for request ids and dates.
+
+# gate_answer FILE PORT HOST CURL_ARGS...: one answer over TLS from 127.0.0.1:PORT for HOST.
+gate_answer() {
+    local file=$1 port=$2 host=$3
+    shift 3
+    capture_answer "$file" -k "$@" --resolve "$host:$port:127.0.0.1" "https://$host:$port/"
+}
+FLOOR_NOTE="none"
+if ((FLOOR == 1)); then
+    CLOSE=(-H 'Connection: close')
+    gate_answer "$TMP/floor-handshake.bin" "$GATE_PORT" "$FORWARD_HOST" --http1.1 "${CLOSE[@]}"
+    gate_answer "$TMP/floor-h1.bin" "$GATE_PORT" "$FORWARD_HOST" --http1.1
+    gate_answer "$TMP/floor-h2.txt" "$GATE_PORT" "$FORWARD_HOST" --http2
+    gate_answer "$TMP/floor-block.bin" "$GATE_PORT" "$BLOCK_HOST" --http1.1
+    grep -qi '^connection: close' "$TMP/floor-handshake.bin" ||
+        die "the gate's answer to Connection: close does not say Connection: close"
+    note "starting the floor (tls: handshake $FLOOR_HANDSHAKE_PORT, forward h1/h2 $FLOOR_FORWARD_PORT, block $FLOOR_BLOCK_PORT), cpu $PROXY_CPU"
+    CERT=("$TMP/certs/site.crt" "$TMP/certs/site.key")
+    start floor-handshake TERM "$PROXY_CPU" "$FLOOR_BIN" tls "127.0.0.1:$FLOOR_HANDSHAKE_PORT" "${CERT[@]}" "$TMP/floor-handshake.bin"
+    FLOOR_HANDSHAKE_PID=$STARTED_PID
+    start floor-forward TERM "$PROXY_CPU" "$FLOOR_BIN" tls "127.0.0.1:$FLOOR_FORWARD_PORT" "${CERT[@]}" "$TMP/floor-h1.bin" "$TMP/floor-h2.txt"
+    FLOOR_FORWARD_PID=$STARTED_PID
+    start floor-block TERM "$PROXY_CPU" "$FLOOR_BIN" tls "127.0.0.1:$FLOOR_BLOCK_PORT" "${CERT[@]}" "$TMP/floor-block.bin"
+    FLOOR_BLOCK_PID=$STARTED_PID
+    for entry in "handshake $FLOOR_HANDSHAKE_PID $FLOOR_HANDSHAKE_PORT" "forward $FLOOR_FORWARD_PID $FLOOR_FORWARD_PORT" \
+        "block $FLOOR_BLOCK_PID $FLOOR_BLOCK_PORT"; do
+        read -r name pid port <<<"$entry"
+        wait_until "floor-$name" "$pid" 10 curl -sk -o /dev/null -m 2 "https://127.0.0.1:$port/"
+    done
+    for entry in "handshake $FLOOR_HANDSHAKE_PORT $FORWARD_HOST --http1.1 -H Connection:close .bin" \
+        "h1 $FLOOR_FORWARD_PORT $FORWARD_HOST --http1.1 .bin" "h2 $FLOOR_FORWARD_PORT $FORWARD_HOST --http2 .txt" \
+        "block $FLOOR_BLOCK_PORT $BLOCK_HOST --http1.1 .bin"; do
+        read -r -a args <<<"$entry"
+        name=${args[0]} port=${args[1]} host=${args[2]} ext=${args[-1]}
+        extra=("${args[@]:3:${#args[@]}-4}")
+        gate_answer "$TMP/probe-floor-$name" "$port" "$host" "${extra[@]}"
+        cmp -s "$TMP/probe-floor-$name" "$TMP/floor-$name$ext" || die "the floor's $name answer is not the bytes it was given"
+        gate_answer "$TMP/probe-gate-$name" "$GATE_PORT" "$host" "${extra[@]}"
+        same_bytes_but_ids "$TMP/probe-gate-$name" "$TMP/probe-floor-$name" ||
+            die "the floor's $name answer differs from the gate's (beyond request ids and dates)"
+    done
+    FLOOR_NOTE="proxy/examples/floor.rs tls (rustls, TLS 1.3, the same certificate), the gate's answers as captured: handshake $(wc -c <"$TMP/floor-handshake.bin") B, h1 $(wc -c <"$TMP/floor-h1.bin") B, h2 $(wc -c <"$TMP/floor-h2.txt") B as curl shows it, block $(wc -c <"$TMP/floor-block.bin") B (checked the same as the gate's but for ids and dates)"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Load.
 
 # h2load output -> "req/s done succeeded failed 2xx 4xx mean-time-for-request(us)"
@@ -282,16 +346,11 @@ parse_h2load() {
         END { printf "%s %d %d %d %d %d %d\n", rps, done, ok, bad, s2, s4, mean }' "$1"
 }
 
-# cpu_ticks PID: user+system clock ticks of the process and its children (nginx's worker).
-cpu_ticks() {
-    local p n=0
-    for p in $1 $(pgrep -P "$1" || true); do
-        n=$((n + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$n"
-}
-TICK=$(getconf CLK_TCK)
 
+# The longest a load generator may run before it is killed and the run is a PROBLEM: h2load's
+# -D has been seen to run on for good when its clients completed their connections only after
+# the duration was over (on a loaded machine), instead of stopping.
+LOAD_LIMIT=$((DURATION * 10 + 60))
 ANOMALIES=()
 ROUND_LINES=()
 RAW=$TMP/rounds.tsv
@@ -303,6 +362,13 @@ load() { # ROUND PROXY PATH
     case $proxy in
         icp-gate) port=$GATE_PORT pid=$GATE_PID ;;
         nginx) port=$NGINX_PORT pid=$NGINX_PID ;;
+        floor)
+            case $path in
+                handshake) port=$FLOOR_HANDSHAKE_PORT pid=$FLOOR_HANDSHAKE_PID ;;
+                h1 | h2) port=$FLOOR_FORWARD_PORT pid=$FLOOR_FORWARD_PID ;;
+                block) port=$FLOOR_BLOCK_PORT pid=$FLOOR_BLOCK_PID ;;
+            esac
+            ;;
     esac
     host=$FORWARD_HOST
     [[ $path == block ]] && host=$BLOCK_HOST
@@ -310,36 +376,39 @@ load() { # ROUND PROXY PATH
     [[ $round == warmup ]] && secs=$WARMUP
     local out=$TMP/load-$round-$proxy-$path.txt
     local url="https://$host:$port/" before after t0 t1
-    t0=$(cpu_ticks "$pid")
+    t0=$(proc_ticks "$pid")
     before=$(cpu_snapshot "$PROXY_CPU" "$LOAD_CPU")
     case $path in
         handshake)
             local n=$HANDSHAKE_REQUESTS
             [[ $round == warmup ]] && n=$((HANDSHAKE_CLIENTS * 20))
-            taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$HANDSHAKE_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$HANDSHAKE_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "$url" >"$out" 2>&1 &
             ;;
         h1 | block)
-            taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$H1_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$H1_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "$url" >"$out" 2>&1 &
             ;;
         h2)
-            taskset -c "$LOAD_CPU" h2load -D "$secs" -c "$H2_CLIENTS" -m "$H2_STREAMS" \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load -D "$secs" -c "$H2_CLIENTS" -m "$H2_STREAMS" \
                 --connect-to "127.0.0.1:$port" "$url" >"$out" 2>&1 &
             ;;
     esac
     LOAD_PID=$!
-    wait "$LOAD_PID" || true
+    local load_rc=0
+    wait "$LOAD_PID" || load_rc=$?
     LOAD_PID=
     after=$(cpu_snapshot "$PROXY_CPU" "$LOAD_CPU")
-    t1=$(cpu_ticks "$pid")
+    t1=$(proc_ticks "$pid")
     local rate done ok bad s2 s4 lat problems=()
+    ((load_rc != 124 && load_rc != 137)) || problems+=("h2load had not finished after ${LOAD_LIMIT}s: killed")
     read -r rate done ok bad s2 s4 lat <<<"$(parse_h2load "$out")"
     if [[ -z $rate || $rate == 0 ]]; then
         problems+=("h2load output unreadable: $(tr '\n' ' ' <"$out" | head -c 300)")
         rate=0 done=0 lat=0
     fi
-    if [[ $path == handshake && $round == warmup ]]; then
+    # (The floor's warm-up does not size the runs: they last about DURATION for the gate and nginx.)
+    if [[ $path == handshake && $round == warmup && $proxy != floor ]]; then
         HANDSHAKE_WARM_RATE=$(awk -v a="${HANDSHAKE_WARM_RATE:-0}" -v b="$rate" 'BEGIN { print (b > a) ? b : a }')
     fi
     [[ $round == warmup ]] && return 0
@@ -352,7 +421,7 @@ load() { # ROUND PROXY PATH
     fi
     kill -0 "$pid" 2>/dev/null || problems+=("$proxy is no longer running")
     local us_per_req
-    us_per_req=$(awk -v t="$((t1 - t0))" -v hz="$TICK" -v n="$done" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')
+    us_per_req=$(us_per "$((t1 - t0))" "$done")
     local line
     line=$(printf 'round %s/%s  %-8s %-9s  %10.1f %-8s  mean %8s  %9d done  %s  cpu/req %7s us' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rate" "$([[ $path == handshake ]] && echo conn/s || echo req/s)" \
@@ -368,15 +437,11 @@ load() { # ROUND PROXY PATH
         "$(cpu_busy "$before" "$after" 3 4)" "$(cpu_busy "$before" "$after" 5 6)" >>"$RAW"
 }
 
-run_pair() { # ROUND PATH: icp-gate first in odd rounds
-    local round=$1 path=$2
-    if [[ $round == warmup ]] || (((round % 2) == 1)); then
-        load "$round" icp-gate "$path"
-        load "$round" nginx "$path"
-    else
-        load "$round" nginx "$path"
-        load "$round" icp-gate "$path"
-    fi
+CONTENDERS=(icp-gate nginx)
+((FLOOR == 1)) && CONTENDERS+=(floor)
+run_pair() { # ROUND PATH: every contender, each round starting with the next one
+    local proxy
+    for proxy in $(round_order "$1" "${CONTENDERS[@]}"); do load "$1" "$proxy" "$2"; done
 }
 
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -387,9 +452,10 @@ icp-gate TLS termination load test, $(date -u +%Y-%m-%dT%H:%M:%SZ), icp-gate $GI
 machine: $CPUS CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr), $(nginx -v 2>&1 | sed 's/^nginx version: //'), h2load $(h2load --version 2>&1 | awk 'NR == 1 { print $2 }'), $(openssl version | awk '{ print $1, $2 }')
 registry: $RECORDS records (nginx map \$host: $MAP_ENTRIES entries, hostnames); certificate ECDSA P-256 for $FORWARD_HOST and $BLOCK_HOST, TLS 1.3
 pinning: proxies on cpu $PROXY_CPU (one at a time under load), h2load and the HTTP origin on cpu $LOAD_CPU
-rounds: $ROUNDS x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s, order alternating (odd rounds icp-gate first)
+rounds: $ROUNDS x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s, each round starting with the next of: ${CONTENDERS[*]}
 logging: LOGS=$LOGS (on: icp-gate access_log_file + audit_log, nginx access_log combined buffer=64k; off: neither)
 handshake: h2load --h1 -c $HANDSHAKE_CLIENTS, Connection: close (a full handshake per request); h1 and block: h2load --h1 -c $H1_CLIENTS; h2: h2load -c $H2_CLIENTS -m $H2_STREAMS
+floor: $FLOOR_NOTE
 EOF
 )
 echo
@@ -404,26 +470,36 @@ HANDSHAKE_REQUESTS=$(awk -v r="${HANDSHAKE_WARM_RATE:-0}" -v d="$DURATION" -v c=
 for ((round = 1; round <= ROUNDS; round++)); do
     for path in $PATHS; do run_pair "$round" "$path"; done
 done
-for pair in "icp-gate $GATE_PID" "nginx $NGINX_PID" "origin $ORIGIN_PID"; do
+LIVE=("icp-gate $GATE_PID" "nginx $NGINX_PID" "origin $ORIGIN_PID")
+((FLOOR == 1)) && LIVE+=("floor-handshake $FLOOR_HANDSHAKE_PID" "floor-forward $FLOOR_FORWARD_PID" "floor-block $FLOOR_BLOCK_PID")
+for pair in "${LIVE[@]}"; do
     read -r name pid <<<"$pair"
     kill -0 "$pid" 2>/dev/null || ANOMALIES+=("$name exited during the run")
 done
 
 target() { case $1 in block) echo 1.2x ;; *) echo 1.0x ;; esac }
 TABLE=$(
-    printf '%-10s %11s %11s %10s %7s %17s %14s %-11s %-11s\n' path icp-gate nginx gate/nginx target \
-        "cpu/req gate/ngx" "cpu$PROXY_CPU g/n" "ceil(gate)" "ceil(nginx)"
+    printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' path icp-gate nginx floor gate/nginx \
+        target gate/floor "cpu/req gate/ngx/flr" "cpu$PROXY_CPU g/n" "ceil gate" "ceil nginx" "ceil floor"
     for path in $PATHS; do
-        g=$(median 3 icp-gate "$path") n=$(median 3 nginx "$path")
-        gc=$(median 4 icp-gate "$path") nc=$(median 4 nginx "$path")
-        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path")
-        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path")
-        printf '%-10s %11.0f %11.0f %10s %7s %17s %14s %-11s %-11s\n' "$path" "${g:-0}" "${n:-0}" "$(ratio "$g" "$n")" \
-            "$(target "$path")" "$(printf '%.1f/%.1fus' "${gc:-0}" "${nc:-0}")" \
-            "$(printf '%.0f%%/%.0f%%' "${gp:-0}" "${np:-0}")" "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")"
+        g=$(median 3 icp-gate "$path") n=$(median 3 nginx "$path") f=$(median 3 floor "$path")
+        gc=$(median 4 icp-gate "$path") nc=$(median 4 nginx "$path") fc=$(median 4 floor "$path")
+        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path") fp=$(median 5 floor "$path")
+        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path") fl=$(median 6 floor "$path")
+        printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' "$path" \
+            "$(num %.0f "$g")" "$(num %.0f "$n")" "$(num %.0f "$f")" "$(ratio "$g" "$n")" "$(target "$path")" \
+            "$(ratio "$g" "$f")" "$(num %.1f "$gc")/$(num %.1f "$nc")/$(num %.1f "$fc")us" \
+            "$(num %.0f "$gp")%/$(num %.0f "$np")%" \
+            "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")" "$(ceiling "$fp" "$fl")"
     done
     echo
     echo "medians over $ROUNDS round(s). handshake: new TLS connections/s (a full TLS 1.3 handshake and one forwarded request each); h1, h2: forwarded requests/s on kept-alive connections; block: block pages/s on kept-alive connections."
+    echo "gate/floor: against the floor (rustls with the same certificate writing the gate's answer, no origin), what this rig allows."
     echo "cpu/req: CPU time of the proxy process (user+system) per request or connection. ceiling: a core 95% busy or more ('load core': h2load and the origin limited the run, so the ratio understates the difference)."
 )
+for path in $PATHS; do
+    unit="req/s"
+    [[ $path == handshake ]] && unit="conn/s"
+    summary_line terminate "$path" "$unit" 3 4 5 6
+done
 finish_run note

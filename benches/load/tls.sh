@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # icp-gate TLS load harness: a `protocol = "tls"` listener of icp-gate against nginx `stream`
-# with `ssl_preread` and a `map` of the same registry, on one machine, in one run, logs on for
-# both. Three paths: refusals of an unfiled SNI (a ClientHello replayer, no client crypto), new
+# with `ssl_preread` and a `map` of the same registry, and against a floor (proxy/examples/floor.rs:
+# the alert written after one read; a plain relay), on one machine, in one run, logs on for
+# the gate and nginx as operators run them. Three paths: refusals of an unfiled SNI (a ClientHello replayer, no client crypto), new
 # TLS connections through to a TLS origin (h2load, one request per connection), and requests over
 # kept-alive TLS connections through the passthrough (h2load).
 # What it measures and how to read the output: benches/load/README.md, section "TLS passthrough".
@@ -12,11 +13,13 @@
 #
 # Environment (defaults in brackets): ROUNDS [3], DURATION seconds per run [10], WARMUP seconds
 # per (proxy, path) before round 1 [2], PATHS [refuse newconn keepalive], RECORDS [1000000],
-# BASE_PORT [18440] (uses BASE_PORT..BASE_PORT+4), PROXY_CPU [0], LOAD_CPU [1],
+# BASE_PORT [18440] (uses BASE_PORT..BASE_PORT+6), PROXY_CPU [0], LOAD_CPU [1],
 # REFUSE_CONNECTIONS [64], REFUSE_HELLO [classic: or pq], NEWCONN_CLIENTS [32],
 # KEEPALIVE_CLIENTS [64], BLOCK_HOST
 # [unfiled-load-test.cn], FORWARD_HOST [a connected name from the registry], SKIP_BUILD [0],
-# KEEP_TMP [0], RESULTS [benches/load/results-tls-latest.txt].
+# KEEP_TMP [0], RESULTS [benches/load/results-tls-latest.txt], LOGS [on: see lib.sh; the gate's
+# access and audit logs to files, nginx's stream access_log buffer=64k], FLOOR [1] (0: no floor),
+# SUMMARY [none: a file to append the machine-readable summary to, see lib.sh].
 #
 # It installs nothing. Everything runs on 127.0.0.1 in a temporary directory; every process
 # started here is stopped when the script exits, however it exits.
@@ -55,9 +58,11 @@ note() { echo "tls.sh: $*" >&2; }
 
 require_integers ROUNDS DURATION WARMUP RECORDS BASE_PORT PROXY_CPU LOAD_CPU REFUSE_CONNECTIONS \
     NEWCONN_CLIENTS KEEPALIVE_CLIENTS
+check_logs
+check_floor
 ((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
 ((DURATION >= 1)) || die "DURATION must be at least 1 second"
-((BASE_PORT >= 1024 && BASE_PORT <= 65530)) || die "BASE_PORT must be from 1024 to 65530"
+((BASE_PORT >= 1024 && BASE_PORT <= 65529)) || die "BASE_PORT must be from 1024 to 65529"
 ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must be different cores"
 ((REFUSE_CONNECTIONS >= 1 && NEWCONN_CLIENTS >= 1 && KEEPALIVE_CLIENTS >= 1)) ||
     die "REFUSE_CONNECTIONS, NEWCONN_CLIENTS and KEEPALIVE_CLIENTS must be at least 1"
@@ -87,9 +92,13 @@ ADMIN_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 ORIGIN_PORT=$((BASE_PORT + 3))
 CAPTURE_PORT=$((BASE_PORT + 4))
-for port in $GATE_PORT $ADMIN_PORT $NGINX_PORT $ORIGIN_PORT $CAPTURE_PORT; do
+FLOOR_REFUSE_PORT=$((BASE_PORT + 5))
+FLOOR_RELAY_PORT=$((BASE_PORT + 6))
+PORTS=("$GATE_PORT" "$ADMIN_PORT" "$NGINX_PORT" "$ORIGIN_PORT" "$CAPTURE_PORT")
+((FLOOR == 1)) && PORTS+=("$FLOOR_REFUSE_PORT" "$FLOOR_RELAY_PORT")
+for port in "${PORTS[@]}"; do
     if port_in_use "$port"; then
-        die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+4; set BASE_PORT)"
+        die "127.0.0.1:$port is already in use (the harness uses BASE_PORT..BASE_PORT+6; set BASE_PORT)"
     fi
 done
 warn_if_busy note
@@ -124,13 +133,17 @@ trap 'exit 143' TERM
 
 GATE=$TARGET_DIR/release/icp-gate
 REPLAY=$TARGET_DIR/release/examples/hello_replay
+FLOOR_BIN=$TARGET_DIR/release/examples/floor
 if [[ $SKIP_BUILD != 1 ]]; then
-    note "building icp-gate and the hello_replay example (release)"
+    note "building icp-gate and the hello_replay and floor examples (release)"
     (cd "$ROOT" && cargo build --release -q -p icp-gate --bin icp-gate &&
-        cargo build --release -q -p icp-gate-proxy --example hello_replay)
+        cargo build --release -q -p icp-gate-proxy --example hello_replay --example floor)
 fi
 [[ -x $GATE ]] || die "$GATE not found: run cargo build --release"
 [[ -x $REPLAY ]] || die "$REPLAY not found: run cargo build --release -p icp-gate-proxy --example hello_replay"
+if ((FLOOR == 1)); then
+    [[ -x $FLOOR_BIN ]] || die "$FLOOR_BIN not found: run cargo build --release -p icp-gate-proxy --example floor (or FLOOR=0)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Registry: one synthetic snapshot for the gate, converted to an nginx map for nginx.
@@ -180,7 +193,9 @@ ORIGIN_PID=$STARTED_PID
 wait_until origin "$ORIGIN_PID" 60 curl -skf -o /dev/null -m 2 "https://127.0.0.1:$ORIGIN_PORT/"
 
 # ---------------------------------------------------------------------------------------------
-# icp-gate: one `tls` listener, one thread, its normal logging (level info, text) to a file.
+# icp-gate: one `tls` listener, one thread, logging as LOGS says (lib.sh: by default its access
+# log and audit log to files, as an operator runs it: a refusal gets an audit line and an access
+# line, a passed-through connection an access line when it ends); its standard error to a file.
 
 cat >"$TMP/icp-gate.toml" <<CONF
 [[listener]]
@@ -200,9 +215,7 @@ refresh_interval_seconds = 86400
 [admin]
 address = "127.0.0.1:$ADMIN_PORT"
 
-[log]
-level = "info"
-format = "text"
+$(gate_log_section "$TMP")
 
 [server]
 threads = 1
@@ -245,7 +258,7 @@ stream {
     log_format sni '\$remote_addr [\$time_local] sni=\$ssl_preread_server_name '
                    'upstream=\$upstream_addr status=\$status sent=\$bytes_sent '
                    'received=\$bytes_received time=\$session_time';
-    access_log $NGX/access.log sni buffer=64k;
+$([[ $LOGS == off ]] && echo "    access_log off;" || echo "    access_log $NGX/access.log sni buffer=64k;")
     map_hash_max_size 4194304;
     map_hash_bucket_size 128;
     map \$ssl_preread_server_name \$icp_block {
@@ -269,9 +282,26 @@ CONF
     echo "}"
 } >"$NGX/nginx.conf"
 note "starting nginx (stream, ssl_preread, refusal: ssl_reject_handshake behind a unix socket) on 127.0.0.1:$NGINX_PORT, cpu $PROXY_CPU"
+touch "$NGX/access.log" # (none with LOGS=off)
 start nginx TERM "$PROXY_CPU" nginx -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf"
 NGINX_PID=$STARTED_PID
 wait_until nginx "$NGINX_PID" 120 port_in_use "$NGINX_PORT"
+
+# ---------------------------------------------------------------------------------------------
+# The floor: `floor refuse` (one read, the 7 alert bytes, a close) for the refusals, `floor relay`
+# (a plain copy both ways to the same origin) for the passthrough paths; checked below as the
+# proxies are.
+
+if ((FLOOR == 1)); then
+    note "starting the floor (refuse on 127.0.0.1:$FLOOR_REFUSE_PORT, relay on 127.0.0.1:$FLOOR_RELAY_PORT), cpu $PROXY_CPU"
+    start floor-refuse TERM "$PROXY_CPU" "$FLOOR_BIN" refuse "127.0.0.1:$FLOOR_REFUSE_PORT"
+    FLOOR_REFUSE_PID=$STARTED_PID
+    start floor-relay TERM "$PROXY_CPU" "$FLOOR_BIN" relay "127.0.0.1:$FLOOR_RELAY_PORT" "127.0.0.1:$ORIGIN_PORT"
+    FLOOR_RELAY_PID=$STARTED_PID
+    wait_for_listening() { grep -q listening "$TMP/$1.out"; }
+    wait_until floor-refuse "$FLOOR_REFUSE_PID" 10 wait_for_listening floor-refuse
+    wait_until floor-relay "$FLOOR_RELAY_PID" 10 wait_for_listening floor-relay
+fi
 
 # ---------------------------------------------------------------------------------------------
 # ClientHellos for the replayer, captured from openssl s_client (SNI BLOCK_HOST).
@@ -325,9 +355,11 @@ grep -qF "$FORWARD_HOST" "$TMP/hello-h2load.bin" || die "h2load does not send th
 # Before any load: a filed SNI completes a handshake and a request through both proxies, an
 # unfiled one gets exactly the alert from both, with both hellos.
 
-for pair in "icp-gate $GATE_PORT" "nginx $NGINX_PORT"; do
-    read -r name port <<<"$pair"
-    body=$(curl -sk -m 5 --resolve "$FORWARD_HOST:$port:127.0.0.1" "https://$FORWARD_HOST:$port/" || true)
+CHECKS=("icp-gate $GATE_PORT $GATE_PORT" "nginx $NGINX_PORT $NGINX_PORT")
+((FLOOR == 1)) && CHECKS+=("floor $FLOOR_RELAY_PORT $FLOOR_REFUSE_PORT")
+for entry in "${CHECKS[@]}"; do
+    read -r name pass_port port <<<"$entry"
+    body=$(curl -sk -m 5 --resolve "$FORWARD_HOST:$pass_port:127.0.0.1" "https://$FORWARD_HOST:$pass_port/" || true)
     [[ $body == "$ORIGIN_BODY" ]] || die "$name: no TLS handshake and answer through the passthrough for $FORWARD_HOST (got '$body')"
     for kind in classic pq; do
         "$REPLAY" replay "127.0.0.1:$port" "$TMP/hello-$kind.bin" --expect alert --connections 1 --duration 0.2 \
@@ -366,11 +398,45 @@ parse_h2load() {
         END { printf "%s %d %d %d %d %d\n", rps, done, ok, bad, s2, mean }' "$1"
 }
 
+# The longest a load generator may run before it is killed and the run is a PROBLEM: h2load's
+# -D has been seen to run on for good when its clients completed their connections only after
+# the duration was over (on a loaded machine), instead of stopping.
+LOAD_LIMIT=$((DURATION * 10 + 60))
 ANOMALIES=()
 ROUND_LINES=()
 RAW=$TMP/rounds.tsv
 : >"$RAW"
 NEWCONN_REQUESTS=0 # requests per new-connection run, set from the warm-up's rate
+GATE_AUDIT=$TMP/gate-audit.log
+GATE_ACCESS=$TMP/gate-access.log
+
+# gate_files_settled: waits (5 s at most) until the gate's log files stop growing (a connection
+# of the run before may still have its line to write), then empties them (a round writes
+# gigabytes; the writers append).
+gate_files_settled() {
+    local i last="" now
+    for ((i = 0; i < 25; i++)); do
+        now="$(wc -l <"$GATE_AUDIT") $(wc -l <"$GATE_ACCESS")"
+        [[ $now == "$last" ]] && break
+        last=$now
+        sleep 0.2
+    done
+    : >"$GATE_AUDIT"
+    : >"$GATE_ACCESS"
+}
+
+# gate_file_lines AUDIT ACCESS: waits (5 s at most) until the gate's files hold at least AUDIT
+# and ACCESS lines, then a little more (anything beyond would show), and prints their counts.
+gate_file_lines() {
+    local i audited accessed
+    for ((i = 0; i < 50; i++)); do
+        audited=$(wc -l <"$GATE_AUDIT") accessed=$(wc -l <"$GATE_ACCESS")
+        ((audited >= $1 && accessed >= $2)) && break
+        sleep 0.1
+    done
+    sleep 0.3
+    echo "$(wc -l <"$GATE_AUDIT") $(wc -l <"$GATE_ACCESS")"
+}
 
 # load ROUND PROXY PATH: one run; ROUND "warmup" is not recorded.
 load() {
@@ -378,22 +444,31 @@ load() {
     case $proxy in
         icp-gate) port=$GATE_PORT pid=$GATE_PID log=$TMP/icp-gate.out ;;
         nginx) port=$NGINX_PORT pid=$NGINX_PID log=$NGX/error.log ;;
+        floor)
+            if [[ $path == refuse ]]; then
+                port=$FLOOR_REFUSE_PORT pid=$FLOOR_REFUSE_PID log=$TMP/floor-refuse.out
+            else
+                port=$FLOOR_RELAY_PORT pid=$FLOOR_RELAY_PID log=$TMP/floor-relay.out
+            fi
+            ;;
     esac
     local secs=$DURATION
     [[ $round == warmup ]] && secs=$WARMUP
     out=$TMP/load-$round-$proxy-$path.txt
-    local log_before access_before c0=0 c1 sleeps0
+    local log_before access_before c0=0 c1 sleeps0 ticks0
+    [[ $proxy == icp-gate && $LOGS == on ]] && gate_files_settled
     log_before=$(wc -l <"$log")
     access_before=$(wc -l <"$NGX/access.log")
     if [[ $proxy == icp-gate ]]; then
         if [[ $path == refuse ]]; then c0=$(gate_tls_counter blocked unfiled); else c0=$(gate_tls_counter allowed ""); fi
     fi
     sleeps0=$(proxy_sleeps "$pid")
+    ticks0=$(proc_ticks "$pid")
     before=$(cpu_snapshot "$PROXY_CPU" "$LOAD_CPU")
     # In the background and waited for, so that a signal to the script is acted on at once.
     case $path in
         refuse)
-            taskset -c "$LOAD_CPU" "$REPLAY" replay "127.0.0.1:$port" "$HELLO" --expect alert \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" "$REPLAY" replay "127.0.0.1:$port" "$HELLO" --expect alert \
                 --connections "$REFUSE_CONNECTIONS" --duration "$secs" >"$out" 2>&1 &
             ;;
         newconn)
@@ -401,11 +476,11 @@ load() {
             # h2load opens the next connection (h2load's -D does not reconnect: a count, -n).
             local n=$NEWCONN_REQUESTS
             [[ $round == warmup ]] && n=$((NEWCONN_CLIENTS * 20))
-            taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$NEWCONN_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -H 'Connection: close' -n "$n" -c "$NEWCONN_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "https://$FORWARD_HOST:$port/" >"$out" 2>&1 &
             ;;
         keepalive)
-            taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$KEEPALIVE_CLIENTS" -m 1 \
+            timeout -k 5 "$LOAD_LIMIT" taskset -c "$LOAD_CPU" h2load --h1 -D "$secs" -c "$KEEPALIVE_CLIENTS" -m 1 \
                 --connect-to "127.0.0.1:$port" "https://$FORWARD_HOST:$port/" >"$out" 2>&1 &
             ;;
     esac
@@ -413,12 +488,16 @@ load() {
     local load_rc=0
     wait "$LOAD_PID" || load_rc=$?
     LOAD_PID=
+    local timed_out=0
+    ((load_rc == 124 || load_rc == 137)) && timed_out=1
     after=$(cpu_snapshot "$PROXY_CPU" "$LOAD_CPU")
-    local sleeps
+    local sleeps ticks
+    ticks=$(($(proc_ticks "$pid") - ticks0))
     sleeps=$(($(proxy_sleeps "$pid") - sleeps0))
     sleep 0.3 # let the proxies log what happened when the load generator closed its connections
 
     local rate answered lat problems=() unit
+    ((timed_out == 0)) || problems+=("the load generator had not finished after ${LOAD_LIMIT}s: killed")
     if [[ $path == refuse ]]; then
         unit="refusals/s"
         rate=$(sed -n 's/.*\brate=\([0-9.]*\).*/\1/p' "$out")
@@ -428,7 +507,7 @@ load() {
         if [[ -z $rate || -z $answered ]]; then
             problems+=("replayer output unreadable: $(tr '\n' ' ' <"$out" | head -c 300)")
             rate=0 answered=0 lat=0
-        elif ((load_rc != 0)); then
+        elif ((load_rc != 0 && timed_out == 0)); then
             problems+=("replayer: $(tr '\n' ' ' <"$out" | head -c 400)")
         fi
     else
@@ -443,7 +522,8 @@ load() {
             ((bad == 0 && ok == answered && s2 == answered)) ||
                 problems+=("h2load: $answered done, $ok succeeded, $bad failed/errored/timed out, $s2 2xx")
         fi
-        [[ $round == warmup && $path == newconn ]] &&
+        # (The floor's warm-up does not size the runs: they last about DURATION for the gate and nginx.)
+        [[ $round == warmup && $path == newconn && $proxy != floor ]] &&
             NEWCONN_WARM_RATE=$(awk -v a="${NEWCONN_WARM_RATE:-0}" -v b="$rate" 'BEGIN { print (b > a) ? b : a }')
     fi
     [[ $round == warmup ]] && return 0
@@ -465,8 +545,19 @@ load() {
         esac
         ((counted >= lo && counted <= hi)) ||
             problems+=("the gate counted $counted $path decisions, expected $lo to $hi")
-        if [[ $path == refuse ]]; then
-            # Its refusal log line: one per refused connection.
+        if [[ $LOGS == on ]]; then
+            # Every refusal has its audit line and its access line; every connection passed
+            # through its access line (when it ended); no passed connection has an audit line.
+            local want_audit=0 audited accessed
+            [[ $path == refuse ]] && want_audit=$counted
+            read -r audited accessed <<<"$(gate_file_lines "$want_audit" "$counted")"
+            ((audited == want_audit)) ||
+                problems+=("AUDIT LOG MISMATCH: $audited audit lines for $want_audit refusals the gate counted")
+            ((accessed == counted)) ||
+                problems+=("access log: $accessed lines for $counted connections the gate counted")
+            GATE_LINES="audit $audited, access $accessed"
+        elif [[ $LOGS == stderr && $path == refuse ]]; then
+            # Its refusal line on standard error: one per refused connection.
             local lines
             lines=$(grep -c 'tls connection refused' <<<"$logged" || true)
             ((lines == counted)) || problems+=("the gate logged $lines refusals for $counted counted")
@@ -478,22 +569,34 @@ load() {
         problems+=("$proxy logged $others warning/error lines, first: $(grep -v 'tls connection refused' <<<"$logged" |
             grep -iE -m1 ' (WARN|ERROR) |panic|\[(error|crit|alert|emerg)\]' | cut -c1-300)")
     fi
-    # Lines the proxy logged for the run: the gate's log (a line per refusal), nginx's access
-    # log (a line per connection, up to 64 KiB of them still in its buffer).
-    local log_lines
-    if [[ $proxy == icp-gate ]]; then
-        log_lines=$(($(wc -l <"$log") - log_before))
-    else
-        log_lines=$(($(wc -l <"$NGX/access.log") - access_before))
-    fi
+    # Lines the proxy logged for the run: the gate's files (LOGS=on) or its standard error (a
+    # line per refusal with LOGS=stderr), nginx's access log (a line per connection, up to 64
+    # KiB of them still in its buffer); the floor logs nothing.
+    local logged_note
+    case $proxy in
+        icp-gate)
+            if [[ $LOGS == on ]]; then
+                logged_note="logged ${GATE_LINES:-no} lines"
+            else
+                logged_note="logged $(($(wc -l <"$log") - log_before)) lines"
+            fi
+            ;;
+        nginx) logged_note="logged $(($(wc -l <"$NGX/access.log") - access_before)) lines" ;;
+        floor) logged_note="logs nothing" ;;
+    esac
+    GATE_LINES=""
 
     local cpu line
     cpu=$(cpu_report "$before" "$after" "$PROXY_CPU" "$LOAD_CPU")
     local lat_kind=mean
     [[ $path == refuse ]] && lat_kind=p50
-    line=$(printf 'round %s/%s  %-8s %-9s  %10.1f %-10s  %4s %8s  %9d done  %s  sleeps %6.0f/s  logged %d lines' \
+    # CPU time of the proxy process (user and system, every thread; nginx: its worker) per
+    # refusal, connection or request.
+    local cpu_us
+    cpu_us=$(us_per "$ticks" "$answered")
+    line=$(printf 'round %s/%s  %-8s %-9s  %10.1f %-10s  %4s %8s  %9d done  %s  cpu %sus/answer  sleeps %6.0f/s  %s' \
         "$round" "$ROUNDS" "$proxy" "$path" "$rate" "$unit" "$lat_kind" "$(fmt_us "$lat")" "$answered" "$cpu" \
-        "$(awk -v z="$sleeps" -v d="$secs" 'BEGIN { print (d > 0 ? z / d : 0) }')" "$log_lines")
+        "${cpu_us:--}" "$(awk -v z="$sleeps" -v d="$secs" 'BEGIN { print (d > 0 ? z / d : 0) }')" "$logged_note")
     if ((${#problems[@]})); then
         line+="  PROBLEM: $(
             IFS=';'
@@ -503,10 +606,21 @@ load() {
     fi
     echo "$line"
     ROUND_LINES+=("$line")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rate" "$lat" \
-        "$(cpu_busy "$before" "$after" 3 4)" "$(cpu_busy "$before" "$after" 5 6)" >>"$RAW"
+    # Fields: proxy path rate latency busy%(proxy core) busy%(load core) cpu/answer.
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$path" "$rate" "$lat" \
+        "$(cpu_busy "$before" "$after" 3 4)" "$(cpu_busy "$before" "$after" 5 6)" "$cpu_us" >>"$RAW"
 }
 
+
+CONTENDERS=(icp-gate nginx)
+((FLOOR == 1)) && CONTENDERS+=(floor)
+case $LOGS in
+    on) LOGGING_NOTE="LOGS=on: icp-gate access_log_file + audit_log (a refusal: an audit and an access line; a passed connection: an access line when it ends), nginx stream access_log buffer=64k (a line per connection)" ;;
+    stderr) LOGGING_NOTE="LOGS=stderr: icp-gate level info, text on stderr to a file (a line per refusal, one per passed connection), nginx stream access_log buffer=64k (a line per connection)" ;;
+    off) LOGGING_NOTE="LOGS=off: icp-gate level warn, no access log; nginx access_log off" ;;
+esac
+FLOOR_NOTE="none"
+((FLOOR == 1)) && FLOOR_NOTE="proxy/examples/floor.rs: refuse (one read, the 7 alert bytes, close), relay (a copy both ways to the same origin); logs nothing"
 
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null || true) ]]; then GIT_REV+="+uncommitted"; fi
@@ -519,8 +633,9 @@ icp-gate TLS load test, $(date -u +%Y-%m-%dT%H:%M:%SZ), icp-gate $GIT_REV
 machine: $CPUS CPUs ($CPU_MODEL), $(uname -sr), $NGINX_VERSION, h2load $H2LOAD_VERSION, $(openssl version | awk '{ print $1, $2 }')
 registry: $RECORDS records (nginx stream map on \$ssl_preread_server_name: $MAP_ENTRIES entries, hostnames)
 pinning: proxies on cpu $PROXY_CPU (one at a time under load), load generator and TLS origin on cpu $LOAD_CPU
-rounds: $ROUNDS x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s, order alternating (odd rounds icp-gate first)
-logging: icp-gate level info to a file (a line per refusal), nginx stream access_log buffer=64k (a line per connection)
+rounds: $ROUNDS x ${DURATION}s per (proxy, path), warm-up ${WARMUP}s, each round starting with the next of: ${CONTENDERS[*]}
+logging: $LOGGING_NOTE
+floor: $FLOOR_NOTE
 refuse: SNI $BLOCK_HOST, $REFUSE_HELLO hello ($CLASSIC_BYTES B classic, $PQ_BYTES B pq-sized), replayer x$REFUSE_CONNECTIONS connections; nginx refuses through an http server with ssl_reject_handshake on a unix socket
 newconn: SNI $FORWARD_HOST, h2load --h1 -c $NEWCONN_CLIENTS, one request per connection, TLS 1.3 ECDSA P-256 origin
 keepalive: SNI $FORWARD_HOST, h2load --h1 -c $KEEPALIVE_CLIENTS -m 1 -D ${DURATION}s, one connection per client
@@ -530,15 +645,9 @@ echo
 echo "$HEADER"
 echo
 
-run_pair() { # ROUND PATH: both proxies, icp-gate first in odd rounds
-    local round=$1 path=$2
-    if [[ $round == warmup ]] || (((round % 2) == 1)); then
-        load "$round" icp-gate "$path"
-        load "$round" nginx "$path"
-    else
-        load "$round" nginx "$path"
-        load "$round" icp-gate "$path"
-    fi
+run_pair() { # ROUND PATH: every contender, each round starting with the next one
+    local proxy
+    for proxy in $(round_order "$1" "${CONTENDERS[@]}"); do load "$1" "$proxy" "$2"; done
 }
 
 if ((WARMUP > 0)) || [[ " $PATHS " == *" newconn "* ]]; then
@@ -558,30 +667,40 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 
-for pair in "icp-gate $GATE_PID" "nginx $NGINX_PID" "origin $ORIGIN_PID"; do
+LIVE=("icp-gate $GATE_PID" "nginx $NGINX_PID" "origin $ORIGIN_PID")
+((FLOOR == 1)) && LIVE+=("floor-refuse $FLOOR_REFUSE_PID" "floor-relay $FLOOR_RELAY_PID")
+for pair in "${LIVE[@]}"; do
     read -r name pid <<<"$pair"
     kill -0 "$pid" 2>/dev/null || ANOMALIES+=("$name exited during the run (KEEP_TMP=1 keeps $TMP)")
 done
 
 # ---------------------------------------------------------------------------------------------
-# Summary: medians over the rounds, side by side, the ratio, the cores and the rig's ceiling.
+# Summary: medians over the rounds, side by side, the ratios, CPU per answer, the cores and the
+# rig's ceiling.
 
-
+target() { case $1 in refuse) echo 1.5x ;; *) echo 1.0x ;; esac }
 TABLE=$(
-    printf '%-10s %12s %12s %10s %15s %15s %-24s %-24s\n' path icp-gate nginx gate/nginx \
-        "cpu$PROXY_CPU gate/nginx" "cpu$LOAD_CPU gate/nginx" "ceiling (gate)" "ceiling (nginx)"
+    printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' path icp-gate nginx floor gate/nginx \
+        target gate/floor "cpu/answer gate/ngx/flr" "cpu$PROXY_CPU g/n" "ceil gate" "ceil nginx" "ceil floor"
     for path in $PATHS; do
-        g=$(median 3 icp-gate "$path")
-        n=$(median 3 nginx "$path")
-        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path")
-        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path")
-        printf '%-10s %12.0f %12.0f %10s %15s %15s %-24s %-24s\n' "$path" "${g:-0}" "${n:-0}" "$(ratio "$g" "$n")" \
-            "$(printf '%.0f%%/%.0f%%' "${gp:-0}" "${np:-0}")" "$(printf '%.0f%%/%.0f%%' "${gl:-0}" "${nl:-0}")" \
-            "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")"
+        g=$(median 3 icp-gate "$path") n=$(median 3 nginx "$path") f=$(median 3 floor "$path")
+        gc=$(median 7 icp-gate "$path") nc=$(median 7 nginx "$path") fc=$(median 7 floor "$path")
+        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path") fp=$(median 5 floor "$path")
+        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path") fl=$(median 6 floor "$path")
+        printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' "$path" \
+            "$(num %.0f "$g")" "$(num %.0f "$n")" "$(num %.0f "$f")" "$(ratio "$g" "$n")" "$(target "$path")" \
+            "$(ratio "$g" "$f")" "$(num %.2f "$gc")/$(num %.2f "$nc")/$(num %.2f "$fc")us" \
+            "$(num %.0f "$gp")%/$(num %.0f "$np")%" \
+            "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")" "$(ceiling "$fp" "$fl")"
     done
     echo
     echo "medians over $ROUNDS round(s). refuse: refusals/s; newconn: new TLS connections/s through to the origin; keepalive: requests/s on kept-alive TLS connections."
-    echo "gate/nginx above 1: icp-gate does more per second. Targets (design): refuse >= 1.5x, newconn >= 1.0x, keepalive >= 1.0x."
+    echo "gate/nginx above 1: icp-gate does more per second (target: the design's). gate/floor: against the floor (the alert after one read; a plain relay), what this rig allows."
+    echo "cpu/answer: CPU time of the proxy process (user and system; nginx: its worker) per refusal, connection or request. cpu$PROXY_CPU g/n: the proxy core busy in the gate's and nginx's runs."
     echo "ceiling: a core 95% busy or more. 'load core' means the load generator (and on newconn/keepalive the TLS origin) limited the run, not the proxy: the ratio then understates the difference."
 )
+for path in $PATHS; do
+    case $path in refuse) unit="refusals/s" ;; newconn) unit="conn/s" ;; *) unit="req/s" ;; esac
+    summary_line tls "$path" "$unit" 3 7 5 6
+done
 finish_run note
