@@ -3,12 +3,14 @@
 //! is passed on, not treated as the end), or until neither side has sent a byte for the idle
 //! timeout.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use pingora::protocols::Stream;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes read per direction at once.
@@ -49,86 +51,99 @@ pub struct ByteCounters<'a> {
 
 /// Relays between `client` and `upstream` (the hello is already written) until both have
 /// closed, one fails, or `idle` passes without a byte.
+///
+/// Both directions are one future (tokio's `copy_bidirectional`: no split halves, no lock per
+/// read), each side wrapped to count the bytes read from it and the time of the last one.
 pub async fn relay(
     client: &mut Stream,
     upstream: &mut TcpStream,
     idle: Duration,
     counters: ByteCounters<'_>,
 ) -> Relayed {
-    let start = Instant::now();
+    let start = crate::clock::coarse_now();
     // Milliseconds since `start` of the last byte either way: shared by both directions.
     let last = AtomicU64::new(0);
-    let (to_upstream, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut up_read, mut up_write) = upstream.split();
-    let up = copy(
-        &mut client_read,
-        &mut up_write,
-        Clock { start, last: &last },
-        (&to_upstream, counters.to_upstream),
-    );
-    let down = copy(
-        &mut up_read,
-        &mut client_write,
-        Clock { start, last: &last },
-        (&to_client, counters.to_client),
-    );
-    let both = async { tokio::join!(up, down) };
+    let mut client = Counted {
+        io: client,
+        total: 0,
+        counter: counters.to_upstream,
+        start,
+        last: &last,
+    };
+    let mut upstream = Counted {
+        io: upstream,
+        total: 0,
+        counter: counters.to_client,
+        start,
+        last: &last,
+    };
+    let both = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, CHUNK, CHUNK);
     let idle_watch = async {
         loop {
             let since = Duration::from_millis(last.load(Ordering::Relaxed));
             let deadline = start + since + idle;
-            if Instant::now() >= deadline {
+            if crate::clock::coarse_now() >= deadline {
                 return;
             }
             tokio::time::sleep_until(deadline.into()).await;
         }
     };
     let end = tokio::select! {
-        (up_ok, down_ok) = both => if up_ok && down_ok { End::Closed } else { End::Error },
+        copied = both => if copied.is_ok() { End::Closed } else { End::Error },
         () = idle_watch => End::Idle,
     };
     Relayed {
-        to_upstream: to_upstream.load(Ordering::Relaxed),
-        to_client: to_client.load(Ordering::Relaxed),
+        to_upstream: client.total,
+        to_client: upstream.total,
         end,
     }
 }
 
-/// When the relay started, and when a byte last went either way (milliseconds since).
-struct Clock<'a> {
+/// One side of a relay: reads from it are counted (what goes to the other side) as they come,
+/// and stamp the time of the last byte; writes pass through.
+struct Counted<'a, S: ?Sized> {
+    io: &'a mut S,
+    total: u64,
+    counter: &'a IntCounter,
     start: Instant,
     last: &'a AtomicU64,
 }
 
-/// One direction: copies until `from` ends, then passes the end on (shuts `to`'s sending half).
-/// Adds the bytes copied to both counters as they go; returns whether it ended cleanly.
-async fn copy<R, W>(
-    from: &mut R,
-    to: &mut W,
-    clock: Clock<'_>,
-    (total, counter): (&AtomicU64, &IntCounter),
-) -> bool
-where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
-{
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        clock
-            .last
-            .store(clock.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
-            return false;
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.io).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.total += n;
+            self.counter.inc_by(n);
+            let ms = crate::clock::coarse_now()
+                .saturating_duration_since(self.start)
+                .as_millis() as u64;
+            self.last.store(ms, Ordering::Relaxed);
         }
-        total.fetch_add(n as u64, Ordering::Relaxed);
-        counter.inc_by(n as u64);
+        polled
     }
-    // The other side may still be sending: only this direction is over.
-    to.shutdown().await.is_ok()
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
 }
