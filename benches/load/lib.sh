@@ -420,3 +420,27 @@ summary_line() {
 num() {
     if [[ -z $2 || $2 == - ]]; then echo "-"; else printf "$1" "$2"; fi
 }
+
+# three_way_rows CPU_FIELD DECIMALS CPU_HEADER: the head and the rows of the tables of tls.sh and
+# terminate.sh, one row per path in PATHS: icp-gate, nginx and the floor from RAW (field 3 the
+# rate, CPU_FIELD the CPU per answer, printed with DECIMALS, 5 and 6 the proxy's and the load
+# core's busy percent), against the caller's `target PATH`.
+three_way_rows() {
+    local cf=$1 d=$2 label=$3 path g n f gc nc fc gp np fp gl nl fl
+    local row='%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n'
+    # shellcheck disable=SC2059 # the format is the row's layout, kept in one place
+    printf "$row" path icp-gate nginx floor gate/nginx target gate/floor "$label" \
+        "cpu$PROXY_CPU g/n" "ceil gate" "ceil nginx" "ceil floor"
+    for path in $PATHS; do
+        g=$(median 3 icp-gate "$path") n=$(median 3 nginx "$path") f=$(median 3 floor "$path")
+        gc=$(median "$cf" icp-gate "$path") nc=$(median "$cf" nginx "$path") fc=$(median "$cf" floor "$path")
+        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path") fp=$(median 5 floor "$path")
+        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path") fl=$(median 6 floor "$path")
+        # shellcheck disable=SC2059
+        printf "$row" "$path" \
+            "$(num %.0f "$g")" "$(num %.0f "$n")" "$(num %.0f "$f")" "$(ratio "$g" "$n")" "$(target "$path")" \
+            "$(ratio "$g" "$f")" "$(num "%.${d}f" "$gc")/$(num "%.${d}f" "$nc")/$(num "%.${d}f" "$fc")us" \
+            "$(num %.0f "$gp")%/$(num %.0f "$np")%" \
+            "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")" "$(ceiling "$fp" "$fl")"
+    done
+}

@@ -479,19 +479,7 @@ done
 
 target() { case $1 in block) echo 1.2x ;; *) echo 1.0x ;; esac }
 TABLE=$(
-    printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' path icp-gate nginx floor gate/nginx \
-        target gate/floor "cpu/req gate/ngx/flr" "cpu$PROXY_CPU g/n" "ceil gate" "ceil nginx" "ceil floor"
-    for path in $PATHS; do
-        g=$(median 3 icp-gate "$path") n=$(median 3 nginx "$path") f=$(median 3 floor "$path")
-        gc=$(median 4 icp-gate "$path") nc=$(median 4 nginx "$path") fc=$(median 4 floor "$path")
-        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path") fp=$(median 5 floor "$path")
-        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path") fl=$(median 6 floor "$path")
-        printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' "$path" \
-            "$(num %.0f "$g")" "$(num %.0f "$n")" "$(num %.0f "$f")" "$(ratio "$g" "$n")" "$(target "$path")" \
-            "$(ratio "$g" "$f")" "$(num %.1f "$gc")/$(num %.1f "$nc")/$(num %.1f "$fc")us" \
-            "$(num %.0f "$gp")%/$(num %.0f "$np")%" \
-            "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")" "$(ceiling "$fp" "$fl")"
-    done
+    three_way_rows 4 1 "cpu/req gate/ngx/flr"
     echo
     echo "medians over $ROUNDS round(s). handshake: new TLS connections/s (a full TLS 1.3 handshake and one forwarded request each); h1, h2: forwarded requests/s on kept-alive connections; block: block pages/s on kept-alive connections."
     echo "gate/floor: against the floor (rustls with the same certificate writing the gate's answer, no origin), what this rig allows."

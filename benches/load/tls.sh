@@ -680,19 +680,7 @@ done
 
 target() { case $1 in refuse) echo 1.5x ;; *) echo 1.0x ;; esac }
 TABLE=$(
-    printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' path icp-gate nginx floor gate/nginx \
-        target gate/floor "cpu/answer gate/ngx/flr" "cpu$PROXY_CPU g/n" "ceil gate" "ceil nginx" "ceil floor"
-    for path in $PATHS; do
-        g=$(median 3 icp-gate "$path") n=$(median 3 nginx "$path") f=$(median 3 floor "$path")
-        gc=$(median 7 icp-gate "$path") nc=$(median 7 nginx "$path") fc=$(median 7 floor "$path")
-        gp=$(median 5 icp-gate "$path") np=$(median 5 nginx "$path") fp=$(median 5 floor "$path")
-        gl=$(median 6 icp-gate "$path") nl=$(median 6 nginx "$path") fl=$(median 6 floor "$path")
-        printf '%-10s %10s %10s %10s %10s %7s %10s %24s %10s %-10s %-10s %-10s\n' "$path" \
-            "$(num %.0f "$g")" "$(num %.0f "$n")" "$(num %.0f "$f")" "$(ratio "$g" "$n")" "$(target "$path")" \
-            "$(ratio "$g" "$f")" "$(num %.2f "$gc")/$(num %.2f "$nc")/$(num %.2f "$fc")us" \
-            "$(num %.0f "$gp")%/$(num %.0f "$np")%" \
-            "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")" "$(ceiling "$fp" "$fl")"
-    done
+    three_way_rows 7 2 "cpu/answer gate/ngx/flr"
     echo
     echo "medians over $ROUNDS round(s). refuse: refusals/s; newconn: new TLS connections/s through to the origin; keepalive: requests/s on kept-alive TLS connections."
     echo "gate/nginx above 1: icp-gate does more per second (target: the design's). gate/floor: against the floor (the alert after one read; a plain relay), what this rig allows."

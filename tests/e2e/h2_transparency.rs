@@ -9,49 +9,14 @@
 //! and a `same_on_both_paths` test per case compares what the origin received and what the
 //! client (curl, over HTTP/2) got, with request ids, dates and the gate's port normalized.
 
-use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::harness::*;
 use crate::tls_harness::Pki;
 
-macro_rules! h2_transparency_tests {
-    ($($name:ident),* $(,)?) => {
-        /// Every case through the gate as deployed.
-        mod front_end {
-            $(
-                #[test]
-                fn $name() {
-                    super::check(stringify!($name), super::cases::$name, super::Path::FrontEnd);
-                }
-            )*
-        }
-
-        /// Every case with `ICP_GATE_FORWARD_PATH=pingora`.
-        mod pingora {
-            $(
-                #[test]
-                fn $name() {
-                    super::check(stringify!($name), super::cases::$name, super::Path::Pingora);
-                }
-            )*
-        }
-
-        /// Both paths give the origin and the client the same thing.
-        mod same_on_both_paths {
-            $(
-                #[test]
-                fn $name() {
-                    super::compare(stringify!($name), super::cases::$name);
-                }
-            )*
-        }
-    };
-}
-
-h2_transparency_tests! {
+both_paths_suite! {
     get_forwarded_with_the_gates_forwarding_fields,
     request_fields_repeated_kept_in_order_te_removed,
     two_streams_share_one_origin_connection,
@@ -376,15 +341,8 @@ fn pki() -> &'static Pki {
 }
 
 fn observe(case: &Case, path: Path) -> Seen {
-    let origin = case.origin.clone().map(ScriptedOrigin::start);
-    let upstream = match &origin {
-        Some(o) => o.addr,
-        None => addr(free_port()),
-    };
-    let mut env = Vec::new();
-    if path == Path::Pingora {
-        env.push(("ICP_GATE_FORWARD_PATH".to_owned(), "pingora".to_owned()));
-    }
+    let (origin, upstream) = scripted_upstream(case.origin.clone());
+    let env = forward_path_env(path == Path::Pingora);
     let dir = tempfile::tempdir().unwrap();
     pki().write_pair(dir.path(), "site");
     let ca = pki().write_ca(dir.path());
@@ -489,19 +447,9 @@ fn parse_answer(head: &str, body: Vec<u8>) -> Answer {
     }
 }
 
-type Cache = Mutex<HashMap<(&'static str, Path), Arc<OnceLock<Arc<Seen>>>>>;
-
 fn seen(name: &'static str, case: fn() -> Case, path: Path) -> Arc<Seen> {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cell = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry((name, path))
-        .or_default()
-        .clone();
-    cell.get_or_init(|| Arc::new(observe(&case(), path)))
-        .clone()
+    static CACHE: OnceMap<(&'static str, Path), Seen> = OnceMap::new();
+    made_once(&CACHE, (name, path), || observe(&case(), path))
 }
 
 fn check(name: &'static str, case: fn() -> Case, path: Path) {

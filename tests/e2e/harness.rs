@@ -1352,3 +1352,44 @@ fn read_raw_request(
         raw,
     })
 }
+
+/// Values made once per key and shared by every test that asks for them (a case observed on a
+/// path, for its per-path test and for the comparison of both paths).
+pub type OnceMap<K, V> =
+    std::sync::OnceLock<Mutex<std::collections::HashMap<K, Arc<std::sync::OnceLock<Arc<V>>>>>>;
+
+/// The value for `key` in `cache`, made by `make` the first time (other callers wait for it).
+pub fn made_once<K: std::hash::Hash + Eq, V>(
+    cache: &'static OnceMap<K, V>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> Arc<V> {
+    let cell = cache
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_default()
+        .clone();
+    cell.get_or_init(|| Arc::new(make())).clone()
+}
+
+/// An origin following `script`, and where a gate should forward: its address, or (no script)
+/// an address nothing listens on.
+pub fn scripted_upstream(script: Option<Script>) -> (Option<ScriptedOrigin>, SocketAddr) {
+    let origin = script.map(ScriptedOrigin::start);
+    let upstream = match &origin {
+        Some(o) => o.addr,
+        None => addr(free_port()),
+    };
+    (origin, upstream)
+}
+
+/// A gate's environment for one forwarding path: with `pingora`, `ICP_GATE_FORWARD_PATH=pingora`
+/// sends every allowed request through Pingora's proxy instead of the front end.
+pub fn forward_path_env(pingora: bool) -> Vec<(String, String)> {
+    match pingora {
+        true => vec![("ICP_GATE_FORWARD_PATH".to_owned(), "pingora".to_owned())],
+        false => Vec::new(),
+    }
+}

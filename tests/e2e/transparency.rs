@@ -19,10 +19,9 @@
 //! They stay in the list: they still guard the behaviour, and they keep guarding it if the front
 //! end starts serving them.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use icp_gate_registry::Status;
@@ -32,41 +31,7 @@ use crate::harness::*;
 // ---------------------------------------------------------------------------------------------
 // The list of cases
 
-macro_rules! transparency_tests {
-    ($($name:ident),* $(,)?) => {
-        /// Every case through the gate as deployed: the front end forwards simple requests.
-        mod front_end {
-            $(
-                #[test]
-                fn $name() {
-                    super::check(stringify!($name), super::cases::$name, super::Path::FrontEnd);
-                }
-            )*
-        }
-
-        /// Every case with `ICP_GATE_FORWARD_PATH=pingora`: Pingora's proxy forwards everything.
-        mod pingora {
-            $(
-                #[test]
-                fn $name() {
-                    super::check(stringify!($name), super::cases::$name, super::Path::Pingora);
-                }
-            )*
-        }
-
-        /// Both paths give the origin and the client the same thing (ids and dates normalized).
-        mod same_on_both_paths {
-            $(
-                #[test]
-                fn $name() {
-                    super::compare(stringify!($name), super::cases::$name);
-                }
-            )*
-        }
-    };
-}
-
-transparency_tests! {
+both_paths_suite! {
     // 1. Host in canonical form
     host_canonical_unchanged,
     host_canonical_with_port_unchanged,
@@ -399,15 +364,8 @@ fn registry() -> Vec<u8> {
 }
 
 fn observe(case: Case, path: Path) -> Observed {
-    let origin = case.origin.map(ScriptedOrigin::start);
-    let upstream = match &origin {
-        Some(o) => o.addr,
-        None => addr(free_port()),
-    };
-    let mut env = Vec::new();
-    if path == Path::Pingora {
-        env.push(("ICP_GATE_FORWARD_PATH".to_owned(), "pingora".to_owned()));
-    }
+    let (origin, upstream) = scripted_upstream(case.origin);
+    let env = forward_path_env(path == Path::Pingora);
     let gate = Gate::start_to(
         upstream,
         GateOptions {
@@ -450,19 +408,10 @@ fn observe(case: Case, path: Path) -> Observed {
     }
 }
 
-type Cache = Mutex<HashMap<(&'static str, Path), Arc<OnceLock<Arc<Observed>>>>>;
-
 /// The observation of `name` on `path`, made once for the per-path test and the comparison.
 fn observed(name: &'static str, case: fn() -> Case, path: Path) -> Arc<Observed> {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cell = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry((name, path))
-        .or_default()
-        .clone();
-    cell.get_or_init(|| Arc::new(observe(case(), path))).clone()
+    static CACHE: OnceMap<(&'static str, Path), Observed> = OnceMap::new();
+    made_once(&CACHE, (name, path), || observe(case(), path))
 }
 
 fn check(name: &'static str, case: fn() -> Case, path: Path) {

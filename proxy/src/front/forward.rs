@@ -502,17 +502,9 @@ pub struct Relayed {
     pub client_open: bool,
 }
 
-/// One request to the origin and its response to the client.
+/// One request to the origin and its response to an HTTP/1.1 client.
 pub struct Exchange<'a> {
-    /// Where the request may go, in order.
-    pub candidates: &'a Candidates<'a>,
-    /// The request's method: only an idempotent request is sent again (`policy::may_resend`).
-    pub method: &'a [u8],
-    pub upstreams: &'a Upstreams,
-    /// The request head for the origin.
-    pub request: &'a [u8],
-    pub head_request: bool,
-    pub close_client: bool,
+    pub to_send: ToSend<'a>,
     /// Scratch buffers owned by the client connection.
     pub up_buf: &'a mut BytesMut,
     pub out: &'a mut Vec<u8>,
@@ -530,17 +522,12 @@ impl Exchange<'_> {
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
-        let u = self.upstreams;
+        let u = self.to_send.upstreams;
         let read_timeout = u.settings.read_timeout;
-        let to_send = ToSend {
-            candidates: self.candidates,
-            method: self.method,
-            upstreams: u,
-            request: self.request,
-            head_request: self.head_request,
-            close_client: self.close_client,
-        };
-        let answered = to_send.send(self.up_buf, &mut H1Head(self.out)).await?;
+        let answered = self
+            .to_send
+            .send(self.up_buf, &mut H1Head(self.out))
+            .await?;
         relay(
             answered.up,
             answered.head,
@@ -729,13 +716,7 @@ where
         return Ok(client_gone);
     }
     while !head.framing.done() {
-        buf.clear();
-        buf.reserve(16 * 1024);
-        let read = match tokio::time::timeout(read_timeout, up.read_buf(buf)).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(_)) | Err(_) => 0,
-        };
-        if read == 0 {
+        if read_more(&mut up, buf, read_timeout).await == 0 {
             // A close-delimited body ends here: its last chunk goes to the client. Any other
             // body was cut short, and the client must see the connection end rather than wait
             // for bytes that will not come.
@@ -780,6 +761,17 @@ where
         status: head.status,
         client_open: !head.close_client,
     })
+}
+
+/// The next bytes of the origin's answer into `buf` (cleared first); 0 when the origin closed,
+/// failed or was silent for `read_timeout`.
+pub async fn read_more(up: &mut TcpStream, buf: &mut BytesMut, read_timeout: Duration) -> usize {
+    buf.clear();
+    buf.reserve(16 * 1024);
+    match tokio::time::timeout(read_timeout, up.read_buf(buf)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(_)) | Err(_) => 0,
+    }
 }
 
 /// `bytes` as one chunk (RFC 9112 §7.1); nothing for no bytes (an empty chunk would end the

@@ -30,10 +30,9 @@ use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession as H
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
 
 use super::forward::{
-    upstream_head_from_parts, Answered, Framing, HeadSink, ToSend, UpstreamError,
+    read_more, upstream_head_from_parts, Answered, Framing, HeadSink, ToSend, UpstreamError,
 };
 use super::GateApp;
 use crate::access_log::AccessRecord;
@@ -240,19 +239,9 @@ impl GateApp {
             id.as_str(),
             &mut bufs.request,
         );
-        let candidates = match self.gate.destinations.candidates(&conn.addrs) {
+        let candidates = match self.candidates(&self.gate.destinations, &conn.addrs, &id) {
             Ok(candidates) => candidates,
-            Err(e) => {
-                self.gate.counters.destination_error(e);
-                tracing::warn!(
-                    listener = self.gate.listener.name,
-                    request_id = id.as_str(),
-                    reason = e.reason(),
-                    error = %e,
-                    "request not forwarded"
-                );
-                let error =
-                    pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
+            Err(error) => {
                 return self
                     .fail_h2(s, conn, &line, PlainAnswer::BadGateway, &error)
                     .await;
@@ -279,29 +268,7 @@ impl GateApp {
         let answered = match answered {
             Ok(answered) => answered,
             Err(e) => {
-                if matches!(e, UpstreamError::Connect(..)) {
-                    self.gate.counters.connect_failed();
-                }
-                tracing::warn!(
-                    listener = self.gate.listener.name,
-                    request_id = id.as_str(),
-                    error = %e,
-                    "forwarding failed"
-                );
-                let (answer, etype) = match e {
-                    UpstreamError::Timeout => (
-                        PlainAnswer::GatewayTimeout,
-                        pingora::ErrorType::ReadTimedout,
-                    ),
-                    UpstreamError::Connect(..) => {
-                        (PlainAnswer::BadGateway, pingora::ErrorType::ConnectError)
-                    }
-                    _ => (
-                        PlainAnswer::BadGateway,
-                        pingora::ErrorType::InvalidHTTPHeader,
-                    ),
-                };
-                let error = pingora::Error::explain(etype, e.to_string());
+                let (answer, error) = self.upstream_failed(e, &id);
                 return self.fail_h2(s, conn, &line, answer, &error).await;
             }
         };
@@ -343,13 +310,7 @@ impl GateApp {
                 s.write_body(take_bytes(data), done).await?;
             }
             while !done {
-                buf.clear();
-                buf.reserve(16 * 1024);
-                let read = match tokio::time::timeout(read_timeout, up.read_buf(buf)).await {
-                    Ok(Ok(read)) => read,
-                    Ok(Err(_)) | Err(_) => 0,
-                };
-                if read == 0 {
+                if read_more(&mut up, buf, read_timeout).await == 0 {
                     // A close-delimited body ends here; any other was cut short.
                     if matches!(head.framing, Framing::UntilClose) {
                         s.write_body(Bytes::new(), true).await?;

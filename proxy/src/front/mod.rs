@@ -47,7 +47,7 @@ mod io;
 
 use answer::{BlockHeads, LastBlock};
 use classify::{parse, InvalidRequest, Parsed, SimpleRequest};
-use forward::{upstream_head, Exchange, Upstreams};
+use forward::{upstream_head, Exchange, ToSend, Upstreams};
 use io::write_all;
 
 use crate::access_log::AccessRecord;
@@ -442,30 +442,22 @@ impl GateApp {
         let addrs = *c.addrs.get_or_insert_with(|| {
             ConnAddrs::of(&c.stream, destinations.is_original_destination())
         });
-        let candidates = match destinations.candidates(&addrs) {
+        let candidates = match self.candidates(destinations, &addrs, &id) {
             Ok(candidates) => candidates,
-            Err(e) => {
-                self.gate.counters.destination_error(e);
-                tracing::warn!(
-                    listener = self.gate.listener.name,
-                    request_id = id.as_str(),
-                    reason = e.reason(),
-                    error = %e,
-                    "request not forwarded"
-                );
-                let error =
-                    pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string());
+            Err(error) => {
                 let line = LogLine::new(req, decided, 0, started, id);
                 return self.fail(c, PlainAnswer::BadGateway, line, &error).await;
             }
         };
         let exchange = Exchange {
-            candidates: &candidates,
-            method: req.method.as_bytes(),
-            upstreams: &self.upstreams,
-            request: &c.up_head,
-            head_request: req.head_only,
-            close_client: !keep_alive,
+            to_send: ToSend {
+                candidates: &candidates,
+                method: req.method.as_bytes(),
+                upstreams: &self.upstreams,
+                request: &c.up_head,
+                head_request: req.head_only,
+                close_client: !keep_alive,
+            },
             up_buf: &mut c.up_buf,
             out: &mut c.out,
         };
@@ -475,33 +467,64 @@ impl GateApp {
                 relayed.client_open
             }
             Err(e) => {
-                if matches!(e, forward::UpstreamError::Connect(..)) {
-                    self.gate.counters.connect_failed();
-                }
-                tracing::warn!(
-                    listener = self.gate.listener.name,
-                    request_id = id.as_str(),
-                    error = %e,
-                    "forwarding failed"
-                );
-                let (answer, etype) = match e {
-                    forward::UpstreamError::Timeout => (
-                        PlainAnswer::GatewayTimeout,
-                        pingora::ErrorType::ReadTimedout,
-                    ),
-                    forward::UpstreamError::Connect(..) => {
-                        (PlainAnswer::BadGateway, pingora::ErrorType::ConnectError)
-                    }
-                    _ => (
-                        PlainAnswer::BadGateway,
-                        pingora::ErrorType::InvalidHTTPHeader,
-                    ),
-                };
-                let error = pingora::Error::explain(etype, e.to_string());
+                let (answer, error) = self.upstream_failed(e, &id);
                 let line = LogLine::new(req, decided, 0, started, id);
                 self.fail(c, answer, line, &error).await
             }
         }
+    }
+
+    /// Where an allowed request may go; Err (counted and logged): the error it is answered
+    /// with (502).
+    fn candidates<'d>(
+        &self,
+        destinations: &'d crate::destination::Destinations,
+        addrs: &ConnAddrs,
+        id: &RequestId,
+    ) -> Result<crate::destination::Candidates<'d>, Box<pingora::Error>> {
+        destinations.candidates(addrs).map_err(|e| {
+            self.gate.counters.destination_error(e);
+            tracing::warn!(
+                listener = self.gate.listener.name,
+                request_id = id.as_str(),
+                reason = e.reason(),
+                error = %e,
+                "request not forwarded"
+            );
+            pingora::Error::explain(pingora::ErrorType::ConnectNoRoute, e.to_string())
+        })
+    }
+
+    /// A forward that failed before any byte reached the client, counted and logged: the
+    /// gate's answer (502, or 504 when the origin was silent) and the error for the access line.
+    fn upstream_failed(
+        &self,
+        e: forward::UpstreamError,
+        id: &RequestId,
+    ) -> (PlainAnswer, Box<pingora::Error>) {
+        if matches!(e, forward::UpstreamError::Connect(..)) {
+            self.gate.counters.connect_failed();
+        }
+        tracing::warn!(
+            listener = self.gate.listener.name,
+            request_id = id.as_str(),
+            error = %e,
+            "forwarding failed"
+        );
+        let (answer, etype) = match e {
+            forward::UpstreamError::Timeout => (
+                PlainAnswer::GatewayTimeout,
+                pingora::ErrorType::ReadTimedout,
+            ),
+            forward::UpstreamError::Connect(..) => {
+                (PlainAnswer::BadGateway, pingora::ErrorType::ConnectError)
+            }
+            _ => (
+                PlainAnswer::BadGateway,
+                pingora::ErrorType::InvalidHTTPHeader,
+            ),
+        };
+        (answer, pingora::Error::explain(etype, e.to_string()))
     }
 
     /// Answers a request the gate could not forward with its own error answer, logs it, and
