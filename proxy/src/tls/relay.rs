@@ -83,9 +83,9 @@ fn own_socket(stream: &Stream) -> Option<TcpStream> {
     }
     // SAFETY: `dup` was just made and nothing else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-    let socket = std::net::TcpStream::from(owned);
-    socket.set_nonblocking(true).ok()?;
-    TcpStream::from_std(socket).ok()
+    // Non-blocking already: a duplicate shares the file status flags of tokio's socket (no
+    // `set_nonblocking`, which would cost a system call per connection).
+    TcpStream::from_std(std::net::TcpStream::from(owned)).ok()
 }
 
 async fn relay_between<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
