@@ -510,6 +510,7 @@ pub fn upstream_fields(
     upstream: &mut RequestHeader,
     host: Option<&Host>,
     websocket: bool,
+    http2: bool,
     client: Option<std::net::IpAddr>,
     https: bool,
     request_id: &str,
@@ -535,6 +536,26 @@ pub fn upstream_fields(
     if websocket {
         upstream.insert_header(header::CONNECTION, "Upgrade")?;
         upstream.insert_header(header::UPGRADE, "websocket")?;
+    }
+    // Cookie crumbs an HTTP/2 client sent as separate fields: one field for an HTTP/1.1
+    // origin, joined with "; " (RFC 9113 §8.2.3).
+    if http2
+        && upstream
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .nth(1)
+            .is_some()
+    {
+        let crumbs: Vec<&[u8]> = upstream
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let joined = HeaderValue::from_bytes(&crumbs.join(&b"; "[..]))
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "joined cookie", e))?;
+        upstream.insert_header(header::COOKIE, joined)?;
     }
     // The Host the decision was made on, in canonical form, the port as sent.
     if let Some(host) = host {
@@ -728,10 +749,12 @@ impl ProxyHttp for GateProxy {
             .map(|a| a.ip());
         let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let request_id = self.request_id(ctx).to_owned();
+        let http2 = session.is_http2();
         upstream_fields(
             upstream,
             ctx.host.as_ref(),
             websocket,
+            http2,
             client,
             https,
             &request_id,

@@ -19,6 +19,7 @@ use crate::tls_harness::Pki;
 both_paths_suite! {
     get_forwarded_with_the_gates_forwarding_fields,
     request_fields_repeated_kept_in_order_te_removed,
+    cookie_field_passes_unchanged,
     two_streams_share_one_origin_connection,
     response_hop_by_hop_fields_removed,
     response_fields_repeated_kept_in_order,
@@ -159,6 +160,25 @@ mod cases {
                 assert!(r.values("te").is_empty(), "{:?}", r.headers);
                 // One Host, the decided one.
                 assert_eq!(r.values("host").len(), 1);
+            }),
+        }
+    }
+
+    /// curl sends its cookies as one field; they reach the origin as it sent them. (Crumbs sent
+    /// as separate fields, which curl does not do: `terminate::http2_cookie_crumbs_...`.)
+    pub fn cookie_field_passes_unchanged() -> Case {
+        Case {
+            origin: Some(ok("fine")),
+            requests: vec![("/", vec!["-H", "Cookie: a=1; b=2; c=3"])],
+            check: Box::new(|seen| {
+                assert_eq!(seen.answers[0].status, 200);
+                let r = &seen.origin[0];
+                assert_eq!(
+                    r.values("cookie"),
+                    [b"a=1; b=2; c=3".to_vec()],
+                    "{:?}",
+                    r.headers
+                );
             }),
         }
     }

@@ -251,7 +251,12 @@ impl H2 {
     /// GET / for `authority` on stream `id`; reads until that stream's answer ends and returns
     /// every frame read on the way.
     fn get(&mut self, id: u32, authority: &str) -> Vec<Frame> {
-        let block = header_block(authority, &[]);
+        self.get_with(id, authority, &[])
+    }
+
+    /// `get` with `extra` fields in the request.
+    fn get_with(&mut self, id: u32, authority: &str, extra: &[(&str, &str)]) -> Vec<Frame> {
+        let block = header_block(authority, extra);
         self.tls.write_all(&frame(0x1, 0x5, id, &block)).unwrap();
         let mut seen = Vec::new();
         while let Some(f) = self.next_frame() {
@@ -581,4 +586,42 @@ fn session_ticket_keys_resume_across_a_rotation_and_reload_without_a_restart() {
     assert!(!connect(&sealed_with_b), "B is gone");
     assert!(connect(&sealed_with_b), "C's ticket resumes");
     assert!(gate.log().contains("session ticket keys not reloaded"));
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may send its cookies as separate `cookie` fields (browsers
+/// do, for HPACK's sake); an HTTP/1.1 origin gets them as one `Cookie` field joined with "; ",
+/// on both forwarding paths (the front end's and Pingora's).
+#[test]
+fn http2_cookie_crumbs_reach_the_origin_as_one_cookie_field() {
+    for pingora in [false, true] {
+        let origin = Origin::start();
+        let pki = held();
+        let opts = GateOptions {
+            env: forward_path_env(pingora),
+            ..GateOptions::default()
+        };
+        let (gate, _certs) = terminating_gate(&origin, &pki, opts);
+        let mut h2 = H2::connect(&pki, &gate);
+        let frames = h2.get_with(
+            1,
+            "www.example.com",
+            &[
+                ("cookie", "a=1"),
+                ("x-between", "x"),
+                ("cookie", "b=2"),
+                ("cookie", "c=3"),
+            ],
+        );
+        assert!(frames.iter().any(|f| f.0 == 0x1 && f.2 == 1), "{frames:?}");
+        let received = wait_for("the origin's request", Duration::from_secs(5), || {
+            let r = origin.received();
+            (!r.is_empty()).then_some(r)
+        });
+        assert_eq!(
+            received[0].headers_named("cookie"),
+            ["a=1; b=2; c=3"],
+            "pingora path: {pingora}"
+        );
+        assert_eq!(received[0].header("x-between"), Some("x"));
+    }
 }

@@ -192,7 +192,7 @@ pub fn upstream_head(
 /// body): the same policy from a parsed head, as `gate::upstream_fields` applies it on Pingora's
 /// path. The Host is the decided one in canonical form, written in place of the client's Host
 /// field, or after the other fields when the host came from `:authority` alone. Field names are
-/// written as HTTP/2 carries them, in lower case.
+/// written as HTTP/2 carries them, in lower case; cookie crumbs are joined into one field.
 pub fn upstream_head_from_parts(
     req: &pingora::http::RequestHeader,
     host: &Host,
@@ -213,12 +213,28 @@ pub fn upstream_head_from_parts(
     );
     let authority = crate::gate::target_authority(req);
     let mut host_written = false;
+    let mut cookie_written = false;
     for (name, value) in req.headers.iter() {
         let name = name.as_str().as_bytes();
         if !policy::request_field_passes(name, &connection) {
             continue;
         }
-        if name == b"host" {
+        if name == b"cookie" {
+            // Crumbs an HTTP/2 client sent as separate fields are one field again for an
+            // HTTP/1.1 origin, joined with "; " (RFC 9113 §8.2.3), where the first one was.
+            if !cookie_written {
+                cookie_written = true;
+                out.extend_from_slice(b"cookie: ");
+                let crumbs = req.headers.get_all(http::header::COOKIE);
+                for (i, crumb) in crumbs.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"; ");
+                    }
+                    out.extend_from_slice(crumb.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        } else if name == b"host" {
             if host_written {
                 // `insert_header` on Pingora's path leaves one Host.
                 continue;
