@@ -53,9 +53,6 @@ struct H2Conn {
     /// The client's IP address as `X-Forwarded-For` gives it.
     client_ip: String,
     cert: Option<Arc<HeldCert>>,
-    /// Buffers of finished streams, for the next ones (a stream would otherwise allocate and
-    /// free them each time).
-    spare: parking_lot::Mutex<Vec<Buffers>>,
 }
 
 /// A forwarded stream's buffers: the origin's request head, the origin's bytes, and body bytes
@@ -67,23 +64,34 @@ struct Buffers {
     data: Vec<u8>,
 }
 
-/// Spare buffers kept per connection (as many as streams usually run at once), and the most a
-/// kept buffer may hold (a large answer's buffers are freed).
-const SPARE_BUFFERS: usize = 16;
-const SPARE_BUFFER_BYTES: usize = 64 * 1024;
+/// Spare buffers kept per thread for the next streams (a stream would otherwise allocate and
+/// free them each time), and the most a kept buffer may hold: at most 64 x 3 x 32 KiB per
+/// thread, nothing per connection.
+const SPARE_BUFFERS: usize = 64;
+const SPARE_BUFFER_BYTES: usize = 32 * 1024;
 
-impl H2Conn {
-    fn buffers(&self) -> Buffers {
-        self.spare.lock().pop().unwrap_or_default()
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    fn take() -> Buffers {
+        SPARE
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_default()
     }
 
-    fn give_back(&self, b: Buffers) {
-        let small = b.request.capacity() <= SPARE_BUFFER_BYTES
-            && b.up.capacity() <= SPARE_BUFFER_BYTES
-            && b.data.capacity() <= SPARE_BUFFER_BYTES;
-        let mut spare = self.spare.lock();
-        if small && spare.len() < SPARE_BUFFERS {
-            spare.push(b);
+    fn give_back(self) {
+        let small = self.request.capacity() <= SPARE_BUFFER_BYTES
+            && self.up.capacity() <= SPARE_BUFFER_BYTES
+            && self.data.capacity() <= SPARE_BUFFER_BYTES;
+        if small {
+            SPARE.with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_BUFFERS {
+                    spare.push(self);
+                }
+            });
         }
     }
 }
@@ -112,7 +120,6 @@ impl GateApp {
                 None => "0.0.0.0".to_owned(),
             },
             cert: terminated.map(|t| t.cert.clone()),
-            spare: parking_lot::Mutex::default(),
         });
         let mut h2 = match handshake(stream, Some(h2_options())).await {
             Ok(h2) => h2,
@@ -231,7 +238,7 @@ impl GateApp {
             started,
             id: &id,
         };
-        let mut bufs = conn.buffers();
+        let mut bufs = Buffers::take();
         upstream_head_from_parts(
             s.req_header(),
             &host,
@@ -277,7 +284,7 @@ impl GateApp {
             .relay_h2(&mut s, answered.0, answered.1, &mut bufs)
             .await
             .err();
-        conn.give_back(bufs);
+        bufs.give_back();
         self.log_h2(&s, conn, &line, status, error.as_deref());
     }
 
