@@ -159,6 +159,9 @@ impl<A: ServerApp + Send + Sync + 'static> BackgroundService for TransparentServ
                     continue;
                 }
             };
+            // As Pingora's listeners do for every accepted socket: answers and relayed records
+            // leave as they are written (no Nagle delay behind a delayed ACK).
+            let _ = tcp.set_nodelay(true);
             let fd = tcp.as_raw_fd();
             let mut stream = pingora::protocols::l4::stream::Stream::from(tcp);
             stream.set_socket_digest(SocketDigest::from_raw_fd(fd));

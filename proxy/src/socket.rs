@@ -50,12 +50,3 @@ pub fn reset(stream: Stream) {
     }
     drop(stream);
 }
-
-/// `TCP_NODELAY` on the client's socket: relayed TLS records leave as they come.
-pub fn set_nodelay(stream: &Stream) {
-    if let Some(fd) = raw_fd(stream) {
-        // SAFETY: as in `reset`.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
-    }
-}

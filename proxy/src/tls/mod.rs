@@ -358,7 +358,8 @@ impl ServerApp for TlsApp {
             .then(|| (Self::facts(&hello), Instant::now()));
         let hello_bytes = hello.bytes.len() as u64;
         drop(hello);
-        crate::socket::set_nodelay(&stream);
+        // The client's socket has TCP_NODELAY from its accept (Pingora's listeners and the
+        // transparent one both set it): relayed records leave as they come.
         let _open = GaugeGuard::new(&self.counters.passthrough_open);
         let relayed = relay(
             &mut stream,
