@@ -112,6 +112,16 @@ mode = "enforce"
 [upstream]
 servers = ["127.0.0.1:$origin_port"]
 
+$(gate_common_sections "$dir" "$registry" "$admin_port")
+CONF
+}
+
+# gate_common_sections DIR REGISTRY ADMIN_PORT: the end of every load harness's gate
+# configuration: the registry file (no reloads in a run), the admin listener, the [log] section
+# for LOGS, one thread, a fast shutdown, the pid file and upgrade socket in DIR.
+gate_common_sections() {
+    local dir=$1 registry=$2 admin_port=$3
+    cat <<CONF
 [registry]
 source = "file://$registry"
 refresh_interval_seconds = 86400
@@ -128,6 +138,17 @@ shutdown_timeout_seconds = 1
 pid_file = "$dir/icp-gate.pid"
 upgrade_sock = "$dir/icp-gate-upgrade.sock"
 CONF
+}
+
+# start_gate_ready CONF CPU ADMIN_PORT: checks CONF with `-t`, starts the gate on CPU (as
+# `start`, named icp-gate, stopped with SIGINT) and waits up to 120 s for its /readyz;
+# GATE_PID is its pid.
+start_gate_ready() {
+    local conf=$1 cpu=$2 admin_port=$3
+    "$GATE" -t -c "$conf" >/dev/null || die "the generated icp-gate configuration is invalid"
+    start icp-gate INT "$cpu" "$GATE" -c "$conf"
+    GATE_PID=$STARTED_PID
+    wait_until icp-gate "$GATE_PID" 120 curl -sf -o /dev/null -m 2 "http://127.0.0.1:$admin_port/readyz"
 }
 
 # setup_scratch NAME: OUT (a new temporary directory unless OUT is set) and PIDS; on exit every
@@ -443,4 +464,22 @@ three_way_rows() {
             "$(num %.0f "$gp")%/$(num %.0f "$np")%" \
             "$(ceiling "$gp" "$gl")" "$(ceiling "$np" "$nl")" "$(ceiling "$fp" "$fl")"
     done
+}
+
+# registry_with_map: TMP/registry.tsv, a synthetic registry of RECORDS records (REGISTRY), the
+# same as an nginx `map` (TMP/nginx-map.conf, MAP_ENTRIES entries), and FORWARD_HOST, unless
+# set, a connected name from the middle of the file (not its first line). Needs GATE, HERE, TMP
+# and the caller's `note`.
+registry_with_map() {
+    REGISTRY=$TMP/registry.tsv
+    note "generating a registry of $RECORDS records"
+    "$GATE" registry generate "$REGISTRY" --records "$RECORDS" >/dev/null
+    awk -f "$HERE/registry-to-nginx-map.awk" "$REGISTRY" >"$TMP/nginx-map.conf" 2>"$TMP/map.log" ||
+        die "converting the registry failed: $(cat "$TMP/map.log")"
+    MAP_ENTRIES=$(wc -l <"$TMP/nginx-map.conf")
+    ((MAP_ENTRIES == RECORDS)) || note "warning: the nginx map has $MAP_ENTRIES entries for $RECORDS records ($(tr '\n' ' ' <"$TMP/map.log"))"
+    if [[ -z $FORWARD_HOST ]]; then
+        FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$REGISTRY")
+        [[ -n $FORWARD_HOST ]] || die "no connected record in the registry"
+    fi
 }

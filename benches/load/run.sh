@@ -214,19 +214,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Registry: one synthetic snapshot for the gate, converted to an nginx map for nginx.
 
-REGISTRY=$TMP/registry.tsv
-note "generating a registry of $RECORDS records"
-"$GATE" registry generate "$REGISTRY" --records "$RECORDS" >/dev/null
-awk -f "$HERE/registry-to-nginx-map.awk" "$REGISTRY" >"$TMP/nginx-map.conf" 2>"$TMP/map.log" ||
-    die "converting the registry failed: $(cat "$TMP/map.log")"
-MAP_ENTRIES=$(wc -l <"$TMP/nginx-map.conf")
-((MAP_ENTRIES == RECORDS)) || note "warning: the nginx map has $MAP_ENTRIES entries for $RECORDS records ($(tr '\n' ' ' <"$TMP/map.log"))"
-
-if [[ -z $FORWARD_HOST ]]; then
-    # A connected name from the middle of the file, not the first line.
-    FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$REGISTRY")
-    [[ -n $FORWARD_HOST ]] || die "no connected record in the registry"
-fi
+registry_with_map
 if awk -F '\t' -v h="$BLOCK_HOST" '$1 == h { found = 1 } END { exit !found }' "$REGISTRY"; then
     die "BLOCK_HOST $BLOCK_HOST is in the registry: pick a name that is not"
 fi

@@ -124,16 +124,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Registry (the gate's snapshot, nginx's map), one certificate for both names, the origin.
 
-REGISTRY=$TMP/registry.tsv
-note "generating a registry of $RECORDS records"
-"$GATE" registry generate "$REGISTRY" --records "$RECORDS" >/dev/null
-awk -f "$HERE/registry-to-nginx-map.awk" "$REGISTRY" >"$TMP/nginx-map.conf" 2>"$TMP/map.log" ||
-    die "converting the registry failed: $(cat "$TMP/map.log")"
-MAP_ENTRIES=$(wc -l <"$TMP/nginx-map.conf")
-if [[ -z $FORWARD_HOST ]]; then
-    FORWARD_HOST=$(awk -F '\t' -v from=$((RECORDS / 2)) 'NR > from && $2 == "connected" { print $1; exit }' "$REGISTRY")
-    [[ -n $FORWARD_HOST ]] || die "no connected record in the registry"
-fi
+registry_with_map
 if awk -F '\t' -v h="$BLOCK_HOST" '$1 == h { found = 1 } END { exit !found }' "$REGISTRY"; then
     die "BLOCK_HOST $BLOCK_HOST is in the registry: pick a name that is not"
 fi
@@ -169,27 +160,10 @@ keepalive_timeout_seconds = 300
 [tls]
 certificates = "$TMP/certs"
 
-[registry]
-source = "file://$REGISTRY"
-refresh_interval_seconds = 86400
-
-[admin]
-address = "127.0.0.1:$ADMIN_PORT"
-
-$(gate_log_section "$TMP")
-
-[server]
-threads = 1
-grace_period_seconds = 0
-shutdown_timeout_seconds = 1
-pid_file = "$TMP/icp-gate.pid"
-upgrade_sock = "$TMP/icp-gate-upgrade.sock"
+$(gate_common_sections "$TMP" "$REGISTRY" "$ADMIN_PORT")
 CONF
-"$GATE" -t -c "$TMP/icp-gate.toml" >/dev/null || die "the generated icp-gate configuration is invalid"
 note "starting icp-gate on 127.0.0.1:$GATE_PORT (admin $ADMIN_PORT), cpu $PROXY_CPU"
-start icp-gate INT "$PROXY_CPU" "$GATE" -c "$TMP/icp-gate.toml"
-GATE_PID=$STARTED_PID
-wait_until icp-gate "$GATE_PID" 120 curl -sf -o /dev/null -m 2 "http://127.0.0.1:$ADMIN_PORT/readyz"
+start_gate_ready "$TMP/icp-gate.toml" "$PROXY_CPU" "$ADMIN_PORT"
 
 # The gate's block page over TLS, once: nginx serves exactly these bytes.
 curl -sk --http1.1 -o "$TMP/block.html" -D "$TMP/block.headers" --resolve "$BLOCK_HOST:$GATE_PORT:127.0.0.1" \

@@ -547,11 +547,7 @@ fn dash_t_refuses_a_public_admin_address_without_a_token() {
             .arg(&path)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         (out.status.success(), text)
     };
     let (ok, out) = config("address = \"0.0.0.0:9090\"");

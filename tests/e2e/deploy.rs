@@ -39,11 +39,7 @@ fn tool(name: &str) -> Command {
 /// Runs `cmd`; panics with its output unless it succeeded. Returns standard output and error.
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }

@@ -1393,3 +1393,26 @@ pub fn forward_path_env(pingora: bool) -> Vec<(String, String)> {
         false => Vec::new(),
     }
 }
+
+/// What a command wrote, standard output then standard error, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The filing system's next export after `standard_records`: `newly-filed.cn` filed and
+/// connected, `cdn-only.cn` revoked (gone from the export).
+pub fn next_standard_records() -> Vec<Rec<'static>> {
+    let mut records = standard_records();
+    records.push((
+        "newly-filed.cn",
+        Status::Connected,
+        Some("京ICP备99990000号-1"),
+        None,
+    ));
+    records.retain(|r| r.0 != "cdn-only.cn");
+    records
+}

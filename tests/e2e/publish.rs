@@ -7,8 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use icp_gate_registry::Status;
-
 use crate::harness::*;
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -113,7 +111,7 @@ fn a_gate_follows_a_published_directory_over_http_and_a_new_filing_arrives_by_de
     let dir = tempfile::tempdir().unwrap();
     let feed = dir.path().join("feed");
     let export = dir.path().join("export.tsv");
-    let mut records = standard_records();
+    let records = standard_records();
     std::fs::write(&export, record_lines(&records)).unwrap();
     let publish = || run(&["registry", "publish", path(&export), "--dir", path(&feed)]);
     let (code, out, err) = publish();
@@ -146,14 +144,7 @@ fn a_gate_follows_a_published_directory_over_http_and_a_new_filing_arrives_by_de
     );
 
     // The filing system's next export files a new name and drops one.
-    records.push((
-        "newly-filed.cn",
-        Status::Connected,
-        Some("京ICP备99990000号-1"),
-        None,
-    ));
-    records.retain(|r| r.0 != "cdn-only.cn");
-    std::fs::write(&export, record_lines(&records)).unwrap();
+    std::fs::write(&export, record_lines(&next_standard_records())).unwrap();
     let (code, out, err) = publish();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("published serial 2 (12 entries)"), "{out}");

@@ -16,15 +16,8 @@ fn a_registry_change_is_picked_up_without_restart() {
         Some("unfiled")
     );
 
-    let mut records = standard_records();
-    records.push((
-        "newly-filed.cn",
-        Status::Connected,
-        Some("京ICP备99990000号-1"),
-        None,
-    ));
-    // And one filing revoked.
-    records.retain(|r| r.0 != "cdn-only.cn");
+    // One name filed, and one filing revoked.
+    let records = next_standard_records();
     gate.publish(&snapshot_bytes(2, &records), 2);
 
     assert_eq!(get_host(gate.addr, "www.newly-filed.cn").status, 200);

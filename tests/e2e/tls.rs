@@ -597,11 +597,7 @@ fn curl_and_openssl_see_a_passthrough_and_an_unrecognized_name() {
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         assert!(text.contains("unrecognized name"), "{text}");
     }
 }
